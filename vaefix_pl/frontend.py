@@ -138,7 +138,9 @@ class LogMelFrontend(nn.Module):
         self.pad = frame_padding(framing)
         # Kept in float64 and cast per call, so float64 inputs get a float64 basis even after .float().
         self.register_buffer("mel_basis", slaney_mel_basis(torch.float64), persistent=False)
-        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "window", torch.hann_window(N_FFT, periodic=True, dtype=torch.float64), persistent=False
+        )
 
     def extra_repr(self) -> str:
         return f"framing={self.framing!r}, n_fft={N_FFT}, hop={HOP}, n_mels={N_MELS}"
@@ -156,7 +158,8 @@ class LogMelFrontend(nn.Module):
                 f"{self.pad} (reflect padding of {self.pad} samples)"
             )
         dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
-        x = torch.nn.functional.pad(waveform.to(dtype)[:, None, :], (self.pad, self.pad), mode="reflect")[:, 0]
+        x = waveform.to(dtype)[:, None, :]
+        x = torch.nn.functional.pad(x, (self.pad, self.pad), mode="reflect")[:, 0]
         spec = torch.stft(
             x,
             n_fft=N_FFT,

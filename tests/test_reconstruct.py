@@ -1,0 +1,204 @@
+"""The tensor pipeline: lengths, batch independence, determinism, scaling, health and precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from signals import all_kinds, formant_pulses, harmonic, noise
+
+from vaefix_pl.frontend import LOG_MEL_FLOOR, LogMelFrontend
+from vaefix_pl.reconstruct import Reconstructor
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_model_dir) -> Reconstructor:
+    return Reconstructor.from_pretrained(str(tiny_model_dir))
+
+
+def _batch(signals: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in signals])
+    x = torch.zeros(len(signals), int(lengths.max()))
+    for i, s in enumerate(signals):
+        x[i, : len(s)] = torch.from_numpy(s).float()
+    return x, lengths
+
+
+@pytest.mark.parametrize("n", [16000, 16037, 163840])
+def test_output_length_equals_input_length(rec, n):
+    out = rec(torch.from_numpy(harmonic(n)).float()[None])
+    assert out.waveform.shape == (1, n)
+    assert torch.isfinite(out.waveform).all()
+    assert out.waveform.abs().sum() > 0
+    assert out.latent.shape == (1, 8, 256, 16)
+    assert out.mel.shape == out.mel_hat.shape == (1, 1, 1024, 64)
+
+
+def test_mixed_lengths_are_trimmed_and_padding_is_zero(rec):
+    sigs = [noise(16037, 1), harmonic(40000), formant_pulses(9000)]
+    x, lengths = _batch(sigs)
+    out = rec(x, lengths)
+    assert out.waveform.shape == x.shape
+    for i, m in enumerate(lengths.tolist()):
+        assert torch.all(out.waveform[i, m:] == 0) and torch.all(out.reference[i, m:] == 0)
+        assert out.waveform[i, :m].abs().amax() > 0
+    assert out.frames.tolist() == [101, 250, 57]
+
+
+@pytest.mark.parametrize("pad_frames_to", [1024, 4])
+def test_batch_independence(tiny_model_dir, pad_frames_to):
+    """An item alone == the same item among longer and shorter batch-mates (1e-4 relative)."""
+    rec = Reconstructor.from_pretrained(str(tiny_model_dir), pad_frames_to=pad_frames_to)
+    sigs = [harmonic(30000, seed=1), noise(16037, 2), formant_pulses(170000), all_kinds(5000)["chirp"]]
+    x, lengths = _batch(sigs)
+    together = rec(x, lengths)
+    for i, s in enumerate(sigs):
+        alone = rec(torch.from_numpy(s).float()[None])
+        a, b = alone.waveform[0], together.waveform[i, : len(s)]
+        rel = (a - b).norm() / a.norm()
+        assert rel < 1e-4, (i, pad_frames_to, rel.item())
+        t = int(alone.canonical_frames[0])
+        ma, mb = alone.mel_hat[0, :, :t], together.mel_hat[i, :, :t]
+        assert (ma - mb).norm() / ma.norm() < 1e-4
+
+
+def test_canonical_lengths(tiny_model_dir):
+    rec = Reconstructor.from_pretrained(str(tiny_model_dir))
+    lengths = torch.tensor([1, 160, 161, 163840, 163841, 400000])
+    assert rec.covered_frames(lengths).tolist() == [1, 1, 2, 1024, 1025, 2500]
+    assert rec.canonical_frames(lengths).tolist() == [1024, 1024, 1024, 1024, 2048, 3072]
+    exact = Reconstructor.from_pretrained(str(tiny_model_dir), pad_frames_to=4)
+    assert exact.canonical_frames(lengths).tolist() == [4, 4, 4, 1024, 1028, 2500]
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Reconstructor(exact.vae, exact.vocoder, pad_frames_to=6)
+
+
+def test_matches_a_hand_written_upstream_pipeline(rec):
+    """10.24 s clip: level step, tacotron log-mel cropped to 1024 frames, mode latent, decode, vocoder."""
+    n = 163840
+    x = torch.from_numpy(formant_pulses(n, seed=4) + 0.05).float()[None]
+    out = rec(x)
+    y = x - x.mean()
+    y = y / (y.abs().max() + 1e-8) * 0.5
+    mel = LogMelFrontend("tacotron")(y)[:, :, :1024]
+    assert torch.allclose(out.mel, mel, atol=1e-6)
+    with torch.no_grad():
+        z = rec.vae.encode(mel).latent_dist.mode() * 0.75
+        mel_hat = rec.vae.decode(z / 0.75).sample
+        wav = rec.vocoder(mel_hat.squeeze(1))[:, :n]
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    assert rel(out.latent, z) < 1e-5
+    assert rel(out.mel_hat, mel_hat) < 1e-4
+    gain = 0.5 / ((x - x.mean()).abs().max() + 1e-8)
+    assert rel(out.waveform, wav / gain) < 1e-4
+    assert torch.allclose(out.reference, x - x.mean(), atol=1e-6)
+
+
+def test_scaling_factor_is_applied_both_ways(tiny_model_dir):
+    a = Reconstructor.from_pretrained(str(tiny_model_dir))
+    b = Reconstructor(a.vae, a.vocoder, scaling_factor=2.0)
+    x = torch.from_numpy(harmonic(20000)).float()[None]
+    oa, ob = a(x), b(x)
+    assert torch.allclose(ob.latent / 2.0, oa.latent / 0.75, atol=1e-6)
+    assert torch.allclose(oa.waveform, ob.waveform, atol=1e-6)  # scaling cancels on decode
+
+
+def test_mode_latent_is_deterministic_and_sample_is_seeded(tiny_model_dir, rec):
+    x, lengths = _batch([harmonic(20000), noise(12000)])
+    assert torch.equal(rec(x, lengths).waveform, rec(x, lengths).waveform)
+    s1 = Reconstructor(rec.vae, rec.vocoder, latent_mode="sample", seed=1)
+    s2 = Reconstructor(rec.vae, rec.vocoder, latent_mode="sample", seed=2)
+    o1, o1b, o2 = s1(x, lengths), s1(x, lengths), s2(x, lengths)
+    assert torch.equal(o1.latent, o1b.latent)
+    assert not torch.allclose(o1.latent, o2.latent)
+    assert not torch.allclose(o1.latent, rec(x, lengths).latent)
+    alone = s1(x[1:, :12000])
+    assert torch.allclose(alone.latent[0], o1.latent[1], atol=1e-5)
+
+
+def test_nan_in_decoded_mel_is_counted_and_repaired(rec):
+    def inject(module, inputs, output):
+        output = output.clone()
+        output[:, 0, 3:5, 10:20] = float("nan")
+        output[:, 0, 7, 0] = float("inf")
+        return output
+
+    handle = rec.vae.decoder.register_forward_hook(inject)
+    try:
+        x, lengths = _batch([harmonic(20000), noise(20000)])
+        out = rec(x, lengths)
+    finally:
+        handle.remove()
+    h = out.health
+    assert h["mel_hat_nan"].tolist() == [20, 20] and h["mel_hat_posinf"].tolist() == [1, 1]
+    assert h["mel_hat_nonfinite"].tolist() == [21, 21]
+    assert torch.isfinite(out.mel_hat).all() and torch.isfinite(out.waveform).all()
+    assert out.mel_hat[0, 0, 3, 10].item() == pytest.approx(LOG_MEL_FLOOR)
+    clean = rec(x, lengths)
+    assert clean.health["mel_hat_nonfinite"].tolist() == [0, 0]
+    assert clean.health["output_nonfinite"].tolist() == [0, 0]
+
+
+def test_health_stats_are_float64_over_valid_frames(rec):
+    x, lengths = _batch([harmonic(16000), noise(32000)])
+    out = rec(x, lengths)
+    for i, f in enumerate(out.frames.tolist()):
+        valid = out.mel_hat[i, 0, :f].double()
+        assert out.health["mel_hat_mean"][i].item() == pytest.approx(valid.mean().item(), rel=1e-6)
+        assert out.health["mel_hat_std"][i].item() == pytest.approx(
+            valid.std(unbiased=False).item(), rel=1e-5
+        )
+        assert out.health["mel_hat_min"][i].item() == pytest.approx(valid.min().item())
+    assert out.health["mel_hat_mean"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("precision, vae_dtype, vocoder_dtype", [
+    ("fp32", torch.float32, torch.float32),
+    ("bf16", torch.bfloat16, torch.bfloat16),
+    ("fp16", torch.float32, torch.float16),  # the VAE is never run in float16
+])  # fmt: skip
+def test_precision_policy(tiny_model_dir, precision, vae_dtype, vocoder_dtype):
+    rec = Reconstructor.from_pretrained(str(tiny_model_dir), precision=precision)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, output.dtype)
+
+        return hook
+
+    hooks = [
+        rec.vae.decoder.conv_in.register_forward_hook(record("vae")),
+        rec.vocoder.conv_pre.register_forward_hook(record("vocoder")),
+    ]
+    try:
+        # an outer float16 autocast (e.g. a Trainer's "16-mixed") must not reach the VAE either
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = rec(torch.from_numpy(harmonic(16000)).float()[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"vae": vae_dtype, "vocoder": vocoder_dtype}
+    assert all(p.dtype == torch.float32 for p in rec.vae.parameters())
+    assert out.waveform.dtype == torch.float32 and torch.isfinite(out.waveform).all()
+
+
+def test_bad_input_shapes_are_clear_errors(rec):
+    with pytest.raises(ValueError, match=r"\(B, N\)"):
+        rec(torch.zeros(16000))
+    with pytest.raises(ValueError, match="lengths"):
+        rec(torch.zeros(2, 1000), torch.tensor([1000, 2000]))
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(tiny_model_dir, rec):
+    gpu = Reconstructor.from_pretrained(str(tiny_model_dir), device="cuda")
+    x, lengths = _batch([harmonic(20000), noise(16037)])
+    a = rec(x, lengths)
+    b = gpu(x.cuda(), lengths.cuda())
+    assert b.waveform.is_cuda
+    rel = (a.waveform - b.waveform.cpu()).norm() / a.waveform.norm()
+    assert rel < 1e-2  # TF32 convolutions on the GPU
