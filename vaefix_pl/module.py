@@ -1,0 +1,158 @@
+"""``ReconstructionModule``: the frozen AudioLDM2 VAE + vocoder in a LightningModule's ``predict_step``.
+
+Thin by design: the pipeline is :class:`~vaefix_pl.reconstruct.Reconstructor`, the repair chain
+:class:`~vaefix_pl.postprocess.PostProcessChain`, the scores :mod:`vaefix_pl.metrics`; this class only
+wires them to Lightning. ``predict_step`` runs no collectives (ranks may get one batch less) and does
+no I/O: :class:`~vaefix_pl.writer.ReconstructionWriter` writes what it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vaefix_pl.models import DEFAULT_SOURCE, normalize_precision
+from vaefix_pl.reconstruct import Reconstructor
+
+#: Fast on-device metrics computed in ``predict_step`` when ``metrics`` is not given.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "mel_distance",
+    "mrstft_distance",
+    "lsd",
+    "snr",
+    "pearson",
+    "si_sdr",
+    "lag",
+    "clicks_added_per_s",
+)
+
+
+class ReconstructionModule(L.LightningModule):
+    """Reconstruct audio through AudioLDM2's frozen VAE + HiFi-GAN and score it, in ``predict_step``.
+
+    Args:
+        model: local diffusers-format folder or hub id (offline: local folder or HF cache).
+        precision: ``"fp32"`` (default, TF32 allowed on CUDA), ``"bf16"`` or ``"fp16"`` (VAE kept fp32).
+        framing: ``"tacotron"`` (AudioLDM2's) or ``"hifigan"``.
+        latent_mode: ``"mode"`` (deterministic) or ``"sample"`` (seeded by ``seed``).
+        pad_frames_to: canonical-length multiple in frames (1024 = upstream's 10.24 s window).
+        allow_download: let the loader fetch missing weights from the hub.
+        postprocess: ``PostProcessChain`` keyword arguments (``None``: no repair chain; ``{}``: the
+            chain with its defaults). When set, ``<id>.post.wav`` is produced and scored too.
+        metrics: on-device metric names (see ``vaefix_pl.metrics.available_metrics()``); ``[]`` for none.
+        perceptual: CPU metrics scored by the writer's worker pool (``pesq``, ``stoi``, ``estoi``).
+        compile: ``torch.compile`` the VAE and vocoder (CUDA; fixed clip lengths recommended).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_SOURCE,
+        precision: str = "fp32",
+        framing: str = "tacotron",
+        latent_mode: str = "mode",
+        seed: int = 0,
+        pad_frames_to: int = 1024,
+        allow_download: bool = False,
+        postprocess: dict[str, Any] | None = None,
+        metrics: list[str] | None = None,
+        perceptual: list[str] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_source = model
+        self.precision_name = normalize_precision(precision)
+        self.metric_names = list(DEFAULT_METRICS if metrics is None else metrics)
+        self.perceptual_metrics = list(perceptual or [])
+        self.reconstructor: Reconstructor | None = None
+        self.chain = None
+        if postprocess is not None:
+            from vaefix_pl.postprocess import PostProcessChain
+
+            self.chain = PostProcessChain(**postprocess)
+        if self.metric_names:
+            from vaefix_pl.metrics import available_metrics
+
+            unknown = sorted(set(self.metric_names) - set(available_metrics()))
+            if unknown:
+                raise ValueError(f"unknown metrics {unknown}; available: {available_metrics()}")
+
+    # Models are loaded per process when the Trainer sets up (every DDP rank loads its own copy).
+    def configure_model(self) -> None:
+        if self.reconstructor is not None:
+            return
+        hp = self.hparams
+        self.reconstructor = Reconstructor.from_pretrained(
+            hp.model,
+            precision=hp.precision,
+            allow_download=hp.allow_download,
+            framing=hp.framing,
+            latent_mode=hp.latent_mode,
+            seed=hp.seed,
+            pad_frames_to=hp.pad_frames_to,
+        )
+        if hp.compile:
+            self.reconstructor.compile_models()
+
+    @classmethod
+    def from_reconstructor(cls, reconstructor: Reconstructor, **kwargs: Any) -> ReconstructionModule:
+        """Wrap an already built :class:`Reconstructor` (e.g. custom or in-memory models)."""
+        settings = reconstructor.settings()
+        kwargs.setdefault("precision", settings["precision"])
+        kwargs.setdefault("framing", settings["framing"])
+        kwargs.setdefault("latent_mode", settings["latent_mode"])
+        kwargs.setdefault("pad_frames_to", settings["pad_frames_to"])
+        module = cls(model=kwargs.pop("model", "<in-memory>"), **kwargs)
+        module.reconstructor = reconstructor
+        return module
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the outputs, for ``summary.json``."""
+        out = {k: v for k, v in dict(self.hparams).items()}
+        if self.reconstructor is not None:
+            out["reconstructor"] = self.reconstructor.settings()
+        if self.chain is not None:
+            out["postprocess"] = self.chain.describe()
+        return out
+
+    def _score(self, reference: Tensor, estimate: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        if not self.metric_names:
+            return {}
+        from vaefix_pl.metrics import compute_metrics
+
+        return compute_metrics(reference, estimate, lengths, self.metric_names)
+
+    def forward(self, waveform: Tensor, lengths: Tensor) -> dict[str, Any]:
+        assert self.reconstructor is not None, "call configure_model() (the Trainer does) first"
+        out = self.reconstructor(waveform, lengths)
+        audio = {"original": out.reference, "recon": out.waveform}
+        scores = {"recon": self._score(out.reference, out.waveform, lengths)}
+        if self.chain is not None:
+            post_in = out.waveform
+            if getattr(self.chain, "mel_mode", None):
+                mel = self.chain.process_mel(out.mel_hat, out.frames)
+                if not torch.equal(mel, out.mel_hat):  # "guard" on a healthy mel changes nothing
+                    post_in = self.reconstructor.vocode(mel, lengths, out.gain)
+            audio["post"] = self.chain(post_in, lengths)
+            scores["post"] = self._score(out.reference, audio["post"], lengths)
+        return {"audio": audio, "metrics": scores, "health": out.health, "output": out}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "ids": batch["ids"],
+            "paths": batch["paths"],
+            "lengths": batch["lengths"],
+            "errors": batch["errors"],
+            "audio": {},
+            "metrics": {},
+            "health": {},
+        }
+        if len(batch["ids"]) == 0:  # every item of this batch failed to load
+            return result
+        out = self(batch["waveform"], batch["lengths"])
+        out.pop("output")
+        result.update(out)
+        return result
