@@ -318,6 +318,20 @@ def test_bandpass_long_clip_matches_scipy(device):
     assert maxabs(np1(bandpass(t1(x, torch.float32, device))), ref) <= 1e-4
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_bandpass_float32_recursion(device):
+    """compute_dtype=float32 (not the default) works, but only to ~1e-4: the 60 Hz poles (radius 0.9983)
+    amplify float32 rounding, which is why the recursion runs in float64 by default."""
+    sos = design_bandpass()
+    for kind in ("tone", "chirp"):
+        x = make_signal(kind, 16037, 1)
+        ref = scipy.signal.sosfiltfilt(sos, x)
+        for block_size in (None, 1024):
+            got = bandpass(t1(x, torch.float32, device), block_size=block_size, compute_dtype=torch.float32)
+            assert got.dtype == torch.float32
+            assert maxabs(np1(got), ref) <= 1e-3
+
+
 def test_edge_handling_matters():
     """A plain zero-state forward-backward (no odd extension, no sosfilt_zi) is far from SciPy near the
     edges; this is what the exact edge handling buys (and shows the parity tests can fail)."""

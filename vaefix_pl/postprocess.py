@@ -50,7 +50,7 @@ def _full_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
     lengths = torch.as_tensor(lengths, device=x.device).long()
     if lengths.shape != (b,):
         raise ValueError(f"lengths must be ({b},), got shape {tuple(lengths.shape)}")
-    if bool((lengths < 0).any()) or bool((lengths > n).any()):
+    if bool(((lengths < 0) | (lengths > n)).any()):
         raise ValueError(f"lengths must lie in [0, {n}], got {lengths.tolist()}")
     return lengths
 
@@ -284,37 +284,46 @@ def default_padlen(sos: np.ndarray) -> int:
 
 
 class _SosPlan:
-    """Per-(sections, block length, device, dtype) constants of the block-parallel cascade, in float64
-    NumPy first and then on the device: coefficients, each section's zero-input responses to a unit
-    state over one block, and the state-transition matrix over ``block * 2**k`` samples."""
+    """Per-(sections, block length, device, dtype) constants of the block-parallel cascade, computed in
+    float64 NumPy and moved to the device once: coefficients, each section's zero-input responses to a
+    unit state over one block, the end-state map, and the state transition over ``block * 2**k`` samples.
+    """
 
     def __init__(self, sos: np.ndarray, block: int, device: torch.device, dtype: torch.dtype) -> None:
+        f64 = torch.float64
         self.block = block
         self.n_sections = len(sos)
-        self.coeffs = [tuple(float(c) for c in s) for s in sos]  # (b0, b1, b2, 1, a1, a2)
+        self.dtype = dtype
         self.b = torch.tensor(sos[:, :3], dtype=dtype, device=device)
         self.a = torch.tensor(sos[:, 3:], dtype=dtype, device=device)
-        # zero-input responses to the DF2T states (1, 0) and (0, 1) (SciPy's sosfilt state convention)
+        # Zero-input responses to the DF2T states (1, 0) and (0, 1) (SciPy's sosfilt state convention).
         g = np.empty((len(sos), 2, block))
         zeros = np.zeros(block)
         for j, s in enumerate(sos):
             for k in range(2):
                 zi = np.zeros((1, 2))
                 zi[0, k] = 1.0
-                g[j, k] = scipy.signal.sosfilt(s[None, :], zeros, zi=zi)[0]
+                g[j, k] = scipy.signal.sosfilt(s[None, :].copy(), zeros, zi=zi)[0]
         self.g = torch.tensor(g, dtype=dtype, device=device)
-        # DF2T state update under zero input: z1' = -a1 z1 + z2, z2' = -a2 z1. powers[j][k] = A_j^(block * 2^k)
-        self.powers: list[list[tuple[float, float, float, float]]] = []
-        for s in sos:
-            a_mat = np.array([[-s[4], 1.0], [-s[5], 0.0]])
-            p = np.linalg.matrix_power(a_mat, block)
-            seq = []
-            for _ in range(48):
-                seq.append((float(p[0, 0]), float(p[0, 1]), float(p[1, 0]), float(p[1, 1])))
+        # End state of a block from its last two inputs u and outputs y (DF2T):
+        # z1 = b1 u[n] + b2 u[n-1] - a1 y[n] - a2 y[n-1], z2 = b2 u[n] - a2 y[n];
+        # as [u[n-1], u[n], y[n-1], y[n]] @ end_map.
+        end = np.zeros((len(sos), 4, 2))
+        for j, (_, b1, b2, _, a1, a2) in enumerate(sos):
+            end[j] = [[b2, 0.0], [b1, b2], [-a2, 0.0], [-a1, -a2]]
+        self.end_map = torch.tensor(end, dtype=f64, device=device)
+        # DF2T state update under zero input: z1' = -a1 z1 + z2, z2' = -a2 z1, i.e. z' = A z.
+        # powers[j, k] = (A_j^(block * 2^k))^T, for row-vector states; they underflow to 0 long before k = 40.
+        powers = np.zeros((len(sos), 40, 2, 2))
+        for j, s in enumerate(sos):
+            p = np.linalg.matrix_power(np.array([[-s[4], 1.0], [-s[5], 0.0]]), block)
+            for k in range(40):
+                powers[j, k] = p.T
                 p = p @ p
-            self.powers.append(seq)
-        zi = scipy.signal.sosfilt_zi(sos)  # (n_sections, 2): steady state of a unit step
-        self.zi = torch.tensor(zi, dtype=dtype, device=device)
+        self.powers = torch.tensor(powers, dtype=f64, device=device)
+        self.zi = torch.tensor(
+            scipy.signal.sosfilt_zi(sos), dtype=f64, device=device
+        )  # unit-step steady state
 
 
 _PLANS: dict[tuple[Any, ...], _SosPlan] = {}
@@ -331,16 +340,16 @@ def _plan(sos: np.ndarray, block: int, device: torch.device, dtype: torch.dtype)
 
 
 def _section_blocked(u: Tensor, s0: Tensor, plan: _SosPlan, j: int) -> Tensor:
-    """One second-order section over ``u (B, C*M)`` with initial DF2T state ``s0 (B, 2)``.
+    """One second-order section over ``u (B, C*M)`` from the initial DF2T state ``s0 (B, 2)`` (float64).
 
-    torchaudio's ``lfilter`` has no initial-state argument and runs one sequential thread per row, so
-    the signal is cut into ``C`` blocks of ``M`` samples that are filtered independently from zero state
-    (``B*C`` parallel rows); the true state entering each block is then recovered exactly by a
-    log-depth scan ``z_{c+1} = A^M z_c + e_c`` (``e_c``: the zero-state run's end state) and its
-    zero-input response ``z_c[0] g_1 + z_c[1] g_2`` is added to the block. Everything is linear, so the
-    result equals a single sequential pass (to rounding).
+    torchaudio's ``lfilter`` has no initial-state argument, and on the GPU it runs one sequential thread
+    per row. So the signal is cut into ``C`` blocks of ``M`` samples filtered independently from zero
+    state (``B*C`` parallel rows); the true state entering each block is then recovered exactly by a
+    log-depth scan ``z_{c+1} = A^M z_c + e_c`` (``e_c``: the zero-state run's end state), and that
+    state's zero-input response ``z_c[0] g_1 + z_c[1] g_2`` is added to the block. All of it is linear,
+    so the result equals one sequential pass to rounding. The small state bookkeeping runs in float64
+    with matmuls (float64 matmuls never drop to TF32).
     """
-    _, b1, b2, _, a1, a2 = plan.coeffs[j]
     m = plan.block
     bsz, w = u.shape
     c = w // m
@@ -349,30 +358,27 @@ def _section_blocked(u: Tensor, s0: Tensor, plan: _SosPlan, j: int) -> Tensor:
     if c == 1:
         z = s0[:, None, :]
     else:
-        # End state of each zero-state block (DF2T: z1 = b1 u[n] + b2 u[n-1] - a1 y[n] - a2 y[n-1], z2 = b2 u[n] - a2 y[n]).
-        e1 = b1 * ub[:, -1] + b2 * ub[:, -2] - a1 * v[:, -1] - a2 * v[:, -2]
-        e2 = b2 * ub[:, -1] - a2 * v[:, -1]
-        e = torch.stack((e1, e2), dim=-1).reshape(bsz, c, 2)
+        last = torch.cat((ub[:, -2:], v[:, -2:]), dim=1).to(torch.float64)  # (B*C, 4)
+        e = (last @ plan.end_map[j]).reshape(bsz, c, 2)
         z = torch.cat((s0[:, None, :], e[:, :-1]), dim=1)  # q_0 = s0, q_c = e_{c-1}
         d, k = 1, 0
-        while d < c:  # inclusive Hillis-Steele scan: q_c <- q_c + P^d q_{c-d}
-            p00, p01, p10, p11 = plan.powers[j][k]
-            prev = z[:, :-d]
-            upd0 = z[:, d:, 0] + p00 * prev[..., 0] + p01 * prev[..., 1]
-            upd1 = z[:, d:, 1] + p10 * prev[..., 0] + p11 * prev[..., 1]
-            z = torch.cat((z[:, :d], torch.stack((upd0, upd1), dim=-1)), dim=1)
+        while d < c:  # inclusive Hillis-Steele scan: q_c <- q_c + A^(M d) q_{c-d}
+            z = torch.cat((z[:, :d], z[:, d:] + z[:, :-d] @ plan.powers[j, k]), dim=1)
             d, k = 2 * d, k + 1
-    v = v.reshape(bsz, c, m)
-    # Elementwise multiply-adds, not a matmul: a float32 matmul may run in TF32 on the GPU.
-    v = torch.addcmul(v, z[..., 0:1], plan.g[j, 0])
-    v = torch.addcmul(v, z[..., 1:2], plan.g[j, 1])
+    z = z.reshape(bsz * c, 2)
+    if plan.dtype == torch.float64:
+        v = torch.addmm(v, z, plan.g[j])
+    else:  # elementwise, not a matmul: a float32 matmul may run in TF32 on the GPU
+        z = z.to(plan.dtype)
+        v = torch.addcmul(torch.addcmul(v, z[:, 0:1], plan.g[j, 0]), z[:, 1:2], plan.g[j, 1])
     return v.reshape(bsz, w)
 
 
 def _cascade(u: Tensor, x0: Tensor, plan: _SosPlan) -> Tensor:
     """``scipy.signal.sosfilt(sos, u, zi=sosfilt_zi(sos) * x0)`` for every row of ``u (B, C*M)``."""
+    x0 = x0.to(torch.float64)[:, None]
     for j in range(plan.n_sections):
-        u = _section_blocked(u, plan.zi[j][None, :] * x0[:, None], plan, j)
+        u = _section_blocked(u, plan.zi[j][None, :] * x0, plan, j)
     return u
 
 
@@ -396,9 +402,25 @@ def sosfiltfilt(
     ``compute_dtype``: the recursion runs in float64 by default whatever the input dtype. With poles at
     radius 0.9983 (the 60 Hz edge), a float32 recursion is off by ~1e-4 on a peak-0.5 tone and the
     seed's tolerance is not met; on a datacenter GPU the sequential recursion is latency-bound, so
-    float64 costs little. ``block_size``: rows are cut into blocks of this many samples filtered in
-    parallel and stitched exactly (:func:`_section_blocked`); ``None`` runs each row as one block.
+    float64 costs little (with ``compute_dtype=torch.float32`` on a GPU, also switch cuDNN's TF32 off:
+    torchaudio runs the numerator as a conv1d).
+
+    ``block_size``: rows are cut into blocks of this many samples, filtered in parallel and stitched
+    exactly (:func:`_section_blocked`); ``None`` runs each row as one block (torchaudio's plain lfilter).
     """
+    # Autocast off: lfilter's conv1d and the addmm must not drop to half precision.
+    with torch.autocast(x.device.type, enabled=False):
+        return _sosfiltfilt(x, sos, lengths, padlen, block_size, compute_dtype)
+
+
+def _sosfiltfilt(
+    x: Tensor,
+    sos: np.ndarray,
+    lengths: Tensor | None,
+    padlen: int | None,
+    block_size: int | None,
+    compute_dtype: torch.dtype,
+) -> Tensor:
     lengths = _full_lengths(x, lengths)
     sos = np.asarray(sos, dtype=np.float64)
     p = default_padlen(sos) if padlen is None else int(padlen)
@@ -410,7 +432,7 @@ def sosfiltfilt(
             warnings.warn(
                 f"sosfiltfilt: items {bad} have <= padlen={p} samples; left unfiltered",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     ln = torch.where(too_short, torch.zeros_like(lengths), lengths)  # filtered lengths (0: skipped)
     if n == 0 or int(ln.max()) == 0:
