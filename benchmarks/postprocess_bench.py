@@ -65,6 +65,11 @@ def time_device(fn: Callable[[], object], device: torch.device, warmup: int, rep
     return times
 
 
+def parse_block(text: str) -> int | str | None:
+    text = text.strip().lower()
+    return None if text == "none" else "auto" if text == "auto" else int(text)
+
+
 def make_batch(batch: int, samples: int, seed: int = 0) -> np.ndarray:
     """Speech-like test clips at peak 0.9 (so compression acts) with a few clicks (so outlier repair acts)."""
     rng = np.random.default_rng(seed)
@@ -93,14 +98,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed-repeats", type=int, default=3, help="repeats of the seed's CPU chain")
     parser.add_argument(
         "--block-sizes",
-        default="1024,256,4096,none",
-        help="band-pass block sizes to time ('none': one block per row, torchaudio's plain sequential lfilter)",
+        default="auto,256,1024,4096,none",
+        help="band-pass block sizes to time, the first also for the chain ('none': one block per row, "
+        "torchaudio's plain sequential lfilter; 'auto': none on the CPU, 1024 elsewhere)",
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    block_sizes = [None if b.strip().lower() == "none" else int(b) for b in args.block_sizes.split(",")]
+    block_sizes = [parse_block(b) for b in args.block_sizes.split(",")]
     clips = make_batch(args.batch, args.samples)
     x = torch.from_numpy(clips).to(device=device, dtype=torch.float32)
     lengths = torch.full((args.batch,), args.samples, dtype=torch.long, device=device)
@@ -166,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     print(
-        f"batch {args.batch} x {args.samples} samples ({audio_s:.1f} s of audio), torch {torch.__version__}"
+        f"batch {args.batch} x {args.samples} samples ({audio_s:.1f} s of audio), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch CPU threads"
     )
     print()
     print("| stage | device | ms per batch | x real time |")
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "audio_seconds": audio_s,
         "device": dev_name,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "rows": rows,
     }
     if args.json is not None:

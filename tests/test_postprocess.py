@@ -273,7 +273,7 @@ BP_SETTINGS = [
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("settings", BP_SETTINGS)
-@pytest.mark.parametrize("block_size", [None, 1024, 300])
+@pytest.mark.parametrize("block_size", ["auto", None, 1024, 300])
 @pytest.mark.parametrize("n", [34, 500, 16037])
 def test_bandpass_matches_scipy(device, settings, block_size, n):
     low, high = settings.get("low_hz", 60.0), settings.get("high_hz", 7000.0)
@@ -424,7 +424,8 @@ def _stages():
     return {
         "outliers": lambda x, n: repair_outliers(x, n),
         "fade": lambda x, n: fade(x, n),
-        "bandpass": lambda x, n: bandpass(x, n),
+        "bandpass": lambda x, n: bandpass(x, n),  # "auto" block size
+        "bandpass_blocked": lambda x, n: bandpass(x, n, block_size=1024),
         "bandpass_unblocked": lambda x, n: bandpass(x, n, block_size=None),
         "compress": lambda x, n: soft_compress(x, lengths=n),
         "chain": PostProcessChain.seed_final(),
@@ -480,6 +481,10 @@ def test_chain_settings_roundtrip_and_switches():
         PostProcessChain(mel_mode="bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         PostProcessChain(outlier_size=4)
+    with pytest.raises(ValueError):
+        PostProcessChain(block_size=1)
+    assert PostProcessChain(block_size=None).describe()["block_size"] is None
+    assert PostProcessChain(block_size=512).describe()["block_size"] == 512
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "bandpass" in repr(chain)

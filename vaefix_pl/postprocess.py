@@ -37,8 +37,11 @@ from vaefix_pl.frontend import LOG_MEL_FLOOR, SAMPLE_RATE, TRAINED_LOG_MEL_RANGE
 MelMode = Literal["guard", "standardize", "minmax", "none"]
 MEL_MODES: tuple[str, ...] = ("guard", "standardize", "minmax", "none")
 
-#: Default sub-block length (samples) of the block-parallel IIR (see :func:`sosfiltfilt`).
+#: Sub-block length (samples) of the block-parallel IIR on a GPU when ``block_size="auto"`` (see
+#: :func:`sosfiltfilt`). On the CPU "auto" runs each row as one block: there the blocking only adds work.
 DEFAULT_BLOCK_SIZE = 1024
+
+BlockSize = int | Literal["auto"] | None
 
 
 def _full_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -387,7 +390,7 @@ def sosfiltfilt(
     sos: np.ndarray,
     lengths: Tensor | None = None,
     padlen: int | None = None,
-    block_size: int | None = DEFAULT_BLOCK_SIZE,
+    block_size: BlockSize = "auto",
     compute_dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """``scipy.signal.sosfiltfilt(sos, x_b[:L_b], padtype="odd", padlen=padlen)`` for every item.
@@ -406,7 +409,8 @@ def sosfiltfilt(
     torchaudio runs the numerator as a conv1d).
 
     ``block_size``: rows are cut into blocks of this many samples, filtered in parallel and stitched
-    exactly (:func:`_section_blocked`); ``None`` runs each row as one block (torchaudio's plain lfilter).
+    exactly (:func:`_section_blocked`); ``None`` runs each row as one block (torchaudio's plain lfilter);
+    ``"auto"``: ``None`` on the CPU, :data:`DEFAULT_BLOCK_SIZE` on other devices.
     """
     # Autocast off: lfilter's conv1d and the addmm must not drop to half precision.
     with torch.autocast(x.device.type, enabled=False):
@@ -418,7 +422,7 @@ def _sosfiltfilt(
     sos: np.ndarray,
     lengths: Tensor | None,
     padlen: int | None,
-    block_size: int | None,
+    block_size: BlockSize,
     compute_dtype: torch.dtype,
 ) -> Tensor:
     lengths = _full_lengths(x, lengths)
@@ -441,6 +445,8 @@ def _sosfiltfilt(
     xc = x.to(compute_dtype)
     lext = ln + 2 * p  # extended length per item
     w = int(lext.max())
+    if block_size == "auto":
+        block_size = None if x.device.type == "cpu" else DEFAULT_BLOCK_SIZE
     if block_size is None or w <= block_size:
         m = w
     else:
@@ -483,7 +489,7 @@ def bandpass(
     order: int = 5,
     ripple_db: float = 1.0,
     stop_db: float = 60.0,
-    block_size: int | None = DEFAULT_BLOCK_SIZE,
+    block_size: BlockSize = "auto",
     compute_dtype: torch.dtype = torch.float64,
 ) -> Tensor:
     """Seed's zero-phase elliptic band-pass (``ellip(5, 1, 60, [60, 7000] Hz)``), ``(B, N)`` -> ``(B, N)``.
@@ -548,7 +554,7 @@ class PostProcessChain(nn.Module):
         threshold: float = 0.7,
         ratio: float = 0.3,
         sample_rate: int = SAMPLE_RATE,
-        block_size: int | None = DEFAULT_BLOCK_SIZE,
+        block_size: BlockSize = "auto",
     ) -> None:
         super().__init__()
         if mel_mode not in MEL_MODES:
@@ -575,7 +581,9 @@ class PostProcessChain(nn.Module):
         self.threshold = float(threshold)
         self.ratio = float(ratio)
         self.sample_rate = int(sample_rate)
-        self.block_size = None if block_size is None else int(block_size)
+        if block_size not in (None, "auto") and int(block_size) < 2:
+            raise ValueError(f"block_size must be 'auto', None or >= 2, got {block_size!r}")
+        self.block_size: BlockSize = block_size if block_size in (None, "auto") else int(block_size)
         if self.bandpass:
             design_bandpass(
                 self.sample_rate, self.low_hz, self.high_hz, self.order, self.ripple_db, self.stop_db
