@@ -112,6 +112,7 @@ class Reconstructor(nn.Module):
         self.seed = int(seed)
         self.precision = normalize_precision(precision)
         self.pad_frames_to = int(pad_frames_to)
+        self._channels_last = False
 
     @classmethod
     def from_pretrained(
@@ -127,6 +128,35 @@ class Reconstructor(nn.Module):
         models = load_audioldm2(source, precision=precision, device=device, allow_download=allow_download)
         rec = cls(models.vae, models.vocoder, models.scaling_factor, precision=models.precision, **kwargs)
         return rec.to(device) if device is not None else rec
+
+    def optimize(
+        self,
+        channels_last: bool = True,
+        cudnn_benchmark: bool = True,
+        compile: bool | str = False,
+    ) -> Reconstructor:
+        """Speed settings for fixed-length GPU work (measured in ``docs/PERFORMANCE.md``).
+
+        ``channels_last`` stores the VAE's 2-D activations NHWC (cuDNN's fast layout for tensor-core
+        convolutions); ``cudnn_benchmark`` lets cuDNN time its algorithms per shape (pays off when clip
+        lengths repeat, as with ``pad_frames_to=1024``); ``compile`` (``True`` or a ``torch.compile``
+        mode) compiles the VAE encoder/decoder and the vocoder in place with static shapes, fusing the
+        GroupNorm+SiLU and leaky-ReLU/residual element-wise chains.
+        """
+        if channels_last:
+            self.vae.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        if cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        if compile:
+            mode = None if compile is True else str(compile)
+            for part in (self.vae.encoder, self.vae.decoder, self.vocoder):
+                part.compile(mode=mode, dynamic=False)
+        return self
+
+    def compile_models(self, mode: str | None = None) -> Reconstructor:
+        """Shorthand for ``optimize(compile=mode or True)``."""
+        return self.optimize(compile=mode or True)
 
     def extra_repr(self) -> str:
         return (
@@ -170,8 +200,11 @@ class Reconstructor(nn.Module):
 
     def encode(self, mel: Tensor, seeds: Tensor | None = None) -> Tensor:
         """``(B, 1, T, 64)`` -> scaled latent ``(B, C, T/4, 16)`` (posterior mode, or a seeded sample)."""
+        mel = mel.float()
+        if self._channels_last:
+            mel = mel.contiguous(memory_format=torch.channels_last)
         with _autocast(mel.device.type, self._dtype("vae")):
-            dist = self.vae.encode(mel.float()).latent_dist
+            dist = self.vae.encode(mel).latent_dist
             if self.latent_mode == "mode":
                 z = dist.mode()
             else:
@@ -194,9 +227,12 @@ class Reconstructor(nn.Module):
 
     def decode(self, latent: Tensor) -> Tensor:
         """Scaled latent ``(B, C, T/4, 16)`` -> raw decoded log-mel ``(B, 1, T, 64)`` float32 (no repair)."""
+        z = latent / self.scaling_factor
+        if self._channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
         with _autocast(latent.device.type, self._dtype("vae")):
-            mel = self.vae.decode(latent / self.scaling_factor).sample
-        return mel.float()
+            mel = self.vae.decode(z).sample
+        return mel.float().contiguous()
 
     def _vocoder(self, mel: Tensor) -> Tensor:
         """``(B, 1, T, 64)`` -> ``(B, T * 160)`` float32 (non-finite values not yet repaired)."""

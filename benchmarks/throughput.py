@@ -1,0 +1,349 @@
+"""Throughput of the reconstruction pipeline on one GPU: x real time, clips/s, memory, TFLOP/s, accuracy.
+
+Builds the full-size AudioLDM2 architectures (``vaefix_pl.testing.full_size_configs``, exactly the
+reference configs) with random weights from a fixed seed (cost does not depend on the values), or
+loads real weights with ``--model PATH``. Times the real :class:`vaefix_pl.Reconstructor` with CUDA
+events after warm-up (median of repeats) on 10.24 s clips, measures the bf16/TF32 matmul ceiling in
+the same run, counts FLOPs with ``torch.utils.flop_counter``, and compares each fast variant with an
+fp32 (no TF32) reference on the same inputs (relative L2 of waveform and decoded mel).
+
+    python benchmarks/throughput.py --variants all --batches 16,64 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the seed's NumPy chain lives in tests/seed_oracle.py
+
+from vaefix_pl.probes import probe_signals  # noqa: E402
+from vaefix_pl.reconstruct import Reconstructor  # noqa: E402
+from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
+
+DEVICE = "cuda"
+CLIP_S = 10.24
+CLIP_N = 163840
+
+# name -> settings. "tf32" = fp32 weights/activations with TF32 tensor cores (the fp32 default).
+VARIANTS: dict[str, dict] = {
+    "seed_loop": dict(precision="fp32", tf32=False, batch=1, seed_chain=True),
+    "fp32_b1": dict(precision="fp32", tf32=False, batch=1),
+    "fp32": dict(precision="fp32", tf32=False),
+    "tf32": dict(precision="fp32", tf32=True),
+    "bf16": dict(precision="bf16", tf32=True),
+    "tf32_cl": dict(precision="fp32", tf32=True, channels_last=True, cudnn_benchmark=True),
+    "bf16_cl": dict(precision="bf16", tf32=True, channels_last=True, cudnn_benchmark=True),
+    "tf32_compiled": dict(
+        precision="fp32", tf32=True, channels_last=True, cudnn_benchmark=True, compile=True
+    ),
+    "bf16_compiled": dict(
+        precision="bf16", tf32=True, channels_last=True, cudnn_benchmark=True, compile=True
+    ),
+    "bf16_max_autotune": dict(
+        precision="bf16",
+        tf32=True,
+        channels_last=True,
+        cudnn_benchmark=True,
+        compile="max-autotune-no-cudagraphs",
+    ),
+}
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def cuda_time(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():  # --smoke runs on the CPU: wall clock
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return times
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
+def matmul_ceiling(dtype: torch.dtype, n: int = 8192) -> float:
+    """Dense matmul TFLOP/s on random data (median of 20 after warm-up)."""
+    a = torch.randn(n, n, device=DEVICE, dtype=dtype)
+    b = torch.randn(n, n, device=DEVICE, dtype=dtype)
+    t = statistics.median(cuda_time(lambda: a @ b, 5, 20))
+    return 2 * n**3 / t / 1e12
+
+
+def count_flops(rec: Reconstructor, x: torch.Tensor) -> dict[str, float]:
+    """GFLOP per clip for the encoder, decoder and vocoder (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mel = rec.frontend(x)[:, :, :1024]
+    out = {}
+    with FlopCounterMode(display=False) as fc:
+        z = rec.encode(mel)
+    out["encoder"] = fc.get_total_flops() / 1e9
+    with FlopCounterMode(display=False) as fc:
+        mh = rec.decode(z)
+    out["decoder"] = fc.get_total_flops() / 1e9
+    with FlopCounterMode(display=False) as fc:
+        rec._vocoder(mh)
+    out["vocoder"] = fc.get_total_flops() / 1e9
+    out["total"] = sum(out.values())
+    return out
+
+
+def make_inputs(batch: int) -> torch.Tensor:
+    probes = probe_signals(seconds=CLIP_S)
+    sigs = [probes[k] for k in probes if k != "near_silence"]
+    x = np.stack([sigs[i % len(sigs)] for i in range(batch)])
+    return torch.from_numpy(x).float()
+
+
+def seed_chain_cpu(wav: np.ndarray) -> np.ndarray:
+    from seed_oracle import advanced_audio_denoising
+
+    return advanced_audio_denoising(wav.astype(np.float64).copy(), sr=16000)
+
+
+def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference: dict | None) -> dict:
+    set_tf32(cfg.get("tf32", True))
+    torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", False))
+    rec = Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE)
+    rec._channels_last = False
+    vae.to(memory_format=torch.contiguous_format)
+    if cfg.get("channels_last") or cfg.get("compile"):
+        rec.optimize(
+            channels_last=cfg.get("channels_last", False),
+            cudnn_benchmark=cfg.get("cudnn_benchmark", False),
+            compile=cfg.get("compile", False),
+        )
+    x = make_inputs(batch).to(DEVICE)
+    lengths = torch.full((batch,), CLIP_N, device=DEVICE)
+    t0 = time.perf_counter()
+    rec(x, lengths)  # first call: compilation / autotuning happens here
+    sync()
+    first_call_s = time.perf_counter() - t0
+
+    if cfg.get("seed_chain"):
+
+        def fn():
+            out = rec(x, lengths)
+            wav = out.waveform.cpu().numpy()  # the seed moved every clip to NumPy
+            for w in wav:
+                seed_chain_cpu(w)
+
+        # wall clock: the seed chain is CPU work
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.repeats):
+            sync()
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    else:
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        times = cuda_time(lambda: rec(x, lengths), args.warmup, args.repeats)
+    peak = torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+    t = statistics.median(times)
+    row = {
+        "variant": name,
+        "batch": batch,
+        "x_realtime": batch * CLIP_S / t,
+        "clips_per_s": batch / t,
+        "median_s": t,
+        "spread_s": max(times) - min(times),
+        "peak_mem_per_clip_gb": peak / batch / 1e9,
+        "first_call_s": first_call_s,
+    }
+    if reference is not None:
+        xa = reference["x"].to(DEVICE)
+        la = torch.full((xa.shape[0],), CLIP_N, device=DEVICE)
+        out = rec(xa, la)
+        row["rel_l2_wave"] = float(
+            (out.waveform.cpu().double() - reference["wave"]).norm() / reference["wave"].norm()
+        )
+        row["rel_l2_mel"] = float(
+            (out.mel_hat.cpu().double() - reference["mel"]).norm() / reference["mel"].norm()
+        )
+    if cfg.get("compile"):
+        torch._dynamo.reset()
+    vae.to(memory_format=torch.contiguous_format)
+    torch.cuda.empty_cache()
+    return row
+
+
+def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[dict]:
+    """Top CUDA kernels of one batch and their share of GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_tf32(cfg.get("tf32", True))
+    rec = Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE)
+    if cfg.get("channels_last") or cfg.get("compile"):
+        rec.optimize(
+            cfg.get("channels_last", False), cfg.get("cudnn_benchmark", False), cfg.get("compile", False)
+        )
+    x = make_inputs(batch).to(DEVICE)
+    lengths = torch.full((batch,), CLIP_N, device=DEVICE)
+    for _ in range(2):
+        rec(x, lengths)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        rec(x, lengths)
+        sync()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    rows = [
+        {"kernel": e.key[:110], "calls": e.count, "ms": e.self_device_time_total / 1e3,
+         "share": e.self_device_time_total / total}
+        for e in events[:top]
+    ]  # fmt: skip
+    vae.to(memory_format=torch.contiguous_format)
+    torch._dynamo.reset()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="real AudioLDM2 folder (default: random full-size weights)")
+    p.add_argument(
+        "--variants", default="seed_loop,fp32_b1,tf32,bf16,tf32_cl,bf16_cl,tf32_compiled,bf16_compiled"
+    )
+    p.add_argument("--batches", default="16,64")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--profile", default="", help="variant to profile (top kernels)")
+    p.add_argument("--profile-batch", type=int, default=16)
+    p.add_argument("--json", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
+    args = p.parse_args()
+    global DEVICE
+    if args.smoke:
+        DEVICE = "cpu"
+    else:
+        assert torch.cuda.is_available(), "needs a CUDA GPU (or --smoke)"
+
+    if args.model:
+        from vaefix_pl.models import load_audioldm2
+
+        m = load_audioldm2(args.model)
+        vae, vocoder = m.vae.to(DEVICE), m.vocoder.to(DEVICE)
+        weights = f"real weights from {args.model}"
+    elif args.smoke:
+        from vaefix_pl.testing import tiny_configs
+
+        vae, vocoder = build_models(*tiny_configs(), seed=0)
+        weights = "tiny models (smoke test)"
+    else:
+        vae, vocoder = build_models(*full_size_configs(), seed=0)
+        vae, vocoder = vae.to(DEVICE).requires_grad_(False), vocoder.to(DEVICE).requires_grad_(False)
+        weights = "random weights (seed 0), full-size AudioLDM2 configs"
+
+    result = {
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "weights": weights,
+        "command": " ".join(sys.argv),
+        "params_m": {
+            "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
+            "vocoder": sum(p.numel() for p in vocoder.parameters()) / 1e6,
+        },
+    }
+    set_tf32(False)
+    n = 1024 if args.smoke else 8192
+    result["ceiling_tflops"] = {"bf16": matmul_ceiling(torch.bfloat16, n), "tf32": None}
+    set_tf32(True)
+    result["ceiling_tflops"]["tf32"] = matmul_ceiling(torch.float32, n)
+    set_tf32(False)
+    rec = Reconstructor(vae, vocoder).to(DEVICE)
+    flops = count_flops(rec, make_inputs(1).to(DEVICE))
+    result["gflop_per_clip"] = flops
+    # fp32 reference (no TF32) on 4 clips
+    xr = make_inputs(4)
+    out = rec(xr.to(DEVICE), torch.full((4,), CLIP_N, device=DEVICE))
+    reference = {"x": xr, "wave": out.waveform.cpu().double(), "mel": out.mel_hat.cpu().double()}
+    del rec, out
+    torch.cuda.empty_cache()
+
+    rows = []
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    for name in names:
+        cfg = VARIANTS[name]
+        batches = [cfg["batch"]] if "batch" in cfg else [int(b) for b in args.batches.split(",")]
+        for b in batches:
+            try:
+                row = run_variant(name, cfg, vae, vocoder, b, args, reference)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row = {"variant": name, "batch": b, "error": "out of memory"}
+            ceiling = result["ceiling_tflops"]["bf16" if cfg["precision"] == "bf16" else "tf32"]
+            if "x_realtime" in row:
+                row["tflops"] = row["clips_per_s"] * flops["total"] / 1e3
+                row["share_of_ceiling"] = row["tflops"] / ceiling
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result["rows"] = rows
+    if args.profile:
+        result["profile"] = {
+            "variant": args.profile,
+            "batch": args.profile_batch,
+            "top": profile_variant(VARIANTS[args.profile], vae, vocoder, args.profile_batch),
+        }
+
+    print(f"\n{result['device']}  {result['date']}  torch {result['torch']}  {weights}")
+    print(
+        f"ceiling: bf16 {result['ceiling_tflops']['bf16']:.0f} TFLOP/s, tf32 {result['ceiling_tflops']['tf32']:.0f}; "
+        f"GFLOP/clip: " + ", ".join(f"{k} {v:.0f}" for k, v in flops.items())
+    )
+    hdr = "| variant | batch | x real time | clips/s | GB/clip | TFLOP/s | % ceiling | rel L2 wave | rel L2 mel | first call s |"
+    print(hdr)
+    print("|---" * (hdr.count("|") - 1) + "|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['variant']} | {r['batch']} | {r['error']} |")
+            continue
+        print(
+            f"| {r['variant']} | {r['batch']} | {r['x_realtime']:.0f} | {r['clips_per_s']:.1f} | "
+            f"{r['peak_mem_per_clip_gb']:.2f} | {r['tflops']:.0f} | {100 * r['share_of_ceiling']:.0f} | "
+            f"{r.get('rel_l2_wave', math.nan):.1e} | {r.get('rel_l2_mel', math.nan):.1e} | {r['first_call_s']:.0f} |"
+        )
+    if "profile" in result:
+        print(f"\nprofile of {args.profile} (batch {args.profile_batch}): top kernels")
+        for k in result["profile"]["top"]:
+            print(f"{100 * k['share']:5.1f}%  {k['ms']:8.2f} ms  {k['calls']:5d}  {k['kernel']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
