@@ -6,6 +6,8 @@
   LightningCLI (``--print_config`` works; every option can be overridden).
 * ``vaefix demo``: reconstruct the built-in probe set with real AudioLDM2 weights when they are
   present (a ``--model`` folder or the HF cache), else with tiny random models, and say which.
+* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``: see
+  ``vaefix <command> --help``.
 
 ``reconstruct`` is sugar over ``predict``: it builds the LightningCLI arguments, so both paths run
 the same code and accept the same ``--config`` files.
@@ -229,11 +231,24 @@ def demo_main(argv: Sequence[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------- entry point
-COMMANDS = {
-    "reconstruct": reconstruct_main,
-    "predict": predict_main,
-    "demo": demo_main,
+#: subcommand -> "module:function" taking argv and returning an exit code. Resolved on use, so each
+#: subcommand imports only what it needs and lives beside the code it drives.
+COMMANDS: dict[str, str] = {
+    "reconstruct": "vaefix_pl.cli:reconstruct_main",
+    "predict": "vaefix_pl.cli:predict_main",
+    "demo": "vaefix_pl.cli:demo_main",
+    "export-mels": "vaefix_pl.baseline:export_main",
+    "diagnose": "vaefix_pl.diagnose:diagnose_main",
+    "diagnose-mel": "vaefix_pl.diagnose:diagnose_mel_main",
+    "report": "vaefix_pl.report:report_main",
 }
+
+
+def _resolve(target: str):
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: vaefix {" + ",".join(COMMANDS) + "} ...\n")
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return COMMANDS[argv[0]](argv[1:]) or 0
+    return _resolve(COMMANDS[argv[0]])(argv[1:]) or 0
 
 
 if __name__ == "__main__":
