@@ -45,6 +45,8 @@ class ReconstructionModule(L.LightningModule):
         metrics: on-device metric names (see ``vaefix_pl.metrics.available_metrics()``); ``[]`` for none.
         perceptual: CPU metrics scored by the writer's worker pool (``pesq``, ``stoi``, ``estoi``).
         compile: ``torch.compile`` the VAE and vocoder (CUDA; fixed clip lengths recommended).
+        return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
+            "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ReconstructionModule(L.LightningModule):
         metrics: list[str] | None = None,
         perceptual: list[str] | None = None,
         compile: bool = False,
+        return_mels: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -153,6 +156,14 @@ class ReconstructionModule(L.LightningModule):
         if len(batch["ids"]) == 0:  # every item of this batch failed to load
             return result
         out = self(batch["waveform"], batch["lengths"])
-        out.pop("output")
+        rec = out.pop("output")
         result.update(out)
+        if self.hparams.return_mels:
+            result["mels"] = {
+                "mel": rec.mel,
+                "mel_hat": rec.mel_hat,
+                "frames": rec.frames,
+                "canonical_frames": rec.canonical_frames,
+                "gain": rec.gain,
+            }
         return result
