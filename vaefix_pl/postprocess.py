@@ -191,18 +191,27 @@ def repair_outliers(x: Tensor, lengths: Tensor | None = None, k: float = 3.0, si
     """Seed's 3-sigma outlier repair, per item: samples with ``|x - mean| > k * std`` take the value of
     a size-``size`` median filter (``scipy.ndimage.median_filter`` of the item alone).
 
-    Mean and population std (``np.std``) in float64 over the item's valid samples.
-    ``(B, N)`` -> ``(B, N)`` in the input's dtype; padded samples 0.
+    Mean and population std (``np.std``) in float64 over the item's valid samples. The median is only
+    evaluated at the outliers (a fraction of a percent of the samples), with the same per-item reflected
+    windows as :func:`median_filter`. ``(B, N)`` -> ``(B, N)`` in the input's dtype; padded samples 0.
     """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd integer, got {size}")
     lengths = _full_lengths(x, lengths)
     mask = valid_mask(lengths, x.shape[1])
     count = lengths.clamp(min=1).to(torch.float64)[:, None]
     x64 = x.to(torch.float64)
     mean = torch.where(mask, x64, 0.0).sum(dim=1, keepdim=True) / count
-    std = (torch.where(mask, x64 - mean, 0.0) ** 2).sum(dim=1, keepdim=True).div(count).sqrt()
-    outliers = ((x64 - mean).abs() > k * std) & mask
-    out = torch.where(outliers, median_filter(x, lengths, size), x)
-    return out * mask
+    dev = (x64 - mean).abs()
+    std = torch.where(mask, dev, 0.0).square().sum(dim=1, keepdim=True).div(count).sqrt()
+    outliers = (dev > k * std) & mask
+    out = x * mask
+    rows, cols = torch.nonzero(outliers, as_tuple=True)
+    if rows.numel():
+        offsets = torch.arange(-(size // 2), size // 2 + 1, device=x.device)
+        src = _reflect_index(cols[:, None] + offsets, lengths[rows][:, None])  # (K, size)
+        out[rows, cols] = x[rows[:, None], src].median(dim=1).values
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,20 +228,30 @@ def fade(x: Tensor, lengths: Tensor | None = None, fade_samples: int = 1024) -> 
     ``audio[-0:]`` is the whole clip). ``(B, N)`` -> ``(B, N)``, padded samples 0.
     """
     lengths = _full_lengths(x, lengths)
-    n = x.shape[1]
-    i = torch.arange(n, device=x.device, dtype=torch.float64)[None, :]
-    ln = lengths.to(torch.float64)[:, None]
-    f = torch.minimum(torch.full_like(ln, float(fade_samples)), torch.div(ln, 8, rounding_mode="floor"))
+    b, n = x.shape
+    out = x * valid_mask(lengths, n)
+    width = min(int(fade_samples), n // 8)  # no item's fade is longer (f <= L // 8 <= N // 8)
+    if width <= 0:
+        return out
+    t = torch.arange(width, device=x.device)[None, :]  # (1, F)
+    ln = lengths[:, None]
+    f = torch.clamp(ln // 8, max=int(fade_samples))
     apply = (ln > 2 * f) & (f > 0)
-    step = 1.0 / (f - 1).clamp(min=1)  # np.linspace(0, 1, f) = arange(f) * (1 / (f - 1)); f == 1 -> [0]
-    ramp_in = torch.where(f > 1, i * step, 0.0)
-    j = i - (ln - f)  # position inside the fade-out
-    ramp_out = torch.where(f > 1, (1.0 - j * step).clamp(min=0.0), 1.0)  # linspace(1, 0, f); f == 1 -> [1]
-    gain = torch.ones_like(i * ln)
-    gain = torch.where(apply & (i < f), ramp_in.sqrt(), gain)
-    gain = torch.where(apply & (j >= 0) & (j < f), ramp_out.sqrt(), gain)
-    gain = torch.where(i < ln, gain, 0.0)
-    return (x.to(torch.float64) * gain).to(x.dtype)
+    f64 = f.to(torch.float64)
+    step = 1.0 / (f64 - 1).clamp(min=1)  # np.linspace(0, 1, f) = arange(f) * (1 / (f - 1)); f == 1 -> [0]
+    # fade-in on the first F samples (gain 1 past each item's own f)
+    ramp_in = torch.where(f > 1, t * step, 0.0).sqrt()
+    head = torch.where(apply & (t < f), ramp_in, 1.0)
+    out[:, :width] = (out[:, :width].to(torch.float64) * head).to(x.dtype)
+    # fade-out on the F samples ending at each item's own end; u = position inside its fade-out
+    u = t - (width - f)
+    ramp_out = torch.where(f > 1, (1.0 - u * step).clamp(min=0.0), 1.0).sqrt()  # linspace(1, 0, f)
+    tail = torch.where(apply & (u >= 0), ramp_out, 1.0)
+    # Inactive entries may clamp to the same index; they all write back the value they read (gain 1),
+    # and an active one never lands on 0 (it needs L > 2 f, so L - f + u > 0).
+    pos = (ln - width + t).clamp(min=0)
+    out.scatter_(1, pos, (out.gather(1, pos).to(torch.float64) * tail).to(x.dtype))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
