@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -348,16 +349,18 @@ class _SosPlan:
         )  # unit-step steady state
 
 
-_PLANS: dict[tuple[Any, ...], _SosPlan] = {}
+_PLANS: OrderedDict[tuple[Any, ...], _SosPlan] = OrderedDict()
+_MAX_PLANS = 16  # a plan holds (n_sections, 2, block) responses: 13 MB for one 10 s block in float64
 
 
 def _plan(sos: np.ndarray, block: int, device: torch.device, dtype: torch.dtype) -> _SosPlan:
     key = (sos.tobytes(), sos.shape, block, str(device), dtype)
     plan = _PLANS.get(key)
     if plan is None:
-        if len(_PLANS) > 64:  # block lengths follow clip lengths when block_size is None; keep it bounded
-            _PLANS.clear()
         plan = _PLANS[key] = _SosPlan(sos, block, device, dtype)
+        while len(_PLANS) > _MAX_PLANS:
+            _PLANS.popitem(last=False)
+    _PLANS.move_to_end(key)
     return plan
 
 
@@ -466,12 +469,14 @@ def _sosfiltfilt(
     w = int(lext.max())
     if block_size == "auto":
         block_size = None if x.device.type == "cpu" else DEFAULT_BLOCK_SIZE
-    if block_size is None or w <= block_size:
-        m = w
-    else:
-        if block_size < 2:
-            raise ValueError(f"block_size must be >= 2, got {block_size}")
+    if block_size is None:
+        # One block per row, rounded up to whole 4096s so that batches of similar lengths share a plan
+        # (the zeros appended after each item's end cannot reach back into it: the filter is causal).
+        m = -(-w // 4096) * 4096
+    elif int(block_size) >= 2:
         m = int(block_size)
+    else:
+        raise ValueError(f"block_size must be 'auto', None or >= 2, got {block_size!r}")
     w = -(-w // m) * m  # round up to whole blocks
     plan = _plan(sos, m, x.device, compute_dtype)
 
