@@ -13,6 +13,7 @@ fp32 (no TF32) reference on the same inputs (relative L2 of waveform and decoded
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -42,22 +43,63 @@ VARIANTS: dict[str, dict] = {
     "fp32": dict(precision="fp32", tf32=False),
     "tf32": dict(precision="fp32", tf32=True),
     "bf16": dict(precision="bf16", tf32=True),
+    # VAE activations NHWC
     "tf32_cl": dict(precision="fp32", tf32=True, channels_last=True, cudnn_benchmark=True),
     "bf16_cl": dict(precision="bf16", tf32=True, channels_last=True, cudnn_benchmark=True),
-    "tf32_compiled": dict(
-        precision="fp32", tf32=True, channels_last=True, cudnn_benchmark=True, compile=True
+    # vocoder convolutions as channels-last (1, k) Conv2d (vaefix_pl.speed)
+    "tf32_vcl": dict(precision="fp32", tf32=True, vocoder_cl=True, cudnn_benchmark=True),
+    "bf16_vcl": dict(precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True),
+    # + torch.compile (static shapes), VAE layout as named
+    "tf32_vcl_compiled": dict(
+        precision="fp32", tf32=True, vocoder_cl=True, cudnn_benchmark=True, compile=True
     ),
-    "bf16_compiled": dict(
-        precision="bf16", tf32=True, channels_last=True, cudnn_benchmark=True, compile=True
+    "bf16_vcl_compiled": dict(
+        precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True, compile=True
     ),
-    "bf16_max_autotune": dict(
+    "tf32_cl_vcl_compiled": dict(
+        precision="fp32", tf32=True, channels_last=True, vocoder_cl=True, cudnn_benchmark=True, compile=True
+    ),
+    "bf16_cl_vcl_compiled": dict(
+        precision="bf16", tf32=True, channels_last=True, vocoder_cl=True, cudnn_benchmark=True, compile=True
+    ),
+    # + Inductor freezing (weights as constants: casts and layouts folded)
+    "tf32_vcl_frozen": dict(
+        precision="fp32", tf32=True, vocoder_cl=True, cudnn_benchmark=True, compile=True, freeze=True
+    ),
+    "bf16_vcl_frozen": dict(
+        precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True, compile=True, freeze=True
+    ),
+    "bf16_cl_vcl_frozen": dict(
         precision="bf16",
         tf32=True,
         channels_last=True,
+        vocoder_cl=True,
+        cudnn_benchmark=True,
+        compile=True,
+        freeze=True,
+    ),  # fmt: skip
+    "bf16_max_autotune": dict(
+        precision="bf16",
+        tf32=True,
+        vocoder_cl=True,
         cudnn_benchmark=True,
         compile="max-autotune-no-cudagraphs",
     ),
 }
+
+
+def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
+    """Apply a variant's settings through the real ``Reconstructor.optimize``."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = False
+    return rec.optimize(
+        channels_last=cfg.get("channels_last", False),
+        vocoder_channels_last=cfg.get("vocoder_cl", False),
+        cudnn_benchmark=cfg.get("cudnn_benchmark", False),
+        compile=cfg.get("compile", False),
+        freeze=cfg.get("freeze", False),
+    )
 
 
 def sync() -> None:
@@ -135,15 +177,10 @@ def seed_chain_cpu(wav: np.ndarray) -> np.ndarray:
 def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference: dict | None) -> dict:
     set_tf32(cfg.get("tf32", True))
     torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", False))
-    rec = Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE)
-    rec._channels_last = False
     vae.to(memory_format=torch.contiguous_format)
-    if cfg.get("channels_last") or cfg.get("compile"):
-        rec.optimize(
-            channels_last=cfg.get("channels_last", False),
-            cudnn_benchmark=cfg.get("cudnn_benchmark", False),
-            compile=cfg.get("compile", False),
-        )
+    if cfg.get("vocoder_cl") or cfg.get("compile"):
+        vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)  # optimize() rewrites them in place
+    rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
     x = make_inputs(batch).to(DEVICE)
     lengths = torch.full((batch,), CLIP_N, device=DEVICE)
     t0 = time.perf_counter()
@@ -206,11 +243,10 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
     from torch.profiler import ProfilerActivity, profile
 
     set_tf32(cfg.get("tf32", True))
-    rec = Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE)
-    if cfg.get("channels_last") or cfg.get("compile"):
-        rec.optimize(
-            cfg.get("channels_last", False), cfg.get("cudnn_benchmark", False), cfg.get("compile", False)
-        )
+    vae.to(memory_format=torch.contiguous_format)
+    if cfg.get("vocoder_cl") or cfg.get("compile"):
+        vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)
+    rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
     x = make_inputs(batch).to(DEVICE)
     lengths = torch.full((batch,), CLIP_N, device=DEVICE)
     for _ in range(2):
@@ -227,6 +263,28 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
          "share": e.self_device_time_total / total}
         for e in events[:top]
     ]  # fmt: skip
+    categories: dict[str, float] = {}
+    for e in events:
+        k = e.key.lower()
+        if (
+            any(w in k for w in ("xmma", "cutlass", "conv", "gemm", "wgrad", "dgrad", "implicit"))
+            and "fmha" not in k
+        ):
+            cat = "convolution/GEMM"
+        elif "fmha" in k or "attention" in k or "flash" in k:
+            cat = "attention"
+        elif "nchwtonhwc" in k or "nhwctonchw" in k:
+            cat = "layout transposes"
+        elif k.startswith("triton"):
+            cat = "triton (fused element-wise/norm)"
+        elif "copy" in k:
+            cat = "copies/casts"
+        elif "elementwise" in k or "reduce" in k or "moments" in k or "norm" in k:
+            cat = "eager element-wise/norm"
+        else:
+            cat = "other"
+        categories[cat] = categories.get(cat, 0.0) + e.self_device_time_total / total
+    rows.append({"categories": categories, "total_ms": total / 1e3})
     vae.to(memory_format=torch.contiguous_format)
     torch._dynamo.reset()
     return rows
@@ -312,6 +370,8 @@ def main() -> None:
                 row["share_of_ceiling"] = row["tflops"] / ceiling
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({**result, "rows": rows}, indent=2))
     result["rows"] = rows
     if args.profile:
         result["profile"] = {
@@ -340,7 +400,16 @@ def main() -> None:
     if "profile" in result:
         print(f"\nprofile of {args.profile} (batch {args.profile_batch}): top kernels")
         for k in result["profile"]["top"]:
-            print(f"{100 * k['share']:5.1f}%  {k['ms']:8.2f} ms  {k['calls']:5d}  {k['kernel']}")
+            if "categories" in k:
+                print(
+                    f"GPU time {k['total_ms']:.1f} ms by category: "
+                    + ", ".join(
+                        f"{c} {100 * v:.1f}%"
+                        for c, v in sorted(k["categories"].items(), key=lambda kv: -kv[1])
+                    )
+                )
+            else:
+                print(f"{100 * k['share']:5.1f}%  {k['ms']:8.2f} ms  {k['calls']:5d}  {k['kernel']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -131,24 +131,39 @@ class Reconstructor(nn.Module):
 
     def optimize(
         self,
-        channels_last: bool = True,
+        channels_last: bool = False,
+        vocoder_channels_last: bool = True,
         cudnn_benchmark: bool = True,
         compile: bool | str = False,
+        freeze: bool = False,
     ) -> Reconstructor:
-        """Speed settings for fixed-length GPU work (measured in ``docs/PERFORMANCE.md``).
+        """Inference speed settings for fixed-length GPU work (each measured in ``docs/PERFORMANCE.md``).
 
-        ``channels_last`` stores the VAE's 2-D activations NHWC (cuDNN's fast layout for tensor-core
-        convolutions); ``cudnn_benchmark`` lets cuDNN time its algorithms per shape (pays off when clip
-        lengths repeat, as with ``pad_frames_to=1024``); ``compile`` (``True`` or a ``torch.compile``
-        mode) compiles the VAE encoder/decoder and the vocoder in place with static shapes, fusing the
-        GroupNorm+SiLU and leaky-ReLU/residual element-wise chains.
+        Args:
+            channels_last: store the VAE's 2-D activations NHWC.
+            vocoder_channels_last: run the vocoder's 1-D convolutions as channels-last ``(1, k)``
+                2-D convolutions (:mod:`vaefix_pl.speed`): same math, no NCHW<->NHWC transposes.
+            cudnn_benchmark: let cuDNN time its algorithms per shape (pays off when clip lengths
+                repeat, as with ``pad_frames_to=1024``).
+            compile: ``True`` or a ``torch.compile`` mode: compile the VAE encoder/decoder and the
+                vocoder in place with static shapes (fuses GroupNorm+SiLU and the element-wise chains).
+            freeze: with ``compile``, let Inductor treat the frozen weights as constants (folds the
+                per-call bf16 casts of the weights).
         """
         if channels_last:
             self.vae.to(memory_format=torch.channels_last)
             self._channels_last = True
+        if vocoder_channels_last:
+            from vaefix_pl.speed import conv1d_channels_last
+
+            conv1d_channels_last(self.vocoder)
         if cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
         if compile:
+            if freeze:
+                import torch._inductor.config as inductor_config
+
+                inductor_config.freezing = True
             mode = None if compile is True else str(compile)
             for part in (self.vae.encoder, self.vae.decoder, self.vocoder):
                 part.compile(mode=mode, dynamic=False)

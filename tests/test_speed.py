@@ -1,0 +1,42 @@
+"""Inference speed rewrites keep the math: the channels-last vocoder and Reconstructor.optimize()."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from signals import formant_pulses, harmonic
+
+from vaefix_pl.reconstruct import Reconstructor
+from vaefix_pl.speed import conv1d_channels_last
+from vaefix_pl.testing import build_models, tiny_configs
+
+
+def test_channels_last_vocoder_is_the_same_function():
+    _, vocoder = build_models(*tiny_configs(), seed=3)
+    fast = conv1d_channels_last(copy.deepcopy(vocoder))
+    assert not any(isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)) for m in fast.modules())
+    mel = torch.randn(3, 137, 64) * 2 - 5
+    with torch.no_grad():
+        ref, out = vocoder(mel), fast(mel)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_weight_normed_vocoder_is_refused():
+    _, vocoder = build_models(*tiny_configs())
+    vocoder.apply_weight_norm()
+    with pytest.raises(ValueError, match="weight norm"):
+        conv1d_channels_last(vocoder)
+
+
+def test_optimize_keeps_the_pipeline_output(tiny_model_dir):
+    plain = Reconstructor.from_pretrained(str(tiny_model_dir))
+    fast = Reconstructor.from_pretrained(str(tiny_model_dir)).optimize(
+        channels_last=True, cudnn_benchmark=False
+    )
+    x = torch.stack([torch.from_numpy(harmonic(20000)), torch.from_numpy(formant_pulses(20000))]).float()
+    a, b = plain(x), fast(x)
+    assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-5
+    assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < 1e-5
