@@ -31,12 +31,15 @@ def test_weight_normed_vocoder_is_refused():
         conv1d_channels_last(vocoder)
 
 
-def test_optimize_keeps_the_pipeline_output(tiny_model_dir):
+@pytest.mark.parametrize("vae_channels_last, tolerance", [(False, 1e-5), (True, 2e-3)])
+def test_optimize_keeps_the_pipeline_output(tiny_model_dir, vae_channels_last, tolerance):
+    """The vocoder rewrite is exact; an NHWC VAE changes the convolution algorithm (on the CPU oneDNN's
+    NHWC kernels are measurably less accurate: 2e-4 vs 5e-6 relative to float64 on the tiny VAE)."""
     plain = Reconstructor.from_pretrained(str(tiny_model_dir))
     fast = Reconstructor.from_pretrained(str(tiny_model_dir)).optimize(
-        channels_last=True, cudnn_benchmark=False
+        channels_last=vae_channels_last, vocoder_channels_last=True, cudnn_benchmark=False
     )
     x = torch.stack([torch.from_numpy(harmonic(20000)), torch.from_numpy(formant_pulses(20000))]).float()
     a, b = plain(x), fast(x)
-    assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-5
-    assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < 1e-5
+    assert (a.waveform - b.waveform).norm() / a.waveform.norm() < tolerance
+    assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < tolerance
