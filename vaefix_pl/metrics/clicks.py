@@ -1,0 +1,476 @@
+"""Click detectors in torch: a reference-free AR-residual detector and a reference-aware "added clicks" one.
+
+``detect_clicks`` (no reference) follows the audio-restoration recipe of FFmpeg's ``adeclick`` and
+Essentia's ``ClickDetector`` (Vaseghi & Rayner 1990; Godsill & Rayner 1998): fit a short-time
+autoregressive (linear-prediction) model per block, inverse-filter the signal to its prediction error
+(which whitens tones, harmonics and slowly varying spectra), and flag samples whose error exceeds a
+robust multiple of the local error scale. Settings and departures from those tools, and why:
+
+* Blocks of 55 ms hopped by 25 % (adeclick's defaults), Hann-windowed autocorrelation method, solved in
+  float64. Order 64 (4 ms at 16 kHz; adeclick uses 2 % of the window, 17): a harmonic tone with 20
+  partials needs 40 poles and an order-40 model left 17 % of -20 dBFS clicks on a -6 dBFS, 20-partial
+  tone undetected. Near an item's edges the block narrows symmetrically (no padding inside a block).
+* adeclick flags ``|e| > 2 sigma_e``: about 5 % of any Gaussian-like error (fine for a repair tool,
+  where over-detection only costs interpolation; it is why it marks 5-6 % of clean speech). A metric
+  counts events, so the threshold here is 6.5 robust standard deviations (``1.4826 * MAD`` of the
+  error over the 55 ms around each hop; Essentia also uses a robust power estimate), with two floors:
+  -70 dBFS absolute and 40 dB under the local signal RMS (an error that far under the signal is masked
+  by it; this also keeps fast sweeps near an item's edge from counting).
+* Flagged samples closer than ``merge_s`` (2 ms) plus the AR order (the inverse filter's ringing after
+  an impulse) form one click event, so a 3 ms burst counts once (adeclick's "burst fusion").
+
+Like every AR-residual detector it fires on glottal pulses of voiced speech and on sharp musical onsets:
+it reports a rate for each signal alone and is not the headline. The headline is :func:`added_clicks`:
+broadband short transients in the estimate that the reference does not explain (see its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vaefix_pl.frontend import SAMPLE_RATE, valid_mask
+from vaefix_pl.metrics.functional import _check_pair, _fast_len, _lengths, _masked, estimate_lag
+
+__all__ = [
+    "added_clicks",
+    "band_energy",
+    "click_events",
+    "count_per_second",
+    "detect_clicks",
+    "detection_mask",
+    "envelope_lag",
+    "lp_residual",
+    "residual_energy",
+]
+
+
+def _db_to_amp(level_db: float) -> float:
+    return 10.0 ** (level_db / 20.0)
+
+
+# ------------------------------------------------------------------------------------------- AR residual
+def _toeplitz_solve(r: Tensor, order: int, loading: float) -> Tensor:
+    """Solve the Yule-Walker normal equations for each row of ``r`` ``(M, order + 1)``.
+
+    Returns ``a`` ``(M, order + 1)`` with ``a[0] = 1`` (the inverse filter). ``torch.linalg.solve`` on the
+    batched Toeplitz matrices instead of a Levinson recursion: one batched call, no Python loop over the
+    order, and the diagonal loading keeps pure tones (a singular Toeplitz matrix) well posed.
+    """
+    idx = torch.arange(order, device=r.device)
+    toe = r[:, (idx[:, None] - idx[None, :]).abs()]  # (M, p, p)
+    diag = r[:, :1] * loading + torch.finfo(r.dtype).tiny ** 0.5
+    toe = toe + torch.diag_embed(diag.expand(-1, order))
+    coef = torch.linalg.solve(toe, -r[:, 1 : order + 1, None])[..., 0]
+    return torch.cat([torch.ones_like(coef[:, :1]), coef], dim=1)
+
+
+def lp_residual(
+    x: Tensor,
+    lengths: Tensor | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    window_s: float = 0.055,
+    hop_s: float | None = None,
+    order: int = 64,
+    loading: float = 1e-7,
+) -> tuple[Tensor, Tensor]:
+    """Block-wise linear-prediction error of ``x`` ``(B, N)`` and the mask of samples where it is defined.
+
+    Each hop of ``hop_s`` (default a quarter of ``window_s`` = 55 ms, adeclick's 75 % overlap) is
+    inverse-filtered with the order-``order`` AR model fitted (autocorrelation method, Hann window,
+    float64) on the ``window_s`` block centred on that hop. The error at sample ``n`` uses samples
+    ``n - order .. n`` only, so it is defined from ``n = order`` to the item's end; padding never enters.
+    Returns ``(residual (B, N) float32/64, defined (B, N) bool)``.
+    """
+    lengths = _lengths(x, lengths)
+    b, n = x.shape
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    win = int(round(window_s * sample_rate))
+    hop = int(round(hop_s * sample_rate)) if hop_s else max(1, win // 4)
+    win = max(win, hop)
+    if order >= win // 2:
+        raise ValueError(f"AR order {order} is too high for a {win}-sample window")
+    mask = valid_mask(lengths, n)
+    xm = _masked(x, mask, dtype)
+    n_hops = max(1, math.ceil(n / hop))
+    # analysis block of hop f: a Hann window centred on the hop, narrowed near the item's edges so that
+    # it stays symmetric about the hop and inside the valid samples (zero padding or a reflection would
+    # put an abrupt start/stop or a kink in the block; a block slid inside the item would model another
+    # part of a sweep than the hop it filters)
+    half = win // 2
+    h_min = min(half, max(hop, 2 * order))
+    centre = (torch.arange(n_hops, device=x.device) * hop + hop // 2)[None, :].expand(b, -1)
+    big_l = lengths[:, None]
+    centre = torch.minimum(centre, big_l - h_min).clamp(min=h_min)  # (B, F)
+    h = torch.minimum(torch.minimum(centre, big_l - centre), torch.full_like(centre, half)).clamp(min=1)
+    offs = torch.arange(-half, half + 1, device=x.device)  # (win + 1,)
+    pos = centre[:, :, None] + offs  # (B, F, win + 1)
+    w = 0.5 * (1 + torch.cos(math.pi * offs.double() / h[:, :, None].double()))
+    w = torch.where(offs.abs() < h[:, :, None], w, torch.zeros_like(w))
+    valid_pos = (pos >= 0) & (pos < big_l[:, :, None])
+    vals = torch.gather(xm, 1, pos.clamp(0, n - 1).reshape(b, -1)).reshape(pos.shape)
+    bw = vals.double() * w * valid_pos
+    # biased autocorrelation of each windowed block (FFT, zero-padded against wrap)
+    nfft = _fast_len(2 * win + 2)
+    spec = torch.fft.rfft(bw, nfft)
+    r = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1]  # (B, F, p+1)
+    a = _toeplitz_solve(r.reshape(-1, order + 1), order, loading).reshape(b, n_hops, order + 1)
+    # inverse filtering hop by hop: e[n] = sum_k a_k x[n - k] on segments [f hop - p, f hop + hop)
+    xs = torch.nn.functional.pad(xm, (order, n_hops * hop - n))
+    seg = xs.unfold(-1, hop + order, hop)[:, :n_hops]  # (B, F, hop + p)
+    lfft = _fast_len(hop + 2 * order)
+    conv = torch.fft.irfft(torch.fft.rfft(seg.double(), lfft) * torch.fft.rfft(a, lfft), lfft)
+    e = conv[..., order : order + hop].reshape(b, n_hops * hop)[:, :n].to(dtype)
+    defined = mask & (torch.arange(n, device=x.device)[None, :] >= order)
+    return e * defined, defined
+
+
+# ------------------------------------------------------------------------------------- events from flags
+def click_events(flags: Tensor, merge: int) -> Tensor:
+    """Boolean ``(B, N)`` onsets of click events: flagged samples closer than ``merge`` samples join.
+
+    Gaps of at most ``merge`` samples between flagged samples are filled (a max-pool dilation looking
+    back and forward), then each run's first sample is its event onset.
+    """
+    if merge > 0:
+        f = flags.to(torch.float32)[:, None]
+        back = torch.nn.functional.max_pool1d(torch.nn.functional.pad(f, (merge, 0)), merge + 1, 1)
+        ahead = torch.nn.functional.max_pool1d(torch.nn.functional.pad(f, (0, merge)), merge + 1, 1)
+        filled = flags | ((back > 0) & (ahead > 0))[:, 0]
+    else:
+        filled = flags
+    prev = torch.nn.functional.pad(filled[:, :-1], (1, 0))
+    return filled & ~prev
+
+
+def _indices(onsets: Tensor) -> list[Tensor]:
+    """Ragged per-item onset indices (the loop is over items, not samples)."""
+    return [torch.nonzero(row, as_tuple=False)[:, 0] for row in onsets]
+
+
+def count_per_second(
+    onsets: list[Tensor] | Tensor, lengths: Tensor, sample_rate: int = SAMPLE_RATE
+) -> Tensor:
+    """Events per second of valid audio, float64 ``(B,)`` (``nan`` for empty items)."""
+    if isinstance(onsets, Tensor):
+        counts = onsets.sum(1).double()
+    else:
+        counts = torch.tensor([len(o) for o in onsets], dtype=torch.float64, device=lengths.device)
+    dur = lengths.double() / sample_rate
+    return torch.where(dur > 0, counts / dur.clamp(min=1e-12), torch.full_like(dur, float("nan")))
+
+
+# ------------------------------------------------------------------------------------ reference-free
+def _hop_blocks(values: Tensor, win: int, hop: int, fill: float) -> Tensor:
+    """``(B, N) -> (B, F, win)``: the ``win`` samples centred on each hop (``fill`` outside)."""
+    b, n = values.shape
+    n_hops = max(1, math.ceil(n / hop))
+    front = (win - hop) // 2
+    total = (n_hops - 1) * hop + win
+    vp = torch.nn.functional.pad(values, (front, max(0, total - front - n)), value=fill)
+    return vp.unfold(-1, win, hop)[:, :n_hops]
+
+
+def _robust_scale(values: Tensor, valid: Tensor, win: int, hop: int) -> Tensor:
+    """``1.4826 * median(|v|)`` over the valid samples of the ``win`` samples centred on each hop ``(B, F)``."""
+    v = torch.where(valid, values.abs(), torch.full_like(values, float("nan")))
+    return 1.4826 * torch.nanmedian(_hop_blocks(v, win, hop, float("nan")), dim=-1).values
+
+
+def _local_rms(x: Tensor, valid: Tensor, win: int, hop: int) -> Tensor:
+    """RMS of the valid samples of the ``win`` samples centred on each hop ``(B, F)``."""
+    sq = _hop_blocks(_masked(x, valid).square(), win, hop, 0.0).sum(-1)
+    count = _hop_blocks(valid.to(x.dtype), win, hop, 0.0).sum(-1)
+    return (sq / count.clamp(min=1)).sqrt()
+
+
+def detection_mask(
+    x: Tensor,
+    lengths: Tensor | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    threshold: float = 6.5,
+    floor_db: float = -70.0,
+    relative_floor_db: float = -40.0,
+    order: int = 64,
+    window_s: float = 0.055,
+    residual: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-sample click flags of :func:`detect_clicks` ``(B, N)`` and the statistic ``|e| / threshold``.
+
+    ``residual``: the ``(e, defined)`` pair of :func:`lp_residual` for ``x`` with the same ``order``
+    and ``window_s``, when already computed.
+    """
+    lengths = _lengths(x, lengths)
+    n = x.shape[-1]
+    if residual is None:
+        residual = lp_residual(x, lengths, sample_rate, window_s=window_s, order=order)
+    e, defined = residual
+    win = int(round(window_s * sample_rate))
+    hop = max(1, win // 4)
+    sigma = _robust_scale(e, defined, win, hop)  # (B, F)
+    level = _local_rms(x.to(e.dtype), valid_mask(lengths, n), win, hop)
+    thr = torch.maximum(
+        torch.nan_to_num(sigma, nan=float("inf")) * threshold, level * _db_to_amp(relative_floor_db)
+    ).clamp(min=_db_to_amp(floor_db))
+    thr = torch.repeat_interleave(thr, hop, dim=1)[:, :n]
+    stat = e.abs() / thr
+    return (stat > 1) & defined, stat
+
+
+def detect_clicks(
+    x: Tensor,
+    lengths: Tensor | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    threshold: float = 6.5,
+    floor_db: float = -70.0,
+    relative_floor_db: float = -40.0,
+    order: int = 64,
+    window_s: float = 0.055,
+    merge_s: float = 0.002,
+    as_mask: bool = False,
+    residual: tuple[Tensor, Tensor] | None = None,
+) -> list[Tensor] | Tensor:
+    """Reference-free click detection: onset sample indices of click events per item.
+
+    ``x`` ``(B, N)`` with ``lengths`` ``(B,)``; returns a list of ``B`` int64 tensors of sample indices
+    (on ``x``'s device), or the ``(B, N)`` boolean onset mask with ``as_mask``. A sample is a click
+    candidate when its AR prediction error (:func:`lp_residual`) exceeds ``threshold`` robust standard
+    deviations of the error around it, ``relative_floor_db`` under the local RMS and ``floor_db`` dBFS;
+    candidates closer than ``merge_s`` plus ``order`` samples form one event. Fires on voiced speech and
+    sharp onsets, as every method of this family: use :func:`added_clicks` to score a reconstruction.
+    """
+    lengths = _lengths(x, lengths)
+    flags, _ = detection_mask(
+        x, lengths, sample_rate, threshold, floor_db, relative_floor_db, order, window_s, residual
+    )
+    onsets = click_events(flags, int(round(merge_s * sample_rate)) + order)
+    return onsets if as_mask else _indices(onsets)
+
+
+# ------------------------------------------------------------------------------------ reference-aware
+_BAND_FILTERS: dict[tuple, Tensor] = {}
+
+
+def _band_kernel(
+    sample_rate: int, band: tuple[float, float], taps: int, device: torch.device, dtype
+) -> Tensor:
+    """Linear-phase FIR band-pass (scipy ``firwin``, Hann window), cached per device."""
+    key = (sample_rate, band, taps, str(device), dtype)
+    if key not in _BAND_FILTERS:
+        from scipy.signal import firwin
+
+        lo, hi = band
+        nyq = sample_rate / 2
+        if hi >= nyq:
+            h = firwin(taps, lo, window="hann", pass_zero=False, fs=sample_rate)
+        else:
+            h = firwin(taps, [lo, hi], window="hann", pass_zero=False, fs=sample_rate)
+        _BAND_FILTERS[key] = torch.as_tensor(h, dtype=dtype, device=device)
+    return _BAND_FILTERS[key]
+
+
+def _frame_energy(y: Tensor, lengths: Tensor, frame: int, hop: int, edge: int) -> tuple[Tensor, Tensor]:
+    """Mean square of ``y`` ``(B, N)`` in frames of ``frame`` samples every ``hop``: ``(B, T)`` and mask.
+
+    A frame is valid when it lies inside the item and at least ``edge`` samples from both of its ends
+    (filters ring at an item's abrupt start and end; those transients belong to the cropping).
+    """
+    energy = torch.nn.functional.avg_pool1d(y.square()[:, None], frame, hop)[:, 0]
+    starts = torch.arange(energy.shape[-1], device=y.device)[None, :] * hop
+    fmask = (starts >= edge) & (starts + frame + edge <= lengths[:, None])
+    return energy * fmask, fmask
+
+
+def band_energy(
+    x: Tensor,
+    lengths: Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    band: tuple[float, float] = (2500.0, 6500.0),
+    frame_s: float = 0.001,
+    hop_s: float = 0.0005,
+    taps: int = 63,
+) -> tuple[Tensor, Tensor, int]:
+    """Short-time energy (mean square) of the band-passed signal: ``(B, T)``, frame mask ``(B, T)``, hop."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mask = valid_mask(lengths, x.shape[-1])
+    xm = _masked(x, mask, dtype)[:, None]
+    h = _band_kernel(sample_rate, band, taps, x.device, dtype)
+    y = torch.nn.functional.conv1d(xm, h.flip(0)[None, None], padding=taps // 2)[:, 0]  # zero-phase
+    frame = max(1, int(round(frame_s * sample_rate)))
+    hop = max(1, int(round(hop_s * sample_rate)))
+    energy, fmask = _frame_energy(y, lengths, frame, hop, taps // 2)
+    return energy, fmask, hop
+
+
+def residual_energy(
+    x: Tensor,
+    lengths: Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    frame_s: float = 0.001,
+    hop_s: float = 0.0005,
+    order: int = 64,
+    residual: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """Short-time energy of the AR prediction error (:func:`lp_residual`): ``(B, T)``, mask, hop."""
+    e = (residual if residual is not None else lp_residual(x, lengths, sample_rate, order=order))[0]
+    frame = max(1, int(round(frame_s * sample_rate)))
+    hop = max(1, int(round(hop_s * sample_rate)))
+    energy, fmask = _frame_energy(e, lengths, frame, hop, order)
+    return energy, fmask, hop
+
+
+def _local_median(energy: Tensor, fmask: Tensor, ctx: int) -> Tensor:
+    """Median of the valid frames among the ``ctx`` frames centred on each frame ``(B, T)``."""
+    ctx += 1 - ctx % 2
+    pad = ctx // 2
+    ev = torch.where(fmask, energy, torch.full_like(energy, float("nan")))
+    windows = torch.nn.functional.pad(ev, (pad, pad), value=float("nan")).unfold(-1, ctx, 1)
+    return torch.nan_to_num(torch.nanmedian(windows, dim=-1).values, nan=0.0)
+
+
+def _window_max(values: Tensor, half: int) -> Tensor:
+    return torch.nn.functional.max_pool1d(values[:, None], 2 * half + 1, 1, padding=half)[:, 0]
+
+
+def _frames_to_onsets(flags_f: Tensor, hop: int, mask: Tensor) -> Tensor:
+    """Frame flags ``(B, T)`` -> sample flags ``(B, N)`` at each flagged frame's first sample."""
+    n = mask.shape[-1]
+    flags = torch.zeros_like(mask)
+    fi = torch.nonzero(flags_f, as_tuple=True)
+    flags[fi[0], (fi[1] * hop).clamp(max=n - 1)] = True
+    return flags & mask
+
+
+def envelope_lag(
+    reference: Tensor,
+    estimate: Tensor,
+    lengths: Tensor,
+    sample_rate: int = SAMPLE_RATE,
+    max_lag_s: float = 0.02,
+) -> tuple[Tensor, int]:
+    """Lag of the RMS envelopes (1 ms frames every 0.5 ms), in envelope frames ``(B,)``, and the frame hop.
+
+    Robust where the waveform cross-correlation is not: resynthesis that does not keep the phase
+    (Griffin-Lim, vocoders) makes :func:`estimate_lag` peak at random lags; energy envelopes still align.
+    """
+    hop = max(1, int(round(0.0005 * sample_rate)))
+    mask = valid_mask(lengths, reference.shape[-1])
+
+    def envelope(x: Tensor) -> Tensor:
+        power = _masked(x, mask, torch.float64).square()[:, None]
+        return torch.nn.functional.avg_pool1d(power, 2 * hop, hop)[:, 0].sqrt()
+
+    env_r, env_e = envelope(reference), envelope(estimate)
+    env_len = torch.div(lengths - hop, hop, rounding_mode="floor").clamp(min=0)
+    env_mask = valid_mask(env_len, env_r.shape[-1])
+    count = env_mask.sum(1, keepdim=True).clamp(min=1)
+    env_r = (env_r - (env_r * env_mask).sum(1, keepdim=True) / count) * env_mask
+    env_e = (env_e - (env_e * env_mask).sum(1, keepdim=True) / count) * env_mask
+    lag = estimate_lag(env_r, env_e, env_len, max_lag=max(1, int(round(max_lag_s * sample_rate / hop))))
+    return lag, hop
+
+
+def added_clicks(
+    reference: Tensor,
+    estimate: Tensor,
+    lengths: Tensor | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    tolerance_s: float = 0.008,
+    max_lag_s: float | None = 0.02,
+    band: tuple[float, float] = (2500.0, 6500.0),
+    band_transient_db: float = 10.0,
+    band_margin_db: float = 10.0,
+    residual_transient_db: float = 12.0,
+    residual_margin_db: float = 8.0,
+    residual_order: int = 64,
+    context_s: float = 0.05,
+    floor_db: float = -70.0,
+    merge_s: float = 0.0025,
+    method: str = "both",
+    as_mask: bool = False,
+    residuals: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+) -> list[Tensor] | Tensor:
+    """Clicks in ``estimate`` that ``reference`` does not explain: onset sample indices per item.
+
+    ``reference``/``estimate`` ``(B, N)`` with ``lengths`` ``(B,)``; returns a list of ``B`` int64
+    tensors (or the ``(B, N)`` onset mask with ``as_mask``). Short-time energies in 1 ms frames every
+    0.5 ms of two views of each signal, each with its own test; an estimate frame is a click when either
+    view flags it (``method="both"``; ``"band"`` or ``"residual"`` for one):
+
+    * band view (broadband clicks over speech-like spectra, which fall off with frequency): energy of
+      the signal band-passed to ``band`` (2.5-6.5 kHz, 63-tap linear-phase FIR; below the 7-8 kHz a
+      vocoder may drop). Flagged when it is ``band_transient_db`` over the median of the estimate's
+      band energy in the surrounding ``context_s`` (robust local threshold) and ``band_margin_db`` over
+      the reference's largest band energy within ``tolerance_s`` (scaled by the item's
+      estimate/reference power ratio, so a gain change is not a click).
+    * residual view (clicks over tonal/harmonic music, whose partials fill that band): energy of the AR
+      prediction error (:func:`lp_residual`, order ``residual_order``), as a prominence = energy /
+      local median. Flagged when the estimate's prominence is over ``residual_transient_db`` and
+      ``residual_margin_db`` over the reference's largest prominence within ``tolerance_s``.
+
+    Time tolerance: the reference is searched within ``+-tolerance_s`` (8 ms) both at lag 0 and at the
+    lag of the RMS envelopes (:func:`envelope_lag`, within ``+-max_lag_s``), so a delayed estimate
+    (e.g. the "tacotron" framing's 80 samples, or 5 ms) and time-smearing resynthesis are covered
+    without widening the window around real transients. Frames within the FIR/AR support of an item's
+    ends are skipped (the crop's own edges). Flagged frames closer than ``merge_s`` form one event.
+    ``residuals``: ``lp_residual`` outputs for ``(reference, estimate)`` with ``residual_order``, if known.
+    """
+    lengths = _check_pair(reference, estimate, lengths)
+    if method not in ("both", "band", "residual"):
+        raise ValueError(f"method must be 'both', 'band' or 'residual', got {method!r}")
+    n = reference.shape[-1]
+    mask = valid_mask(lengths, n)
+    tiny = 1e-30
+    floor = 10.0 ** (floor_db / 10.0)
+    if max_lag_s:
+        lag_env, env_hop = envelope_lag(reference, estimate, lengths, sample_rate, max_lag_s)
+    else:
+        lag_env, env_hop = torch.zeros_like(lengths), 1
+
+    def explained(ref_values: Tensor, hop: int) -> Tensor:
+        """Largest reference value within the tolerance of each estimate frame, at lag 0 and at the lag."""
+        tol = max(0, int(round(tolerance_s * sample_rate / hop)))
+        pooled = _window_max(ref_values, tol)
+        t = pooled.shape[-1]
+        shift = torch.round(lag_env.double() * env_hop / hop).long()[:, None]
+        src = torch.arange(t, device=pooled.device)[None, :] - shift
+        ok = (src >= 0) & (src < t)
+        return torch.maximum(pooled, torch.gather(pooled, 1, src.clamp(0, t - 1)) * ok)
+
+    flags = torch.zeros_like(mask)
+    if method in ("both", "band"):
+        er, fmask, hop = band_energy(reference, lengths, sample_rate, band)
+        ee, _, _ = band_energy(estimate, lengths, sample_rate, band)
+        p_ref = _masked(reference, mask, torch.float64).square().sum(1)
+        p_est = _masked(estimate, mask, torch.float64).square().sum(1)
+        gain = torch.where(p_ref > 0, p_est / p_ref.clamp(min=tiny), torch.ones_like(p_ref)).clamp(1e-2, 1e2)
+        ref_max = explained(er, hop) * gain.to(er.dtype)[:, None]
+        local = _local_median(ee, fmask, int(round(context_s * sample_rate / hop)))
+        flagged = (
+            fmask
+            & (ee > local * 10.0 ** (band_transient_db / 10.0))
+            & (ee > ref_max * 10.0 ** (band_margin_db / 10.0))
+            & (ee > floor)
+        )
+        flags |= _frames_to_onsets(flagged, hop, mask)
+    if method in ("both", "residual"):
+        res_r, res_e = residuals if residuals is not None else (None, None)
+        er, fmask_r, hop = residual_energy(
+            reference, lengths, sample_rate, order=residual_order, residual=res_r
+        )
+        ee, fmask_e, _ = residual_energy(estimate, lengths, sample_rate, order=residual_order, residual=res_e)
+        ctx = int(round(context_s * sample_rate / hop))
+        prom_r = er / _local_median(er, fmask_r, ctx).clamp(min=tiny)
+        prom_e = ee / _local_median(ee, fmask_e, ctx).clamp(min=tiny)
+        ref_max = explained(torch.where(fmask_r, prom_r, torch.zeros_like(prom_r)), hop)
+        flagged = (
+            fmask_e
+            & (prom_e > 10.0 ** (residual_transient_db / 10.0))
+            & (prom_e > ref_max * 10.0 ** (residual_margin_db / 10.0))
+            & (ee > floor)
+        )
+        flags |= _frames_to_onsets(flagged, hop, mask)
+    onsets = click_events(flags, int(round(merge_s * sample_rate)))
+    return onsets if as_mask else _indices(onsets)
