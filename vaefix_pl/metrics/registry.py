@@ -1,0 +1,325 @@
+"""Metric names -> functions, so a config picks metrics by name; ``compute_metrics`` runs a batch.
+
+Fast metrics run on the input's device inside ``compute_metrics``; perceptual ones (PESQ/STOI/ESTOI) are
+listed here for validation and units but run on the CPU through :class:`PerceptualScorer`. Metrics that
+share work (the lag, aligned signals, click detections) share it through a per-batch cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.metrics import clicks as _clicks
+from vaefix_pl.metrics import functional as F
+from vaefix_pl.metrics.perceptual import PERCEPTUAL_METRICS
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "MetricContext",
+    "MetricSpec",
+    "available_metrics",
+    "compute_metrics",
+    "get_metric",
+    "metric_info",
+    "register_metric",
+    "split_metric_names",
+]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: ``fn(ctx) -> (B,)`` tensor (``None`` for perceptual metrics)."""
+
+    name: str
+    fn: Callable[[MetricContext], Tensor] | None
+    unit: str
+    better: str  # "higher", "lower" or "" (no direction, e.g. the lag)
+    description: str
+    kind: str = "fast"  # "fast" (compute_metrics) or "perceptual" (PerceptualScorer)
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def register_metric(
+    name: str, unit: str, better: str, description: str, kind: str = "fast"
+) -> Callable[[Callable[[MetricContext], Tensor]], Callable[[MetricContext], Tensor]]:
+    """Decorator: register ``fn(ctx: MetricContext) -> Tensor (B,)`` under ``name``."""
+    if better not in ("higher", "lower", ""):
+        raise ValueError(f"better must be 'higher', 'lower' or '', got {better!r}")
+
+    def wrap(fn: Callable[[MetricContext], Tensor]) -> Callable[[MetricContext], Tensor]:
+        if name in _REGISTRY:
+            raise ValueError(f"metric {name!r} is already registered")
+        _REGISTRY[name] = MetricSpec(name, fn, unit, better, description, kind)
+        return fn
+
+    return wrap
+
+
+def available_metrics(kind: str = "fast") -> list[str]:
+    """Registered metric names: ``kind`` = ``"fast"`` (default), ``"perceptual"`` or ``"all"``."""
+    if kind not in ("fast", "perceptual", "all"):
+        raise ValueError(f"kind must be 'fast', 'perceptual' or 'all', got {kind!r}")
+    return [n for n, s in _REGISTRY.items() if kind == "all" or s.kind == kind]
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The spec of ``name``; a clear error listing the valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown metric {name!r}. Valid fast metrics: {available_metrics('fast')}; "
+            f"perceptual (CPU, PerceptualScorer): {available_metrics('perceptual')}"
+        ) from None
+
+
+def split_metric_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Validate a config's metric list and split it into ``(fast, perceptual)`` names."""
+    if isinstance(names, str):
+        names = [names]
+    fast, perceptual = [], []
+    for name in names:
+        (fast if get_metric(name).kind == "fast" else perceptual).append(name)
+    return fast, perceptual
+
+
+def metric_info() -> dict[str, dict[str, str]]:
+    """``{name: {"unit", "better", "description", "kind"}}`` for reports and tables."""
+    return {
+        n: {"unit": s.unit, "better": s.better, "description": s.description, "kind": s.kind}
+        for n, s in _REGISTRY.items()
+    }
+
+
+class MetricContext:
+    """One batch's inputs plus a cache of shared intermediate results (lag, alignment, detections)."""
+
+    def __init__(self, reference: Tensor, estimate: Tensor, lengths: Tensor | None, sample_rate: int) -> None:
+        if reference.shape != estimate.shape or reference.ndim != 2:
+            raise ValueError(
+                f"reference {tuple(reference.shape)} and estimate {tuple(estimate.shape)} must both be (B, N)"
+            )
+        if reference.dtype not in (torch.float32, torch.float64):
+            reference = reference.float()
+        if estimate.dtype != reference.dtype:
+            estimate = estimate.to(reference.dtype)
+        self.reference = reference
+        self.estimate = estimate
+        self.lengths = F._lengths(reference, lengths)
+        self.sample_rate = int(sample_rate)
+        self.cache: dict[str, Any] = {}
+
+    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = fn()
+        return self.cache[key]
+
+    @property
+    def seconds(self) -> Tensor:
+        return self.lengths.double() / self.sample_rate
+
+    def lag_and_peak(self) -> tuple[Tensor, Tensor]:
+        max_lag = int(round(0.01 * self.sample_rate))  # +-10 ms (160 samples at 16 kHz)
+        return self.cached(
+            "lag",
+            lambda: F.estimate_lag(
+                self.reference, self.estimate, self.lengths, max_lag=max_lag, return_peak=True
+            ),
+        )
+
+    def aligned(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.cached(
+            "aligned", lambda: F.align(self.reference, self.estimate, self.lengths, self.lag_and_peak()[0])
+        )
+
+    def residuals(self) -> tuple[Tensor, Tensor, Tensor]:
+        """AR prediction error of ``cat([reference, estimate])`` (shared by both click detectors)."""
+
+        def run() -> tuple[Tensor, Tensor, Tensor]:
+            both = torch.cat([self.reference, self.estimate])
+            lens = torch.cat([self.lengths, self.lengths])
+            e, defined = _clicks.lp_residual(both, lens, self.sample_rate)
+            return both, e, defined
+
+        return self.cached("residuals", run)
+
+    def click_rates(self) -> tuple[Tensor, Tensor]:
+        """Reference-free click events per second of the reference and of the estimate."""
+
+        def run() -> tuple[Tensor, Tensor]:
+            both, e, defined = self.residuals()
+            lens = torch.cat([self.lengths, self.lengths])
+            onsets = _clicks.detect_clicks(both, lens, self.sample_rate, as_mask=True, residual=(e, defined))
+            rate = _clicks.count_per_second(onsets, lens, self.sample_rate)
+            b = self.reference.shape[0]
+            return rate[:b], rate[b:]
+
+        return self.cached("click_rates", run)
+
+    def mrstft(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.cached(
+            "mrstft",
+            lambda: F.mrstft_distance(self.reference, self.estimate, self.lengths, return_parts=True),
+        )
+
+
+# ------------------------------------------------------------------------------------------ registrations
+@register_metric("lag", "samples", "", "cross-correlation lag within +-10 ms; > 0: estimate delayed")
+def _lag(ctx: MetricContext) -> Tensor:
+    lag, peak = ctx.lag_and_peak()
+    return torch.where(torch.isfinite(peak), lag.double(), torch.full_like(peak, float("nan")))  # silent: NaN
+
+
+@register_metric("xcorr_peak", "", "higher", "normalised cross-correlation at the lag")
+def _xcorr_peak(ctx: MetricContext) -> Tensor:
+    return ctx.lag_and_peak()[1]
+
+
+@register_metric("snr", "dB", "higher", "seed's SNR 10 log10(sum ref^2 / sum (ref - est)^2)")
+def _snr(ctx: MetricContext) -> Tensor:
+    return F.snr(ctx.reference, ctx.estimate, ctx.lengths)
+
+
+@register_metric("snr_aligned", "dB", "higher", "SNR after undoing the lag")
+def _snr_aligned(ctx: MetricContext) -> Tensor:
+    r, e, m = ctx.aligned()
+    return F.snr(r, e, mask=m)
+
+
+@register_metric("pearson", "", "higher", "seed's Pearson correlation (np.corrcoef)")
+def _pearson(ctx: MetricContext) -> Tensor:
+    return F.pearson(ctx.reference, ctx.estimate, ctx.lengths)
+
+
+@register_metric("pearson_aligned", "", "higher", "Pearson correlation after undoing the lag")
+def _pearson_aligned(ctx: MetricContext) -> Tensor:
+    r, e, m = ctx.aligned()
+    return F.pearson(r, e, mask=m)
+
+
+@register_metric("si_sdr", "dB", "higher", "scale-invariant SDR (zero-mean, torchmetrics' formula)")
+def _si_sdr(ctx: MetricContext) -> Tensor:
+    return F.si_sdr(ctx.reference, ctx.estimate, ctx.lengths)
+
+
+@register_metric("si_sdr_aligned", "dB", "higher", "SI-SDR after undoing the lag")
+def _si_sdr_aligned(ctx: MetricContext) -> Tensor:
+    r, e, m = ctx.aligned()
+    return F.si_sdr(r, e, mask=m)
+
+
+@register_metric(
+    "lsd", "log10 power", "lower", "log-spectral distance (AudioSR/ssr_eval STFT: 743/160 at 16 kHz)"
+)
+def _lsd(ctx: MetricContext) -> Tensor:
+    return F.log_spectral_distance(ctx.reference, ctx.estimate, ctx.lengths, ctx.sample_rate)
+
+
+@register_metric("mel_distance", "nats", "lower", "L1 between AudioLDM2 log-mels (64 bands, hop 160)")
+def _mel_distance(ctx: MetricContext) -> Tensor:
+    if ctx.sample_rate != SAMPLE_RATE:
+        raise ValueError(f"mel_distance uses AudioLDM2's 16 kHz front-end; got sample_rate={ctx.sample_rate}")
+    return F.mel_distance(ctx.reference, ctx.estimate, ctx.lengths)
+
+
+@register_metric("mrstft_distance", "", "lower", "multi-resolution STFT: SC + log-mag L1 at 512/1024/2048")
+def _mrstft(ctx: MetricContext) -> Tensor:
+    return ctx.mrstft()[0]
+
+
+@register_metric("mrstft_sc", "", "lower", "spectral-convergence part of mrstft_distance")
+def _mrstft_sc(ctx: MetricContext) -> Tensor:
+    return ctx.mrstft()[1]
+
+
+@register_metric("mrstft_logmag", "nats", "lower", "log-magnitude L1 part of mrstft_distance")
+def _mrstft_logmag(ctx: MetricContext) -> Tensor:
+    return ctx.mrstft()[2]
+
+
+@register_metric(
+    "clicks_added_per_s", "1/s", "lower", "clicks in the estimate the reference does not explain"
+)
+def _clicks_added(ctx: MetricContext) -> Tensor:
+    _, e, defined = ctx.residuals()
+    b = ctx.reference.shape[0]
+    residuals = ((e[:b], defined[:b]), (e[b:], defined[b:]))
+    onsets = _clicks.added_clicks(
+        ctx.reference, ctx.estimate, ctx.lengths, ctx.sample_rate, as_mask=True, residuals=residuals
+    )
+    return _clicks.count_per_second(onsets, ctx.lengths, ctx.sample_rate)
+
+
+@register_metric("clicks_ref_per_s", "1/s", "", "reference-free AR-residual click rate of the reference")
+def _clicks_ref(ctx: MetricContext) -> Tensor:
+    return ctx.click_rates()[0]
+
+
+@register_metric("clicks_est_per_s", "1/s", "lower", "reference-free AR-residual click rate of the estimate")
+def _clicks_est(ctx: MetricContext) -> Tensor:
+    return ctx.click_rates()[1]
+
+
+for _name, _unit, _desc in (
+    ("pesq", "MOS-LQO", "PESQ P.862.2 wide-band (pesq via torchmetrics)"),
+    ("stoi", "", "STOI (pystoi via torchmetrics)"),
+    ("estoi", "", "extended STOI (pystoi via torchmetrics)"),
+):
+    assert _name in PERCEPTUAL_METRICS
+    _REGISTRY[_name] = MetricSpec(_name, None, _unit, "higher", _desc, kind="perceptual")
+
+#: What ``compute_metrics`` computes when no names are given.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "lag",
+    "snr",
+    "snr_aligned",
+    "pearson",
+    "pearson_aligned",
+    "si_sdr",
+    "si_sdr_aligned",
+    "lsd",
+    "mel_distance",
+    "mrstft_distance",
+    "clicks_added_per_s",
+    "clicks_ref_per_s",
+    "clicks_est_per_s",
+)
+
+
+@torch.no_grad()
+def compute_metrics(
+    reference: Tensor,
+    estimate: Tensor,
+    lengths: Tensor | None = None,
+    names: Sequence[str] | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> dict[str, Tensor]:
+    """Fast per-item metrics of a batch, on the input's device: ``{name: (B,) float64 tensor}``.
+
+    ``reference``/``estimate``: ``(B, N)`` float waveforms (original and reconstruction, same level);
+    ``lengths``: ``(B,)`` valid sample counts (``None``: all valid). ``names`` default to
+    :data:`DEFAULT_METRICS`; perceptual names are refused here (they belong to ``PerceptualScorer``).
+    Every value depends only on the item's own valid samples (batch composition does not matter).
+    """
+    names = list(DEFAULT_METRICS if names is None else ([names] if isinstance(names, str) else names))
+    fast, perceptual = split_metric_names(names)
+    if perceptual:
+        raise ValueError(
+            f"{perceptual} are CPU perceptual metrics: score them with PerceptualScorer (use "
+            f"split_metric_names(config_names) to separate them); compute_metrics runs {available_metrics()}"
+        )
+    ctx = MetricContext(reference, estimate, lengths, sample_rate)
+    out: dict[str, Tensor] = {}
+    for name in fast:
+        fn = get_metric(name).fn
+        assert fn is not None
+        out[name] = fn(ctx).to(torch.float64)
+    return out
