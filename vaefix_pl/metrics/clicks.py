@@ -60,10 +60,15 @@ def _toeplitz_solve(r: Tensor, order: int, loading: float) -> Tensor:
     order, and the diagonal loading keeps pure tones (a singular Toeplitz matrix) well posed.
     """
     idx = torch.arange(order, device=r.device)
-    toe = r[:, (idx[:, None] - idx[None, :]).abs()]  # (M, p, p)
-    diag = r[:, :1] * loading + torch.finfo(r.dtype).tiny ** 0.5
-    toe = toe + torch.diag_embed(diag.expand(-1, order))
-    coef = torch.linalg.solve(toe, -r[:, 1 : order + 1, None])[..., 0]
+    lag_index = (idx[:, None] - idx[None, :]).abs()
+    chunk = max(1, (1 << 24) // (order * order))  # bound the (M, p, p) float64 matrices to 128 MiB
+    coefs = []
+    for rc in r.split(chunk):
+        toe = rc[:, lag_index]  # (m, p, p)
+        diag = rc[:, :1] * loading + torch.finfo(rc.dtype).tiny ** 0.5
+        toe = toe + torch.diag_embed(diag.expand(-1, order))
+        coefs.append(torch.linalg.solve(toe, -rc[:, 1 : order + 1, None])[..., 0])
+    coef = torch.cat(coefs) if coefs else r[:, 1:]
     return torch.cat([torch.ones_like(coef[:, :1]), coef], dim=1)
 
 

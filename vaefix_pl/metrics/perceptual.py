@@ -50,7 +50,8 @@ def _message(exc: BaseException) -> str:
     for arg in exc.args:
         parts.append(arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg))
     text = "; ".join(p for p in parts if p) or repr(exc)
-    return f"{type(exc).__name__}: {text}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), text)  # one line per reason
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def _pesq(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
@@ -148,6 +149,10 @@ def _default_context() -> mp.context.BaseContext:
 
 class PerceptualScorer:
     """Asynchronous PESQ/STOI/ESTOI scoring in a CPU process pool.
+
+    As with any spawn/forkserver pool (and Lightning's DDP), a script that creates one must keep its
+    top-level code under ``if __name__ == "__main__":`` (workers re-import the main module); the
+    ``vaefix`` console script and notebooks are fine.
 
     ``submit`` queues clips and returns at once; ``poll`` returns the rows finished so far (never
     blocks); ``drain`` waits for the rest. Rows come back in completion order, one per submitted clip,
