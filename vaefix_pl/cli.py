@@ -31,9 +31,6 @@ DEMO_TINY_DIR = Path(os.environ.get("VAEFIX_CACHE", Path.home() / ".cache" / "va
 def _lightning_cli(args: Sequence[str], run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
-    from vaefix_pl.data import AudioDataModule
-    from vaefix_pl.module import ReconstructionModule
-    from vaefix_pl.progress import ClipsPerSecondProgressBar
     from vaefix_pl.writer import ReconstructionWriter
 
     class VaefixCLI(LightningCLI):
@@ -41,7 +38,23 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
             # The writer is a callback configured under its own `writer:` key.
             parser.add_lightning_class_args(ReconstructionWriter, "writer")
 
-    cli = VaefixCLI(
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # the arguments come from `args`; LightningCLI warns when both are set
+    try:
+        cli = _make(VaefixCLI, args)
+    finally:
+        sys.argv = saved_argv
+    if run:
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    return cli
+
+
+def _make(cli_class, args: Sequence[str]):
+    from vaefix_pl.data import AudioDataModule
+    from vaefix_pl.module import ReconstructionModule
+    from vaefix_pl.progress import ClipsPerSecondProgressBar
+
+    return cli_class(
         ReconstructionModule,
         AudioDataModule,
         run=False,
@@ -56,9 +69,6 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
             "callbacks": [ClipsPerSecondProgressBar()],
         },
     )
-    if run:
-        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    return cli
 
 
 def predict_main(argv: Sequence[str]) -> int:

@@ -17,17 +17,7 @@ from torch import Tensor
 from vaefix_pl.models import DEFAULT_SOURCE, normalize_precision
 from vaefix_pl.reconstruct import Reconstructor
 
-#: Fast on-device metrics computed in ``predict_step`` when ``metrics`` is not given.
-DEFAULT_METRICS: tuple[str, ...] = (
-    "mel_distance",
-    "mrstft_distance",
-    "lsd",
-    "snr",
-    "pearson",
-    "si_sdr",
-    "lag",
-    "clicks_added_per_s",
-)
+SPEEDS = ("none", "auto", "compile")
 
 
 class ReconstructionModule(L.LightningModule):
@@ -42,9 +32,14 @@ class ReconstructionModule(L.LightningModule):
         allow_download: let the loader fetch missing weights from the hub.
         postprocess: ``PostProcessChain`` keyword arguments (``None``: no repair chain; ``{}``: the
             chain with its defaults). When set, ``<id>.post.wav`` is produced and scored too.
-        metrics: on-device metric names (see ``vaefix_pl.metrics.available_metrics()``); ``[]`` for none.
+        metrics: metric names (``vaefix_pl.metrics.available_metrics("all")``; ``None``: the default
+            on-device set; ``[]``: none). Perceptual names in this list join ``perceptual``.
         perceptual: CPU metrics scored by the writer's worker pool (``pesq``, ``stoi``, ``estoi``).
-        compile: ``torch.compile`` the VAE and vocoder (CUDA; fixed clip lengths recommended).
+        speed: on CUDA, ``"auto"`` (default) runs the vocoder's convolutions channels-last and lets
+            cuDNN pick algorithms per shape (same math); ``"compile"`` adds ``torch.compile`` with
+            static shapes and frozen weights plus an NHWC VAE (fastest for fixed-length clips, e.g.
+            ``seconds: 10.24``; the first batch compiles for about two minutes); ``"none"`` runs the
+            stock modules. Ignored on the CPU. Measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis).
     """
@@ -61,27 +56,31 @@ class ReconstructionModule(L.LightningModule):
         postprocess: dict[str, Any] | None = None,
         metrics: list[str] | None = None,
         perceptual: list[str] | None = None,
-        compile: bool = False,
+        speed: str = "auto",
         return_mels: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model_source = model
         self.precision_name = normalize_precision(precision)
-        self.metric_names = list(DEFAULT_METRICS if metrics is None else metrics)
-        self.perceptual_metrics = list(perceptual or [])
+        if speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {SPEEDS}, got {speed!r}")
+        from vaefix_pl.metrics import DEFAULT_METRICS, available_metrics, split_metric_names
+
+        requested = list(DEFAULT_METRICS if metrics is None else metrics) + list(perceptual or [])
+        unknown = sorted(set(requested) - set(available_metrics("all")))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; available: {available_metrics('all')}")
+        fast, slow = split_metric_names(requested)
+        self.metric_names = list(dict.fromkeys(fast))
+        self.perceptual_metrics = list(dict.fromkeys(slow))
         self.reconstructor: Reconstructor | None = None
+        self._optimized = False
         self.chain = None
         if postprocess is not None:
             from vaefix_pl.postprocess import PostProcessChain
 
             self.chain = PostProcessChain(**postprocess)
-        if self.metric_names:
-            from vaefix_pl.metrics import available_metrics
-
-            unknown = sorted(set(self.metric_names) - set(available_metrics()))
-            if unknown:
-                raise ValueError(f"unknown metrics {unknown}; available: {available_metrics()}")
 
     # Models are loaded per process when the Trainer sets up (every DDP rank loads its own copy).
     def configure_model(self) -> None:
@@ -97,8 +96,22 @@ class ReconstructionModule(L.LightningModule):
             seed=hp.seed,
             pad_frames_to=hp.pad_frames_to,
         )
-        if hp.compile:
-            self.reconstructor.compile_models()
+
+    def on_predict_start(self) -> None:
+        # Speed rewrites need the final device, which the Trainer sets after configure_model().
+        if self._optimized or self.reconstructor is None or self.device.type != "cuda":
+            return
+        if self.hparams.speed == "auto":
+            self.reconstructor.optimize(vocoder_channels_last=True, cudnn_benchmark=True)
+        elif self.hparams.speed == "compile":
+            self.reconstructor.optimize(
+                channels_last=True,
+                vocoder_channels_last=True,
+                cudnn_benchmark=True,
+                compile=True,
+                freeze=True,
+            )
+        self._optimized = True
 
     @classmethod
     def from_reconstructor(cls, reconstructor: Reconstructor, **kwargs: Any) -> ReconstructionModule:
@@ -108,6 +121,7 @@ class ReconstructionModule(L.LightningModule):
         kwargs.setdefault("framing", settings["framing"])
         kwargs.setdefault("latent_mode", settings["latent_mode"])
         kwargs.setdefault("pad_frames_to", settings["pad_frames_to"])
+        kwargs.setdefault("speed", "none")  # the caller decides how the given reconstructor is optimized
         module = cls(model=kwargs.pop("model", "<in-memory>"), **kwargs)
         module.reconstructor = reconstructor
         return module
