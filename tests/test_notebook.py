@@ -22,8 +22,9 @@ def _text(cell) -> str:
     return "".join(out)
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+def test_quickstart_notebook_runs(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VAEFIX_NOTEBOOK_TINY", "1")  # CI: tiny models on the CPU, whatever the cache holds
+    monkeypatch.setenv("VAEFIX_MODEL", str(tiny_model_dir))  # the session's tiny models: no second write
     # the kernel runs in a temporary folder; it imports this checkout's package even when not pip-installed
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(NOTEBOOK, as_version=4)
