@@ -186,7 +186,7 @@ def main() -> None:
     clips = write_clips(Path(args.data), args.clips)
     base = build_models(*full_size_configs(), seed=0)
     base = tuple(m.cuda().requires_grad_(False) for m in base)
-    flops = count_flops(Reconstructor(*base), make_inputs(1).cuda())["total"]
+    flops = count_flops(Reconstructor(*base).cuda(), make_inputs(1).cuda())["total"]
     result = {
         "device": torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
