@@ -131,6 +131,11 @@ def test_stage_d_applies_the_repair_chain_by_hand(rec, batch, decomposition):
         assert decomposition.metrics["repaired"]["input_mel_l1"][i].item() == pytest.approx(
             by_hand, rel=1e-12
         )
+        step = (mel[i, 0, :f].double() - out.mel_hat[i, 0, :f].double()).abs().mean().item()
+        assert decomposition.metrics["repaired"]["mel_step_l1"][i].item() == pytest.approx(step, rel=1e-12)
+        # min-max to (-8, 2) moves a healthy decoded mel: said, with the mode that did it
+        moved = [w for w in decomposition.warnings[i] if "mel step (mel_mode='minmax')" in w.message]
+        assert moved and f"{step:.2f} nats" in moved[0].message
     scores = compute_metrics(out.reference, expected, lengths, METRICS)
     torch.testing.assert_close(
         decomposition.metrics["repaired"]["mel_distance"], scores["mel_distance"].double()
@@ -473,3 +478,19 @@ def test_diagnose_cli_on_the_probe_set(tiny_model_dir, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("data:audio/wav;base64,") == 2 * 4  # two clips embedded, four players each
     assert "TINY" in text.upper() and "Tiny random-weight models" in html
+
+
+def test_diagnose_cli_on_files_keeps_going_past_a_bad_one(tiny_model_dir, tmp_path, capsys):
+    import soundfile as sf
+
+    sf.write(tmp_path / "voice.wav", SIGNALS["formants"]()[:8000].astype(np.float32), SR)
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "diag"
+    argv = [str(tmp_path / "voice.wav"), str(tmp_path / "broken.wav"), "--model", str(tiny_model_dir)]
+    assert diagnose_main(argv + ["--out", str(out), "--pad-frames-to", "4", "--embed-audio", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "== voice (0.50 s) ==" in text and "FAILED broken" in text
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("broken,") and "cannot" in rows[1]
+    html = (out / "report.html").read_text()
+    assert "Failed" in html and "broken" in html and "voice.recon.wav" in html  # linked, not embedded

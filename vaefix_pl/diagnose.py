@@ -85,6 +85,8 @@ HEALTH_STAGES: dict[str, str] = {
 OUT_OF_RANGE_WARN = 0.01
 #: Normalised-level peak at which the vocoder's tanh output counts as saturated.
 SATURATION_PEAK = 0.999
+#: Mean change (nats) of the vocoder input by a repair chain's mel step above which stage (d) gets a warning.
+MEL_STEP_WARN = 0.05
 #: Added clicks per second above which a stage gets a warning.
 CLICKS_WARN_PER_S = 0.5
 
@@ -411,6 +413,7 @@ def decompose(
         audio["post"] = post
         stage_metrics["repaired"] = _stage_metrics(out.reference, post, lengths, names)
         stage_metrics["repaired"]["input_mel_l1"] = masked_mel_error(post_mel, out.mel, frames)["l1"]
+        stage_metrics["repaired"]["mel_step_l1"] = masked_mel_error(post_mel, out.mel_hat, frames)["l1"]
 
     health = _health_of(out, lengths, gain, audio, post_mel)
     item_warnings: list[list[HealthWarning]] = [[] for _ in range(b)]
@@ -418,6 +421,18 @@ def decompose(
         for i, h in enumerate(items):
             item_warnings[i].extend(
                 health_warnings(stage, h, mel_mode if stage.startswith("repaired") else None)
+            )
+    shift = stage_metrics.get("repaired", {}).get("mel_step_l1")
+    for i in range(b if shift is not None else 0):
+        if float(shift[i]) > MEL_STEP_WARN:
+            item_warnings[i].append(
+                HealthWarning(
+                    "repaired_vocoder_input",
+                    "warn",
+                    f"the repair chain's mel step (mel_mode={mel_mode!r}) moves the vocoder input "
+                    f"{float(shift[i]):.2f} nats (mean |change|) away from the decoded mel; with the right "
+                    "front-end the decoded mel is already on the vocoder's scale and needs no renormalisation",
+                )
             )
     for stage, scores in stage_metrics.items():
         clicks = scores.get("clicks_added_per_s")
