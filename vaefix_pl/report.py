@@ -472,7 +472,7 @@ def _stage_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     cols = [m for m in _STAGE_METRICS if any(p + m in metrics for _, p in _STAGE_ROWS)]
     head = (
         "<tr><th class='id'>stage</th>"
-        + "".join(f"<th>{_e(c)}</th>" for c in cols)
+        + "".join(f"<th>{_wrap_name(c)}</th>" for c in cols)
         + "<th title='L1 distance (nats) of the vocoder input (for (b): the decoded mel) to the true mel'>"
         "mel L1 to the true mel</th></tr>"
     )
