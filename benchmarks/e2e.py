@@ -53,7 +53,12 @@ def write_clips(folder: Path, n: int) -> Path:
 
 
 def optimize(rec: Reconstructor, speed: str) -> Reconstructor:
-    if speed == "compile":
+    if speed == "compile":  # what ReconstructionModule(speed="compile") applies
+        return rec.optimize(
+            channels_last=True, vocoder_channels_last=True, compile=True, freeze=True,
+            pad_narrow_convs=True, attention_math=True,
+        )  # fmt: skip
+    if speed == "compile_v1":  # before narrow-conv padding and math attention
         return rec.optimize(channels_last=True, vocoder_channels_last=True, compile=True, freeze=True)
     if speed == "auto":
         return rec.optimize(vocoder_channels_last=True)

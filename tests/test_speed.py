@@ -43,3 +43,19 @@ def test_optimize_keeps_the_pipeline_output(tiny_model_dir, vae_channels_last, t
     a, b = plain(x), fast(x)
     assert (a.waveform - b.waveform).norm() / a.waveform.norm() < tolerance
     assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < tolerance
+
+
+def test_narrow_conv_padding_and_math_attention_keep_the_output(tiny_model_dir):
+    from vaefix_pl.speed import ChannelPaddedConv2d
+
+    plain = Reconstructor.from_pretrained(str(tiny_model_dir))
+    fast = Reconstructor.from_pretrained(str(tiny_model_dir)).optimize(
+        vocoder_channels_last=True, cudnn_benchmark=False, pad_narrow_convs=True, attention_math=True
+    )
+    assert isinstance(fast.vae.encoder.conv_in, ChannelPaddedConv2d)
+    assert isinstance(fast.vae.decoder.conv_out, ChannelPaddedConv2d)
+    assert isinstance(fast.vocoder.conv_post.conv, ChannelPaddedConv2d)
+    x = torch.from_numpy(formant_pulses(30000, seed=2)).float()[None]
+    a, b = plain(x), fast(x)
+    assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-4
+    assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < 1e-4

@@ -136,6 +136,8 @@ class Reconstructor(nn.Module):
         cudnn_benchmark: bool = True,
         compile: bool | str = False,
         freeze: bool = False,
+        pad_narrow_convs: bool = False,
+        attention_math: bool = False,
     ) -> Reconstructor:
         """Inference speed settings for fixed-length GPU work (each measured in ``docs/PERFORMANCE.md``).
 
@@ -149,6 +151,11 @@ class Reconstructor(nn.Module):
                 vocoder in place with static shapes (fuses GroupNorm+SiLU and the element-wise chains).
             freeze: with ``compile``, let Inductor treat the frozen weights as constants (folds the
                 per-call bf16 casts of the weights).
+            pad_narrow_convs: run the 1-channel convolutions (VAE ``conv_in``/``conv_out``, vocoder
+                ``conv_post``) with zero-padded channels so they get tensor-core kernels (exact).
+            attention_math: compute the VAE's single-head (dim 512) mid-block attention with diffusers'
+                plain ``AttnProcessor`` (batched matmuls + softmax): SDPA has no flash kernel for head
+                dim 512 and its memory-efficient float32 kernel does not use tensor cores.
         """
         if channels_last:
             self.vae.to(memory_format=torch.channels_last)
@@ -157,6 +164,15 @@ class Reconstructor(nn.Module):
             from vaefix_pl.speed import conv1d_channels_last
 
             conv1d_channels_last(self.vocoder)
+        if pad_narrow_convs:
+            from vaefix_pl.speed import pad_narrow_convs as pad
+
+            pad(self.vae, channels_last=self._channels_last)
+            pad(self.vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions
+        if attention_math:
+            from diffusers.models.attention_processor import AttnProcessor
+
+            self.vae.set_attn_processor(AttnProcessor())
         if cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
         if compile:
