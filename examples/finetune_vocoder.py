@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     module = VocoderFineTuner(load_hifigan(source, trainable=True), framing=framing, lr=args.lr)
     baseline = FixedDecoderBaseline(
         export, vocoder="vocoder", model=source, val_fraction=args.val_fraction, max_items=args.max_val_items,
-        perceptual=[] if args.no_perceptual else ["pesq", "stoi"], audio_dir=out / "audio",
+        perceptual=[] if args.no_perceptual else ["pesq", "stoi"],  # audio: <log_dir>/fixed_decoder_baseline
     )  # fmt: skip
     devices: int | str = int(args.devices) if str(args.devices).isdigit() else args.devices
     trainer = L.Trainer(
@@ -154,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 f"{m:<22} baseline {last[f'baseline/{m}']:>10.4f}   fine-tuned {last[f'vocoder/{m}']:>10.4f}   "
                 f"delta {last[key]:>+10.4f}"
             )
-        print(f"logs: {trainer.logger.log_dir}/metrics.csv; audio examples: {out / 'audio'}")
+        log_dir = trainer.logger.log_dir
+        print(f"logs: {log_dir}/metrics.csv; audio examples: {log_dir}/fixed_decoder_baseline/")
     return baseline.last_scores
 
 

@@ -45,12 +45,30 @@ EXPORT_KW = dict(accelerator="cpu", num_workers=0, pad_frames_to=128, probe_seco
 EDGE = 4  # frames whose 1024-sample window reaches past a segment edge (512 / 160 rounded up)
 
 
-@pytest.fixture(scope="module", params=["tacotron", "hifigan"])
-def probe_export(request, tiny_model_dir, tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp(f"export_{request.param}")
-    summary = export_mels(None, out, model=tiny_model_dir, framing=request.param, shard_size=3, **EXPORT_KW)
-    assert summary["exported"] == len(PROBE_NAMES) and summary["clips"] == len(PROBE_NAMES)
-    return out, request.param
+@pytest.fixture(scope="module")
+def probe_exports(tiny_model_dir, tmp_path_factory):
+    """``framing -> export folder`` of the probe set (1.28 s clips), made once per module on first use."""
+    made: dict[str, Path] = {}
+
+    def get(framing: str) -> Path:
+        if framing not in made:
+            out = tmp_path_factory.mktemp(f"export_{framing}")
+            summary = export_mels(None, out, model=tiny_model_dir, framing=framing, shard_size=3, **EXPORT_KW)
+            assert summary["exported"] == len(PROBE_NAMES) and summary["clips"] == len(PROBE_NAMES)
+            made[framing] = out
+        return made[framing]
+
+    return get
+
+
+@pytest.fixture(params=["tacotron", "hifigan"])
+def probe_export(request, probe_exports) -> tuple[Path, str]:
+    return probe_exports(request.param), request.param
+
+
+@pytest.fixture
+def tacotron_export(probe_exports) -> Path:
+    return probe_exports("tacotron")
 
 
 def _shard_key_counts(export: Path) -> dict[str, int]:
@@ -290,12 +308,10 @@ def test_interrupted_export_resumes_without_duplicates(tmp_path, tiny_model_dir,
         export_mels(inputs, out, framing="hifigan", **kw)
 
 
-def test_writer_mode_beside_the_reconstruction_writer(tmp_path, tiny_model_dir, probe_export):
+def test_writer_mode_beside_the_reconstruction_writer(tmp_path, tiny_model_dir, tacotron_export):
     from vaefix_pl import AudioDataModule, ReconstructionModule, ReconstructionWriter
 
-    export, framing = probe_export
-    if framing != "tacotron":
-        pytest.skip("one framing is enough here")
+    export = tacotron_export
     out = tmp_path / "mels"
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -409,13 +425,11 @@ def _validate(module, callback, logger):
     return trainer
 
 
-def test_baseline_callback_logs_baseline_current_and_delta(tmp_path, tiny_model_dir, probe_export):
+def test_baseline_callback_logs_baseline_current_and_delta(tmp_path, tiny_model_dir, tacotron_export):
     from vaefix_pl.metrics import compute_metrics
     from vaefix_pl.vocoders import load_hifigan
 
-    export, framing = probe_export
-    if framing != "tacotron":
-        pytest.skip("one framing is enough here")
+    export = tacotron_export
     current = load_hifigan(tiny_model_dir, trainable=True)
     module = TinyVocoderModule(current)
     names = ["mel_distance", "snr", "clicks_added_per_s"]
@@ -530,4 +544,22 @@ def test_example_finetunes_and_logs_baseline_and_delta(tmp_path):
     assert float(evals[1]["delta/mel_distance"]) != 0.0  # the vocoder was trained
     assert float(evals[1]["baseline/mel_distance"]) == float(evals[0]["baseline/mel_distance"])
     assert scores["delta/mel_distance"] == pytest.approx(float(evals[1]["delta/mel_distance"]), rel=1e-6)
-    assert any((out / "audio").rglob("*.wav"))
+    assert any((out / "logs" / "version_0" / "fixed_decoder_baseline").rglob("*.wav"))
+
+
+@pytest.mark.slow
+def test_example_under_two_process_ddp_logs_once(tmp_path):
+    """Rank 0 scores and broadcasts; every rank logs the same numbers; files are written once."""
+    out = tmp_path / "ft"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, str(ROOT / "examples" / "finetune_vocoder.py"), "--tiny", "--devices", "2",
+        "--accelerator", "cpu", "--steps", "2", "--out", str(out), "--val-fraction", "0.3", "--no-perceptual",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
+    rows = list(csv.DictReader(open(out / "logs" / "version_0" / "metrics.csv")))
+    evals = [r for r in rows if r.get("delta/mel_distance")]
+    assert len(evals) == 2 and all(math.isfinite(float(r["baseline/mel_distance"])) for r in evals)
+    assert float(evals[0]["delta/mel_distance"]) == 0.0
+    scores = (out / "logs" / "version_0" / "fixed_decoder_baseline" / "scores.jsonl").read_text().splitlines()
+    assert len(scores) == 2  # one evaluation per validation, on rank 0 only

@@ -205,7 +205,7 @@ def completed_ids(export_dir: str | os.PathLike) -> set[str]:
     ids: set[str] = set()
     for part in _part_files(out):
         for rec in _read_jsonl(part):
-            if rec.get("kind", "item") == "item" and (out / rec.get("shard", "\0")).is_file():
+            if rec.get("kind", "item") == "item" and "shard" in rec and (out / rec["shard"]).is_file():
                 ids.add(rec["id"])
     ids.update(e["id"] for e in read_manifest(out))
     return ids
@@ -1214,14 +1214,20 @@ class FixedDecoderBaseline(Callback):
         return Path(root) / "fixed_decoder_baseline"
 
     # ---------------------------------------------------------------------------------- evaluation
-    def evaluate(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> dict[str, float]:
-        """Score the current vocoder (and the baseline, once); return the flat dict of logged values."""
+    def evaluate(
+        self, pl_module: L.LightningModule, trainer: L.Trainer | None = None, out_dir: Path | None = None
+    ) -> dict[str, float]:
+        """Score the current vocoder (and the baseline, once); return the flat dict of logged values.
+
+        Runs no collectives (DDP calls it on rank 0 only). ``out_dir``: where audio examples go
+        (``None``: the ``audio_dir`` given at construction, or none).
+        """
         device = pl_module.device
         current_vocoder = self.current_vocoder(pl_module)  # fail fast on a wrong attribute
         clips = self.clips()
         ids = [c["id"] for c in clips]
         names, perceptual = self.metric_names(), self.perceptual
-        out_dir = self._audio_dir(trainer) if trainer is not None else None
+        out_dir = out_dir if out_dir is not None else self.audio_dir
         examples = ids[: self.num_audio_examples]
         if self.baseline_scores is None or self.baseline_ids != ids:
             base = self._baseline_vocoder(device)
@@ -1305,7 +1311,8 @@ class FixedDecoderBaseline(Callback):
         self._n_validations += 1
         if (self._n_validations - 1) % self.every_n_validations:
             return
-        result = self.evaluate(pl_module, trainer) if trainer.is_global_zero else None
+        out_dir = self._audio_dir(trainer)  # on every rank: trainer.log_dir is a collective
+        result = self.evaluate(pl_module, trainer, out_dir) if trainer.is_global_zero else None
         result = trainer.strategy.broadcast(result, src=0)
         finite = {k: float(v) for k, v in result.items() if math.isfinite(v)}
         if finite:
