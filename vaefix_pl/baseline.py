@@ -1096,6 +1096,8 @@ class FixedDecoderBaseline(Callback):
         model: model folder / hub id for the default baseline (overrides the export's).
         max_items: held-out clips scored (first by id).
         metrics / perceptual: metric names (fast ones / ``pesq``, ``stoi``, ``estoi``).
+        num_audio_examples / audio_dir: how many clips to write, and where (default
+            ``<trainer.log_dir>/fixed_decoder_baseline``, else ``<default_root_dir>/fixed_decoder_baseline``).
         every_n_validations: evaluate at every n-th validation run.
         check: run :func:`vaefix_pl.vocoders.check_vocoder` on the current vocoder at fit start.
     """
