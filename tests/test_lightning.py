@@ -1,0 +1,210 @@
+"""ReconstructionModule + AudioDataModule + ReconstructionWriter under trainer.predict, DDP and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from signals import formant_pulses, harmonic, noise
+
+from vaefix_pl import AudioDataModule, ReconstructionModule, ReconstructionWriter
+from vaefix_pl.cli import main as vaefix
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _make_files(folder: Path, specs: list[tuple[str, int, int, int]]) -> dict[str, int]:
+    """specs: (relative name, samples, sample rate, channels) -> {id: samples at 16 kHz}."""
+    expected = {}
+    for i, (name, n, sr, ch) in enumerate(specs):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        x = harmonic(n, f0=150 + 20 * i, sr=sr) if i % 2 else formant_pulses(n, seed=i, sr=sr)
+        if ch == 2:
+            x = np.stack([x, noise(n, i)], axis=1)
+        sf.write(path, x, sr)
+        expected[str(Path(name).with_suffix("").as_posix())] = int(round(n * 16000 / sr))
+    return expected
+
+
+def test_trainer_predict_writes_audio_metrics_and_summary(tmp_path, tiny_model_dir):
+    expected = _make_files(
+        tmp_path / "in",
+        [("a.wav", 16000, 16000, 1), ("b/c.flac", 22050, 44100, 2), ("d.wav", 20037, 16000, 1)],
+    )
+    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF-not-really")
+    out = tmp_path / "out"
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[ReconstructionWriter(out)],
+    )
+    module = ReconstructionModule(model=str(tiny_model_dir))
+    result = trainer.predict(
+        module,
+        datamodule=AudioDataModule(str(tmp_path / "in"), batch_size=2, num_workers=0),
+        return_predictions=False,
+    )
+    assert result is None
+    rows = _read_csv(out / "metrics.csv")
+    assert [r["id"] for r in rows] == sorted(list(expected) + ["broken"])
+    for r in rows:
+        if r["id"] == "broken":
+            assert "broken.wav" in r["error"]
+            continue
+        n = expected[r["id"]]
+        for tag in ("original", "recon"):
+            x, sr = sf.read(out / f"{r['id']}.{tag}.wav")
+            assert sr == 16000 and len(x) == n and np.isfinite(x).all()
+        assert not (out / f"{r['id']}.post.wav").exists()
+        assert np.isfinite(float(r["mel_distance"])) and r["health_output_nonfinite"] == "0"
+    # original.wav is the level-restored input as the model saw it: the file minus its mean
+    src, _ = sf.read(tmp_path / "in" / "a.wav")
+    orig, _ = sf.read(out / "a.original.wav")
+    assert np.abs(orig - (src - src.mean())).max() < 1e-5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_inputs"] == 4 and summary["n_ok"] == 3 and summary["n_failed"] == 1
+    m = summary["metrics"]["mel_distance"]
+    assert m["n"] == 3 and m["ci95_low"] <= m["mean"] <= m["ci95_high"]
+    assert summary["settings"]["module"]["reconstructor"]["scaling_factor"] == pytest.approx(0.75)
+    assert (out / "summary.md").read_text().strip()
+    assert "broken" in (out / "errors.csv").read_text()
+    assert not (out / ".parts").exists()
+
+
+def test_post_processing_writes_and_scores_post_audio(tmp_path, tiny_model_dir):
+    from vaefix_pl.postprocess import SEED_FINAL_SETTINGS
+
+    out = tmp_path / "out"
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, callbacks=[ReconstructionWriter(out)],
+    )  # fmt: skip
+    module = ReconstructionModule(model=str(tiny_model_dir), postprocess=dict(SEED_FINAL_SETTINGS))
+    trainer.predict(
+        module, datamodule=AudioDataModule(None, batch_size=4, num_workers=0), return_predictions=False
+    )
+    rows = _read_csv(out / "metrics.csv")
+    assert len(rows) == 7
+    for r in rows:
+        assert (out / f"{r['id']}.post.wav").is_file()
+        assert float(r["post_mel_distance"]) != float(r["mel_distance"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert "post_mel_distance" in summary["metrics"]
+    assert summary["settings"]["module"]["postprocess"]["mel_mode"] == "minmax"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_exactly_once(tmp_path, tiny_model_dir):
+    lengths = [4000, 9000, 16000, 5600, 12037, 7000, 20000, 3300, 11000]  # 9 files: ranks get 5 and 4
+    inputs = tmp_path / "in"
+    for i, n in enumerate(lengths):
+        inputs.mkdir(exist_ok=True)
+        sf.write(inputs / f"clip{i}.wav", harmonic(n, f0=100 + 30 * i), 16000)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_predict_script.py"), "--model", str(tiny_model_dir),
+         "--inputs", str(inputs), "--out", str(out)],
+        check=True, env=env, timeout=600,
+    )  # fmt: skip
+    rows = _read_csv(out / "metrics.csv")
+    assert [r["id"] for r in rows] == sorted(f"clip{i}" for i in range(len(lengths)))
+    for i, n in enumerate(lengths):
+        for tag in ("original", "recon"):
+            assert sf.info(out / f"clip{i}.{tag}.wav").frames == n
+    writes = []
+    logs = sorted((tmp_path / "out_writes").glob("rank*.log"))
+    assert len(logs) == 2  # both ranks wrote
+    for log in logs:
+        writes += [line.split("\t")[0] for line in log.read_text().splitlines()]
+    assert len(writes) == len(set(writes)) == 2 * len(lengths)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timing"]["world_size"] == 2 and summary["n_ok"] == len(lengths)
+
+
+def test_cli_reconstruct_mixed_formats(tmp_path, tiny_model_dir, capsys):
+    expected = _make_files(tmp_path / "in", [("st44.wav", 44100, 44100, 2), ("mono16.flac", 24000, 16000, 1)])
+    out = tmp_path / "out"
+    files = [str(tmp_path / "in" / "st44.wav"), str(tmp_path / "in" / "mono16.flac")]
+    rc = vaefix(["reconstruct", *files, "--model", str(tiny_model_dir), "--out", str(out),
+                 "--accelerator", "cpu", "--num-workers", "0"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "mel_distance" in printed and "2 clips reconstructed, 0 failed" in printed
+    for i, n in expected.items():
+        assert sf.info(out / f"{i}.recon.wav").frames == n
+    assert len(_read_csv(out / "metrics.csv")) == 2
+
+
+def test_cli_reconstruct_seconds_crops_and_pads(tmp_path, tiny_model_dir):
+    _make_files(tmp_path / "in", [("long.wav", 40000, 16000, 1), ("short.wav", 8000, 16000, 1)])
+    out = tmp_path / "out"
+    vaefix(["reconstruct", str(tmp_path / "in"), "--seconds", "1.5", "--model", str(tiny_model_dir),
+            "--out", str(out), "--accelerator", "cpu", "--num-workers", "0"])  # fmt: skip
+    assert sf.info(out / "long.recon.wav").frames == 24000
+    assert sf.info(out / "short.recon.wav").frames == 24000
+
+
+def test_cli_predict_with_config_file(tmp_path, tiny_model_dir, capsys):
+    _make_files(tmp_path / "in", [("x.wav", 16000, 16000, 1), ("y.wav", 30000, 16000, 1)])
+    out = tmp_path / "out"
+    rc = vaefix([
+        "predict", "--config", str(ROOT / "configs" / "default.yaml"),
+        "--data.inputs", str(tmp_path / "in"), "--model.model", str(tiny_model_dir),
+        "--model.perceptual", "[]", "--data.num_workers", "0",
+        "--trainer.accelerator", "cpu", "--writer.output_dir", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    assert sorted(r["id"] for r in _read_csv(out / "metrics.csv")) == ["x", "y"]
+    assert (out / "x.recon.wav").is_file()
+
+
+def test_cli_print_config_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        vaefix(["predict", "--config", str(ROOT / "configs" / "default.yaml"), "--print_config"])
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    for key in ("pad_frames_to:", "postprocess:", "output_dir:", "sort_by_duration:", "strategy:"):
+        assert key in printed
+
+
+@pytest.mark.parametrize("name", ["seed_repair.yaml", "bf16.yaml", "multi_gpu.yaml"])
+def test_shipped_configs_parse(name):
+    with pytest.raises(SystemExit) as info:
+        vaefix(["predict", "--config", str(ROOT / "configs" / "default.yaml"),
+                "--config", str(ROOT / "configs" / name), "--print_config"])  # fmt: skip
+    assert info.value.code == 0
+
+
+def test_bad_metric_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown metrics"):
+        ReconstructionModule(model="unused", metrics=["mel_distance", "nonsense"])
+
+
+@pytest.mark.cuda
+def test_predict_on_gpu(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    trainer = L.Trainer(accelerator="gpu", devices=1, logger=False, callbacks=[ReconstructionWriter(out)])
+    module = ReconstructionModule(model=str(tiny_model_dir), precision="bf16")
+    trainer.predict(
+        module, datamodule=AudioDataModule(None, batch_size=7, num_workers=2), return_predictions=False
+    )
+    assert len(_read_csv(out / "metrics.csv")) == 7
+    assert torch.cuda.max_memory_allocated() > 0
