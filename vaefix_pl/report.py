@@ -410,7 +410,7 @@ def _summary_table(metrics: Mapping[str, Mapping[str, Any]], info: Mapping[str, 
     folded into a collapsed "all metrics" table: the stage table shows them side by side."""
     if not metrics:
         return "<p class='muted'>no summary metrics</p>"
-    staged = any(k.startswith(("ceiling_", "vae_")) for k in metrics)
+    staged = any(k.startswith(("ceiling_", "vae_", "post_")) for k in metrics)
 
     def is_main(name: str) -> bool:
         return not staged or not (
@@ -467,8 +467,8 @@ def _cell(s: Mapping[str, Any] | None) -> str:
 
 def _stage_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """Mean [95 % CI] per stage and metric, when the run has the diagnose columns."""
-    if "ceiling_mel_distance" not in metrics and "vae_mel_l1" not in metrics:
-        return ""
+    if not any(k.startswith(("ceiling_", "vae_", "post_")) for k in metrics):
+        return ""  # a plain run: the summary table says it all
     cols = [m for m in _STAGE_METRICS if any(p + m in metrics for _, p in _STAGE_ROWS)]
     head = (
         "<tr><th class='id'>stage</th>"
@@ -479,6 +479,8 @@ def _stage_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     rows = []
     for label, prefix in _STAGE_ROWS:
         if prefix == "vae_":
+            if "vae_mel_l1" not in metrics:
+                continue  # a reconstruct run with the repair chain: (c) and (d) only
             cells = "".join("<td class='muted'>no audio</td>" for _ in cols) + _cell(
                 metrics.get("vae_mel_l1")
             )
