@@ -208,3 +208,17 @@ def test_predict_on_gpu(tmp_path, tiny_model_dir):
     )
     assert len(_read_csv(out / "metrics.csv")) == 7
     assert torch.cuda.max_memory_allocated() > 0
+
+
+def test_cli_reconstruct_with_seed_repair_config_scores_both(tmp_path, tiny_model_dir):
+    _make_files(tmp_path / "in", [("v.wav", 20000, 16000, 1)])
+    out = tmp_path / "out"
+    rc = vaefix(["reconstruct", str(tmp_path / "in" / "v.wav"), "--config", str(ROOT / "configs" / "seed_repair.yaml"),
+                 "--model", str(tiny_model_dir), "--out", str(out), "--accelerator", "cpu", "--num-workers", "0"])  # fmt: skip
+    assert rc == 0
+    assert sf.info(out / "v.post.wav").frames == sf.info(out / "v.recon.wav").frames == 20000
+    row = _read_csv(out / "metrics.csv")[0]
+    assert np.isfinite(float(row["post_mel_distance"])) and np.isfinite(float(row["mel_distance"]))
+    settings = json.loads((out / "summary.json").read_text())["settings"]["module"]["postprocess"]
+    assert settings["mel_mode"] == "minmax" and tuple(settings["target_range"]) == (-8.0, 2.0)
+    assert settings["low_hz"] == 60.0 and settings["high_hz"] == 7000.0 and settings["threshold"] == 0.7
