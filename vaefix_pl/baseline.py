@@ -59,7 +59,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,6 +73,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from vaefix_pl.frontend import FRAMINGS, HOP, LOG_MEL_FLOOR, N_MELS, SAMPLE_RATE, Framing
+from vaefix_pl.io_utils import atomic_write_bytes, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -130,39 +130,6 @@ def frame_centre(frame: int, framing: Framing) -> float:
 
 
 # ============================================================================== manifest and shards (I/O)
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        v = v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """JSON lines of ``path``; a torn line (a killed writer) is skipped with a warning."""
     out: list[dict[str, Any]] = []
@@ -254,12 +221,12 @@ def consolidate_export(export_dir: str | os.PathLike) -> list[dict[str, Any]]:
             ids.add(rec["id"])
     if new or parts or not (out / MANIFEST).exists():
         manifest = manifest + sorted(new, key=lambda e: e["id"])
-        text = "".join(json.dumps(_jsonable(e)) + "\n" for e in manifest)
-        _atomic_write_bytes(out / MANIFEST, text.encode("utf-8"))
+        text = "".join(json.dumps(jsonable(e)) + "\n" for e in manifest)
+        atomic_write_bytes(out / MANIFEST, text.encode("utf-8"))
     if parts:
         failed = [e for i, e in sorted(errors.items()) if i not in ids]
-        text = "".join(json.dumps(_jsonable(e)) + "\n" for e in failed)
-        _atomic_write_bytes(out / ERRORS, text.encode("utf-8"))
+        text = "".join(json.dumps(jsonable(e)) + "\n" for e in failed)
+        atomic_write_bytes(out / ERRORS, text.encode("utf-8"))
         for part in parts:
             part.unlink(missing_ok=True)
     if (out / PARTS).is_dir() and not any((out / PARTS).iterdir()):
@@ -385,7 +352,7 @@ class MelExportWriter(BasePredictionWriter):
             s["model"] = _model_id(self.extra_settings["model"])
         if s.get("latent_mode") == "mode":
             s.pop("seed", None)  # the posterior mode does not depend on the seed
-        return _jsonable(s)
+        return jsonable(s)
 
     # ---------------------------------------------------------------------------------- lifecycle
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -473,7 +440,7 @@ class MelExportWriter(BasePredictionWriter):
     def _append(self, records: Sequence[Mapping[str, Any]]) -> None:
         assert self._part is not None, "on_predict_start did not run"
         for rec in records:
-            self._part.write(json.dumps(_jsonable(rec)) + "\n")
+            self._part.write(json.dumps(jsonable(rec)) + "\n")
         self._part.flush()
         os.fsync(self._part.fileno())
 
@@ -492,7 +459,7 @@ class MelExportWriter(BasePredictionWriter):
             "format_version": str(FORMAT_VERSION),
             "framing": str(self.settings.get("framing")),
         }
-        _atomic_write_bytes(self.output_dir / rel, save(tensors, metadata=meta))
+        atomic_write_bytes(self.output_dir / rel, save(tensors, metadata=meta))
         records = []
         for it in items:
             rec = {k: v for k, v in it.items() if k != "tensors"}
@@ -527,7 +494,7 @@ class MelExportWriter(BasePredictionWriter):
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "alignment": "mel frame k <-> waveform samples [160k, 160k+160) (see vaefix_pl.baseline)",
             }
-            _atomic_write_bytes(self.output_dir / EXPORT_INFO, json.dumps(_jsonable(info), indent=2).encode())
+            atomic_write_bytes(self.output_dir / EXPORT_INFO, json.dumps(jsonable(info), indent=2).encode())
         trainer.strategy.barrier("vaefix_mel_export_done")  # the manifest is final on every rank
 
     def on_exception(
@@ -1245,10 +1212,10 @@ class FixedDecoderBaseline(Callback):
                     trainer, out_dir, "target", {c["id"]: c["waveform"] for c in clips}, examples, "target"
                 )
                 self._write_audio(trainer, out_dir, "baseline", audio, examples, "baseline")
-                _atomic_write_bytes(
+                atomic_write_bytes(
                     out_dir / "baseline.json",
                     json.dumps(
-                        _jsonable({"ids": ids, "mean": self.baseline_scores, "per_clip": items}), indent=2
+                        jsonable({"ids": ids, "mean": self.baseline_scores, "per_clip": items}), indent=2
                     ).encode(),
                 )
         items, audio = score_vocoder(
@@ -1271,7 +1238,7 @@ class FixedDecoderBaseline(Callback):
             step = trainer.global_step if trainer is not None else 0
             self._write_audio(trainer, out_dir, f"step{step:07d}", audio, examples, self.current_prefix)
             with open(out_dir / "scores.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(_jsonable({"step": step, **result})) + "\n")
+                fh.write(json.dumps(jsonable({"step": step, **result})) + "\n")
         self.last_scores = result
         return result
 

@@ -1403,49 +1403,9 @@ def run_diagnosis(
 
 def _write_tables(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, Any]], extra: dict) -> dict:
     """``metrics.csv``, ``errors.csv``, ``summary.json``, ``summary.md`` in the writer's format."""
-    from vaefix_pl.writer import _atomic_write_text, _jsonable, metric_columns, rows_to_csv
+    from vaefix_pl.writer import write_run_tables
 
-    all_rows = sorted(rows + failed, key=lambda r: r["id"])
-    ok_rows = [r for r in all_rows if not r.get("error")]
-    cols = metric_columns(ok_rows)
-    try:
-        from vaefix_pl.metrics import summarize, summary_markdown
-
-        summary_metrics = summarize(ok_rows, cols)
-        md = summary_markdown(
-            summary_metrics, title=f"vaefix diagnose: {len(ok_rows)} clips, {len(failed)} failed"
-        )
-    except ImportError:
-        summary_metrics, md = {}, "# vaefix diagnose\n\n(metrics unavailable)\n"
-    summary = {
-        "n_inputs": len(all_rows),
-        "n_ok": len(ok_rows),
-        "n_failed": len(failed),
-        "failed": [{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed],
-        "metrics": summary_metrics,
-        "health": {
-            "items_with_nonfinite_mel_hat": sum(
-                1 for r in ok_rows if (r.get("health_mel_hat_nonfinite") or 0) > 0
-            ),
-            "items_with_nonfinite_output": sum(
-                1 for r in ok_rows if (r.get("health_output_nonfinite") or 0) > 0
-            ),
-            "items_with_constant_mel_hat": sum(1 for r in ok_rows if r.get("health_mel_hat_constant")),
-            "items_with_faults": sum(1 for r in ok_rows if (r.get("health_faults") or 0) > 0),
-            "items_with_warnings": sum(1 for r in ok_rows if (r.get("health_warnings") or 0) > 0),
-        },
-        **extra,
-    }
-    _atomic_write_text(out / "metrics.csv", rows_to_csv(all_rows))
-    _atomic_write_text(
-        out / "errors.csv",
-        rows_to_csv([{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed])
-        if failed
-        else "id,path,reason\n",
-    )
-    _atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2))
-    _atomic_write_text(out / "summary.md", md)
-    return summary
+    return write_run_tables(out, rows + failed, extra, title="vaefix diagnose")
 
 
 def is_full_size(rec: Any) -> bool:
@@ -1538,15 +1498,15 @@ def diagnose_main(argv: Sequence[str]) -> int:
         failed,
         {"timing": {"wall_s": wall, "audio_s": audio_s}, "settings": settings},
     )
-    from vaefix_pl.writer import _atomic_write_text, _jsonable
+    from vaefix_pl.io_utils import atomic_write_text, jsonable
 
-    _atomic_write_text(
-        out / "diagnosis.json", json.dumps(_jsonable({"settings": settings, "items": details}), indent=2)
+    atomic_write_text(
+        out / "diagnosis.json", json.dumps(jsonable({"settings": settings, "items": details}), indent=2)
     )
     for f in failed:
         print(f"FAILED {f['id']}: {f['error']}")
     if args.json:
-        print(json.dumps(_jsonable(details), indent=2))
+        print(json.dumps(jsonable(details), indent=2))
     if not args.no_report:
         from vaefix_pl.report import write_report
 

@@ -14,10 +14,8 @@ import io
 import json
 import logging
 import math
-import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,33 +28,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vaefix_pl.audio import write_wav
 from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.io_utils import atomic_write_text, jsonable
 
 log = logging.getLogger(__name__)
 
 PARTS = ".parts"
 AUDIO_TAGS = ("original", "recon", "post")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
 
 
 def _value(x: Any) -> Any:
@@ -118,6 +95,52 @@ def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "p
     return buf.getvalue()
 
 
+#: health columns counted in ``summary.json`` (``items_with_<name>``) when a run has them.
+_HEALTH_COUNTS = {
+    "nonfinite_mel_hat": "health_mel_hat_nonfinite",
+    "nonfinite_output": "health_output_nonfinite",
+    "constant_mel_hat": "health_mel_hat_constant",
+    "faults": "health_faults",
+    "warnings": "health_warnings",
+}
+
+
+def write_run_tables(
+    out_dir: Path, rows: Sequence[dict[str, Any]], extra: dict[str, Any], title: str
+) -> dict:
+    """Write a run's ``metrics.csv`` (one row per id, failed ones with their ``error``), ``errors.csv``,
+    ``summary.json`` (per metric mean/std/median/95 % CI/n, failures, health counts, ``extra``) and
+    ``summary.md``, each atomically. Used by the writer and by ``vaefix diagnose``."""
+    from vaefix_pl.metrics import summarize, summary_markdown
+
+    rows = sorted(rows, key=lambda r: r["id"])
+    failed = [r for r in rows if r.get("error")]
+    ok_rows = [r for r in rows if not r.get("error")]
+    summary_metrics = summarize(ok_rows, metric_columns(ok_rows))
+    summary = {
+        "n_inputs": len(rows),
+        "n_ok": len(ok_rows),
+        "n_failed": len(failed),
+        "failed": [{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed],
+        "metrics": summary_metrics,
+        "health": {
+            f"items_with_{name}": sum(1 for r in ok_rows if (r.get(col) or 0) > 0)
+            for name, col in _HEALTH_COUNTS.items()
+            if any(col in r for r in ok_rows)
+        },
+        **extra,
+    }
+    errors = [{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed]
+    atomic_write_text(out_dir / "metrics.csv", rows_to_csv(rows))
+    atomic_write_text(out_dir / "errors.csv", rows_to_csv(errors) if errors else "id,path,reason\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2))
+    atomic_write_text(
+        out_dir / "summary.md",
+        summary_markdown(summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"),
+    )
+    return summary
+
+
 class ReconstructionWriter(BasePredictionWriter):
     """Write audio and metric rows per batch; merge ``metrics.csv``/``summary.json`` on rank 0 at the end.
 
@@ -177,7 +200,7 @@ class ReconstructionWriter(BasePredictionWriter):
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
         assert self._part is not None
         for rec in records:
-            self._part.write(json.dumps(_jsonable(rec)) + "\n")
+            self._part.write(json.dumps(jsonable(rec)) + "\n")
         self._part.flush()
 
     def write_on_batch_end(
@@ -265,34 +288,14 @@ class ReconstructionWriter(BasePredictionWriter):
     # ------------------------------------------------------------------------------ merge
     def finalize(self, pl_module: L.LightningModule | None = None, trainer: L.Trainer | None = None) -> dict:
         """Merge the rank parts into ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``."""
-        from vaefix_pl.metrics import summarize, summary_markdown
 
         parts = sorted((self.output_dir / PARTS).glob("rank*.jsonl"))
         rows = merge_parts(parts)
         for r in rows:
             r.pop("rank", None)
-        failed = [r for r in rows if r.get("error")]
-        cols = metric_columns(rows)
-        ok_rows = [r for r in rows if not r.get("error")]
-        summary_metrics = summarize(ok_rows, cols)
-        audio_s = sum(r.get("seconds") or 0.0 for r in ok_rows)
+        audio_s = sum(r.get("seconds") or 0.0 for r in rows if not r.get("error"))
         wall = time.perf_counter() - self._t0 if self._t0 else float("nan")
-        health_counts = {
-            "items_with_nonfinite_mel_hat": sum(
-                1 for r in ok_rows if (r.get("health_mel_hat_nonfinite") or 0) > 0
-            ),
-            "items_with_nonfinite_output": sum(
-                1 for r in ok_rows if (r.get("health_output_nonfinite") or 0) > 0
-            ),
-            "items_with_constant_mel_hat": sum(1 for r in ok_rows if r.get("health_mel_hat_constant")),
-        }
-        summary = {
-            "n_inputs": len(rows),
-            "n_ok": len(ok_rows),
-            "n_failed": len(failed),
-            "failed": [{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed],
-            "metrics": summary_metrics,
-            "health": health_counts,
+        extra = {
             "timing": {
                 **self.timing,
                 "wall_s": wall,
@@ -314,20 +317,7 @@ class ReconstructionWriter(BasePredictionWriter):
                 },
             },
         }
-        _atomic_write_text(self.output_dir / "metrics.csv", rows_to_csv(rows))
-        _atomic_write_text(
-            self.output_dir / "errors.csv",
-            rows_to_csv([{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed])
-            if failed
-            else "id,path,reason\n",
-        )
-        _atomic_write_text(self.output_dir / "summary.json", json.dumps(_jsonable(summary), indent=2))
-        _atomic_write_text(
-            self.output_dir / "summary.md",
-            summary_markdown(
-                summary_metrics, title=f"vaefix summary: {len(ok_rows)} clips, {len(failed)} failed"
-            ),
-        )
+        summary = write_run_tables(self.output_dir, rows, extra, title="vaefix summary")
         shutil.rmtree(self.output_dir / PARTS, ignore_errors=True)
         if self.report:
             from vaefix_pl.report import write_report
