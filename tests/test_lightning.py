@@ -222,3 +222,22 @@ def test_cli_reconstruct_with_seed_repair_config_scores_both(tmp_path, tiny_mode
     settings = json.loads((out / "summary.json").read_text())["settings"]["module"]["postprocess"]
     assert settings["mel_mode"] == "minmax" and tuple(settings["target_range"]) == (-8.0, 2.0)
     assert settings["low_hz"] == 60.0 and settings["high_hz"] == 7000.0 and settings["threshold"] == 0.7
+
+
+def test_demo_uses_real_weights_when_given_and_says_so_otherwise(
+    tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    import vaefix_pl.cli as cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(cli, "DEMO_TINY_DIR", tmp_path / "tiny")
+    source, real = cli.resolve_demo_model(None)
+    assert (
+        not real
+        and source == str(tmp_path / "tiny")
+        and (tmp_path / "tiny" / "vae" / "config.json").is_file()
+    )
+    assert "REAL AudioLDM2 WEIGHTS NOT FOUND" in capsys.readouterr().out
+    source, real = cli.resolve_demo_model(str(tiny_model_dir))
+    assert real and source == str(tiny_model_dir)
