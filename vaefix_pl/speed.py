@@ -17,13 +17,16 @@ from torch import Tensor, nn
 
 
 class Conv1dAsConv2d(nn.Module):
-    """A ``Conv1d`` computed as a channels-last ``(1, k)`` ``Conv2d``: ``(B, C, L) -> (B, C', L')``."""
+    """A ``Conv1d`` (or ``ConvTranspose1d``) computed as its channels-last ``(1, k)`` 2-D twin:
+    ``(B, C, L) -> (B, C', L')``, same weights, same result."""
 
-    def __init__(self, conv: nn.Conv1d) -> None:
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d) -> None:
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("only zero padding with explicit sizes is supported")
-        self.conv = nn.Conv2d(
+        transposed = isinstance(conv, nn.ConvTranspose1d)
+        extra = {"output_padding": (0, conv.output_padding[0])} if transposed else {}
+        self.conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(
             conv.in_channels,
             conv.out_channels,
             (1, conv.kernel_size[0]),
@@ -34,6 +37,7 @@ class Conv1dAsConv2d(nn.Module):
             bias=conv.bias is not None,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
+            **extra,
         )
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight[:, :, None, :])
@@ -45,32 +49,8 @@ class Conv1dAsConv2d(nn.Module):
         return self.conv(x.unsqueeze(2)).squeeze(2)
 
 
-class ConvTranspose1dAsConv2d(nn.Module):
-    """A ``ConvTranspose1d`` computed as a channels-last ``(1, k)`` ``ConvTranspose2d``."""
-
-    def __init__(self, conv: nn.ConvTranspose1d) -> None:
-        super().__init__()
-        self.conv = nn.ConvTranspose2d(
-            conv.in_channels,
-            conv.out_channels,
-            (1, conv.kernel_size[0]),
-            stride=(1, conv.stride[0]),
-            padding=(0, conv.padding[0]),
-            output_padding=(0, conv.output_padding[0]),
-            dilation=(1, conv.dilation[0]),
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight[:, :, None, :])
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
-        self.conv.to(memory_format=torch.channels_last)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x.unsqueeze(2)).squeeze(2)
+#: Kept as a name for the transposed case (same class).
+ConvTranspose1dAsConv2d = Conv1dAsConv2d
 
 
 def conv1d_channels_last(module: nn.Module) -> nn.Module:
@@ -83,7 +63,7 @@ def conv1d_channels_last(module: nn.Module) -> nn.Module:
         if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
             if hasattr(child, "parametrizations") or hasattr(child, "weight_g"):
                 raise ValueError(f"{name}: remove weight norm before converting")
-            twin = Conv1dAsConv2d(child) if isinstance(child, nn.Conv1d) else ConvTranspose1dAsConv2d(child)
+            twin = Conv1dAsConv2d(child)
             twin.train(child.training)
             twin.requires_grad_(any(p.requires_grad for p in child.parameters()))
             setattr(module, name, twin)
