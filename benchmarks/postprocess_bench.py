@@ -18,8 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import seed_oracle  # noqa: E402
+from timing import time_device  # noqa: E402
 
 from vaefix_pl.postprocess import (  # noqa: E402
     PostProcessChain,
@@ -41,28 +41,6 @@ from vaefix_pl.postprocess import (  # noqa: E402
 )
 
 SR = 16000
-
-
-def time_device(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call: CUDA events on a GPU (after warm-up), wall clock on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def parse_block(text: str) -> int | str | None:

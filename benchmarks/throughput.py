@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the seed's NumPy chain lives in tests/seed_oracle.py
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import time_device  # noqa: E402
+
 from vaefix_pl.probes import probe_signals  # noqa: E402
 from vaefix_pl.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
@@ -113,25 +116,8 @@ def set_tf32(on: bool) -> None:
 
 
 def cuda_time(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    if not torch.cuda.is_available():  # --smoke runs on the CPU: wall clock
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return times
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return times
+    """Seconds per call on this benchmark's device (see ``timing.time_device``)."""
+    return time_device(fn, DEVICE, warmup, repeats)
 
 
 def matmul_ceiling(dtype: torch.dtype, n: int = 8192) -> float:
