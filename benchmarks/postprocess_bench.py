@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed-repeats", type=int, default=3, help="repeats of the seed's CPU chain")
     parser.add_argument(
         "--block-sizes",
-        default="auto,256,1024,4096,none",
+        default="auto,64,256,512,1024,none",
         help="band-pass block sizes to time, the first also for the chain ('none': one block per row, "
-        "torchaudio's plain sequential lfilter; 'auto': none on the CPU, 1024 elsewhere)",
+        "torchaudio's plain sequential lfilter per section; an integer: the matmul form over blocks of "
+        "that many samples; 'auto': vaefix_pl.postprocess.DEFAULT_BLOCK_SIZE)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -273,7 +273,7 @@ BP_SETTINGS = [
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("settings", BP_SETTINGS)
-@pytest.mark.parametrize("block_size", ["auto", None, 1024, 300])
+@pytest.mark.parametrize("block_size", ["auto", None, 64, 1024, 300])
 @pytest.mark.parametrize("n", [34, 500, 16037])
 def test_bandpass_matches_scipy(device, settings, block_size, n):
     low, high = settings.get("low_hz", 60.0), settings.get("high_hz", 7000.0)
@@ -313,7 +313,7 @@ def test_bandpass_long_clip_matches_scipy(device):
     """A full 10.24 s clip (163840 samples): the 60 Hz poles' memory spans thousands of samples."""
     x = make_signal("harmonic", 163840, 3)
     ref = scipy.signal.sosfiltfilt(design_bandpass(), x)
-    for block_size in (None, 1024):
+    for block_size in (None, 64, 1024):
         assert maxabs(np1(bandpass(t1(x, torch.float64, device), block_size=block_size)), ref) <= 1e-9
     assert maxabs(np1(bandpass(t1(x, torch.float32, device))), ref) <= 1e-4
 
@@ -341,6 +341,40 @@ def test_edge_handling_matters():
     naive = scipy.signal.sosfilt(sos, scipy.signal.sosfilt(sos, x)[::-1])[::-1]
     assert maxabs(naive, ref) > 1e-3
     assert maxabs(np1(bandpass(t1(x))), ref) <= 1e-9
+
+
+def test_cascade_block_matrices_match_sosfilt():
+    """The matmul form's block maps, against scipy.signal.sosfilt with a random entering state: the
+    block's output is u @ T + z @ G and its end state u @ E + z @ P (DF2T states, SciPy's layout)."""
+    from vaefix_pl.postprocess import _cascade_matrices
+
+    rng = np.random.default_rng(11)
+    sos = design_bandpass()
+    m = 96
+    t, e, g, p = _cascade_matrices(sos, m)
+    for kind in ("chirp", "noise"):
+        u = make_signal(kind, m, 4)
+        z = rng.standard_normal((len(sos), 2))
+        y_ref, z_ref = scipy.signal.sosfilt(sos, u, zi=z)
+        assert maxabs(u @ t + z.reshape(-1) @ g, y_ref) <= 1e-13 * np.abs(y_ref).max()
+        # the end states reach ~40 here: relative rounding
+        assert maxabs(u @ e + z.reshape(-1) @ p, z_ref.reshape(-1)) <= 1e-13 * np.abs(z_ref).max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bandpass_float32_blocked_ignores_global_tf32(device):
+    """A run that allows TF32 matmuls globally must not degrade the float32 band-pass (its block matmuls
+    are forced to full precision) and gets its setting back afterwards."""
+    x = make_signal("harmonic", 16037, 2)
+    ref = scipy.signal.sosfiltfilt(design_bandpass(), x)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        got = bandpass(t1(x, torch.float32, device), block_size=128, compute_dtype=torch.float32)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert maxabs(np1(got), ref) <= 1e-3
 
 
 @pytest.mark.parametrize("device", DEVICES)
