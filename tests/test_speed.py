@@ -59,3 +59,39 @@ def test_narrow_conv_padding_and_math_attention_keep_the_output(tiny_model_dir):
     a, b = plain(x), fast(x)
     assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-4
     assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < 1e-4
+
+
+@pytest.mark.parametrize("channels_last_first", [False, True])
+def test_polyphase_dilated_convs_are_the_same_function(channels_last_first):
+    """Polyphase rewrite of the dilated resblock convs (dilations 3 and 5; lengths that are and are not
+    multiples of them), against the stock vocoder."""
+    from vaefix_pl.speed import PolyphaseConv1d, polyphase_dilated_convs
+
+    _, vocoder = build_models(*tiny_configs(), seed=5)
+    fast = copy.deepcopy(vocoder)
+    if channels_last_first:
+        conv1d_channels_last(fast)
+    polyphase_dilated_convs(fast)
+    poly = [m for m in fast.modules() if isinstance(m, PolyphaseConv1d)]
+    dilated = [m for m in vocoder.modules() if isinstance(m, torch.nn.Conv1d) and m.dilation[0] > 1]
+    assert len(poly) == len(dilated) > 0
+    for frames in (45, 61):
+        mel = torch.randn(2, frames, 64) * 2 - 5
+        with torch.no_grad():
+            ref, out = vocoder(mel), fast(mel)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_polyphase_conv_matches_conv1d_on_signals():
+    from vaefix_pl.speed import PolyphaseConv1d
+
+    torch.manual_seed(0)
+    for k, d, n in ((3, 3, 300), (7, 5, 301), (11, 5, 163), (11, 3, 10)):
+        conv = torch.nn.Conv1d(6, 5, k, dilation=d, padding=d * (k - 1) // 2)
+        x = torch.stack([torch.from_numpy(harmonic(n)), torch.from_numpy(formant_pulses(n))]).float()
+        x = x[:, None, :].repeat(1, 6, 1) * torch.linspace(0.5, 1.5, 6)[None, :, None]
+        with torch.no_grad():
+            assert torch.allclose(PolyphaseConv1d(conv)(x), conv(x), atol=1e-6)
+    with pytest.raises(ValueError, match="dilated"):
+        PolyphaseConv1d(torch.nn.Conv1d(2, 2, 3, padding=1))

@@ -127,3 +127,67 @@ def pad_narrow_convs(module: nn.Module, multiple: int = 8, channels_last: bool =
         else:
             pad_narrow_convs(child, multiple, channels_last)
     return module
+
+
+class PolyphaseConv1d(nn.Module):
+    """A dilated ``Conv1d`` (stride 1, 'same' zero padding) run as an undilated ``(k, 1)`` 2-D conv on
+    the polyphase view of its input: ``(B, C, L) -> (B, C', L)``, same weights, same result.
+
+    With ``t = q d + r``, a dilation-``d`` conv is an ordinary conv along ``q`` for each phase ``r``.
+    On channels-last memory ``(B, L, C)`` (the layout of :class:`Conv1dAsConv2d`), the phases are a
+    free view ``(B, L/d, d, C)`` = NHWC of ``(B, C, L/d, d)``; lengths that are not a multiple of ``d``
+    get zeros appended (which is what the conv's own zero padding would read there). Written by hand
+    because cuDNN runs dilated convs on slower kernels than undilated ones of the same size (measured
+    per shape by ``benchmarks/conv_shapes.py``; applied only where that measured faster).
+    """
+
+    def __init__(self, conv: nn.Conv1d | Conv1dAsConv2d) -> None:
+        super().__init__()
+        inner = conv.conv if isinstance(conv, Conv1dAsConv2d) else conv
+        k = inner.kernel_size[-1]
+        d = inner.dilation[-1]
+        pad = inner.padding[-1]
+        stride = inner.stride[-1]
+        if isinstance(inner, (nn.ConvTranspose1d, nn.ConvTranspose2d)) or stride != 1 or inner.groups != 1:
+            raise ValueError("only ungrouped, stride-1 convolutions are supported")
+        if d < 2 or k % 2 == 0 or pad != d * (k - 1) // 2 or inner.padding_mode != "zeros":
+            raise ValueError(f"needs a dilated odd-kernel 'same' conv, got k={k}, d={d}, padding={pad}")
+        self.dilation = d
+        self.conv = nn.Conv2d(
+            inner.in_channels, inner.out_channels, (k, 1), padding=((k - 1) // 2, 0),
+            bias=inner.bias is not None, device=inner.weight.device, dtype=inner.weight.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.conv.weight.copy_(inner.weight.reshape(inner.out_channels, inner.in_channels, k)[..., None])
+            if inner.bias is not None:
+                self.conv.bias.copy_(inner.bias)
+        self.conv.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, n = x.shape
+        d = self.dilation
+        q = -(-n // d)
+        xt = x.transpose(1, 2)  # (B, L, C): a view when x is channels-last
+        if q * d != n:
+            xt = nn.functional.pad(xt, (0, 0, 0, q * d - n))
+        y = self.conv(xt.reshape(b, q, d, c).permute(0, 3, 1, 2))  # (B, C', L/d, d), NHWC
+        return y.permute(0, 2, 3, 1).reshape(b, q * d, -1)[:, :n].transpose(1, 2)
+
+
+def polyphase_dilated_convs(module: nn.Module) -> nn.Module:
+    """Replace (in place) every dilated stride-1 ``Conv1d`` (plain or :class:`Conv1dAsConv2d`) inside
+    ``module`` by :class:`PolyphaseConv1d`."""
+    for name, child in list(module.named_children()):
+        inner = child.conv if isinstance(child, Conv1dAsConv2d) else child
+        if (
+            isinstance(inner, (nn.Conv1d, nn.Conv2d))
+            and not isinstance(child, PolyphaseConv1d)
+            and (isinstance(child, Conv1dAsConv2d) or type(child) is nn.Conv1d)
+            and inner.dilation[-1] > 1
+            and inner.stride[-1] == 1
+            and inner.groups == 1
+        ):
+            setattr(module, name, PolyphaseConv1d(child))
+        elif not isinstance(child, PolyphaseConv1d):
+            polyphase_dilated_convs(child)
+    return module
