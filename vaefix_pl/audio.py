@@ -7,7 +7,9 @@ resampled with ``torchaudio.functional.resample`` as upstream AudioLDM2 does.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -49,13 +51,56 @@ def resample(x: Tensor, orig_sr: int, target_sr: int = SAMPLE_RATE) -> Tensor:
     return torchaudio.functional.resample(x, orig_sr, target_sr)
 
 
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be opened as a file (``None`` when it can): missing, a broken or looping
+    symbolic link, a folder, not readable, or empty (0 bytes). Checks the file system only, no decoding."""
+    p = os.fspath(path)
+    if not os.path.lexists(p):
+        return "no such file"
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back at itself)"
+        if os.path.islink(p):
+            return f"broken symbolic link (target {os.readlink(p)!r} does not exist)"
+        return f"cannot access the file ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if not os.access(p, os.R_OK):
+        return "permission denied (the file is not readable)"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
-    """``(frames, sample_rate, channels)`` of a file without decoding it."""
+    """``(frames, sample_rate, channels)`` of a file without decoding it.
+
+    Raises :class:`AudioReadError` naming the file and the reason. ``frames`` is what the header says
+    (an estimate for MP3); a truncated WAV reports the frames actually present.
+    """
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise AudioReadError(f"{path}: {reason}")
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError with terse messages
-        raise AudioReadError(f"{path}: cannot read audio header ({exc})") from exc
+        raise AudioReadError(
+            f"{path}: cannot read audio header, corrupt, truncated or not an audio format libsndfile "
+            f"{sf.__libsndfile_version__} reads ({_terse(exc)})"
+        ) from exc
     return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+def _terse(exc: BaseException) -> str:
+    """libsndfile's message without the ``Error opening '<path>':`` prefix that repeats the path."""
+    msg = str(exc)
+    if msg.startswith("Error opening") and "': " in msg:
+        msg = msg.split("': ", 1)[1]
+    return msg.strip() or type(exc).__name__
 
 
 def load_audio(
@@ -69,11 +114,13 @@ def load_audio(
 
     ``offset``/``seconds`` select a span (in seconds of the file) before resampling; only that span is
     decoded. Raises :class:`AudioReadError` naming the file and the reason (missing, undecodable,
-    empty, non-finite samples).
+    empty, non-finite samples). Samples that are NaN or infinite are rejected, not repaired: any
+    repair would invent signal, and the scores would then compare against audio the file never held.
     """
     p = Path(path)
-    if not p.is_file():
-        raise AudioReadError(f"{p}: no such file")
+    reason = unreadable_reason(p)
+    if reason is not None:
+        raise AudioReadError(f"{p}: cannot decode audio: {reason}")
     try:
         with sf.SoundFile(str(p)) as fh:
             sr = fh.samplerate
@@ -83,11 +130,19 @@ def load_audio(
             count = -1 if seconds is None else int(round(seconds * sr))
             data = fh.read(frames=count, dtype="float32", always_2d=True)
     except Exception as exc:
-        raise AudioReadError(f"{p}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+        raise AudioReadError(
+            f"{p}: cannot decode audio, corrupt or truncated file ({type(exc).__name__}: {_terse(exc)})"
+        ) from exc
     if data.shape[0] == 0:
-        raise AudioReadError(f"{p}: no samples (empty file, or offset {offset}s past its end)")
-    if not np.isfinite(data).all():
-        raise AudioReadError(f"{p}: contains NaN or infinite samples")
+        raise AudioReadError(
+            f"{p}: no samples (an audio file with 0 frames, or offset {offset}s past its end)"
+        )
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_nan = int(np.isnan(data).sum())
+        raise AudioReadError(
+            f"{p}: non-finite samples ({n_nan} NaN, {int((~finite).sum()) - n_nan} infinite): rejected, not repaired"
+        )
     x = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), channel)
     return resample(x, sr, sample_rate).contiguous()
 

@@ -71,21 +71,38 @@ def _make(cli_class, args: Sequence[str]):
     )
 
 
+#: exit code of a run that finished but had failed inputs, with ``--strict`` / ``writer.strict: true``
+EXIT_INPUTS_FAILED = 1
+
+
 def predict_main(argv: Sequence[str]) -> int:
+    """Run ``trainer.predict`` from LightningCLI arguments; print the summary on rank 0.
+
+    Returns 0, or :data:`EXIT_INPUTS_FAILED` when the writer is ``strict`` and any input failed.
+    """
     cli = _lightning_cli(argv)
-    out = _writer_dir(cli.trainer)
-    if cli.trainer.is_global_zero and out is not None:
-        print_summary(out)
+    writer = _writer(cli.trainer)
+    if not cli.trainer.is_global_zero or writer is None:
+        return 0
+    print_summary(writer.output_dir)
+    if writer.strict and writer.failed:
+        n = (writer.summary or {}).get("n_failed", "some")
+        print(
+            f"\nstrict: {n} input(s) failed (see {writer.output_dir}/errors.csv); exit code {EXIT_INPUTS_FAILED}",
+            file=sys.stderr,
+        )
+        return EXIT_INPUTS_FAILED
     return 0
 
 
-def _writer_dir(trainer) -> Path | None:
+def _writer(trainer):
     from vaefix_pl.writer import ReconstructionWriter
 
     for cb in trainer.callbacks:
         if isinstance(cb, ReconstructionWriter):
-            return cb.output_dir
+            return cb
     return None
+
 
 
 # ---------------------------------------------------------------------------------- summary table
@@ -110,7 +127,13 @@ def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) ->
         f"{_fmt(t.get('audio_s'))} s of audio in {_fmt(t.get('wall_s'))} s (x{_fmt(t.get('x_realtime'))} real time)"
     )
     for f in summary.get("failed", []):
-        lines.append(f"  FAILED {f['id']}: {f['reason']}")
+        stage = f" ({f['stage']})" if f.get("stage") else ""
+        lines.append(f"  FAILED {f['id']}{stage}: {f['reason']}")
+    resume = summary.get("resume") or {}
+    if resume.get("skipped_complete"):
+        lines.append(
+            f"{resume['skipped_complete']} clips were already complete in this folder and were not redone"
+        )
     return "\n".join(lines)
 
 
@@ -145,6 +168,16 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument("--perceptual", action="store_true", help="also score PESQ/STOI/ESTOI (CPU pool)")
     p.add_argument("--report", action="store_true", help="write report.html at the end")
     p.add_argument("--allow-download", action="store_true", help="let the loader fetch missing weights")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every input; by default a rerun into the same --out skips inputs already complete",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit with code {EXIT_INPUTS_FAILED} when any input failed (the run still processes all others)",
+    )
     return p
 
 
@@ -180,6 +213,10 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
         args.append("--writer.report=true")
     if ns.allow_download:
         args.append("--model.allow_download=true")
+    if ns.overwrite:
+        args.append("--writer.overwrite=true")
+    if ns.strict:
+        args.append("--writer.strict=true")
     return args
 
 

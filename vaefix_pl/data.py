@@ -1,8 +1,14 @@
 """Inputs: file discovery, the audio dataset (decoding in the workers), collate and ``AudioDataModule``.
 
 A batch is ``{"waveform": (B, N) float32, "lengths": (B,) int64, "ids": [B], "paths": [B],
-"errors": [{"id", "path", "reason"}, ...]}``. Items that cannot be read are not in the tensors: they
-travel in ``errors`` so the run goes on and the writer records them.
+"errors": [{"id", "path", "stage", "reason"}, ...]}``. Items that cannot be read are not in the
+tensors: they travel in ``errors`` so the run goes on and the writer records them. ``stage`` is
+``"discover"`` (missing file, broken or looping link, folder, not readable) or ``"decode"`` (empty,
+corrupt, truncated, unsupported format, non-finite samples).
+
+Ids are output names: a path relative to the inputs' common folder, extension dropped, made safe by
+:func:`safe_id` (no ``..``, no absolute paths, no control characters), so no input can make a writer
+write outside its output folder.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vaefix_pl.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio, unreadable_reason
+from vaefix_pl.frontend import HOP, SAMPLE_RATE
 from vaefix_pl.probes import PROBE_NAMES, probe_signals
 
 log = logging.getLogger(__name__)
@@ -33,9 +40,17 @@ __all__ = [
     "collate_audio",
     "discover_inputs",
     "probe_signals",
+    "safe_id",
 ]
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".lst", ".list")
+#: Narrowest batch tensor collate builds (zero padding beyond every item's length, which no per-item
+#: step reads): one hop. Items shorter than a frame are still processed at their own length, but some
+#: batched steps (the click detector's envelope pooling) need a few samples of room to run at all.
+MIN_BATCH_SAMPLES = HOP
+#: Longest id component in UTF-8 bytes: leaves room for ``.original.wav`` within the usual 255-byte limit.
+_MAX_COMPONENT_BYTES = 200
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\]')
 
 
 @dataclass(frozen=True)
@@ -46,24 +61,94 @@ class AudioEntry:
     path: str | None
     seconds: float | None = None
     error: str | None = None
+    stage: str | None = None  # where ``error`` arose: "discover" or "decode"
+
+
+def safe_id(raw: str) -> str:
+    """``raw`` as a relative output name that stays inside the output folder.
+
+    Splits on ``/`` and ``\\``, drops empty, ``.`` and ``..`` components (so ``../../x`` -> ``x`` and
+    ``/etc/x`` -> ``etc/x``), replaces control characters and ``<>:"|?*`` with ``_``, turns a leading
+    ``.`` into ``_`` (no hidden outputs, no clash with the writer's ``.tmp-*`` and ``.parts``) and
+    shortens components longer than 200 UTF-8 bytes. Never empty (``"item"``).
+    """
+    parts = []
+    for comp in re.split(r"[/\\]+", raw):
+        if comp in ("", ".", ".."):
+            continue
+        comp = _UNSAFE_CHARS.sub("_", comp)
+        if comp.startswith("."):
+            comp = "_" + comp[1:]
+        b = comp.encode("utf-8")
+        if len(b) > _MAX_COMPONENT_BYTES:
+            comp = b[:_MAX_COMPONENT_BYTES].decode("utf-8", errors="ignore")
+        parts.append(comp)
+    return "/".join(parts) or "item"
 
 
 def _read_manifest(manifest: Path) -> list[Path]:
     """Paths listed by a ``.txt`` (one per line, ``#`` comments) or ``.csv`` (``path`` column) manifest."""
     base = manifest.parent
     paths: list[str] = []
-    if manifest.suffix.lower() == ".csv":
-        with open(manifest, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise ValueError(
-                    f"{manifest}: a CSV manifest needs a 'path' column (has {reader.fieldnames})"
-                )
-            paths = [row["path"].strip() for row in reader if row.get("path", "").strip()]
-    else:
-        with open(manifest, encoding="utf-8") as fh:
-            paths = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-    return [(base / p).resolve() if not Path(p).is_absolute() else Path(p) for p in paths]
+    try:
+        if manifest.suffix.lower() == ".csv":
+            with open(manifest, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames or "path" not in reader.fieldnames:
+                    raise ValueError(
+                        f"{manifest}: a CSV manifest needs a 'path' column (has {reader.fieldnames})"
+                    )
+                paths = [row["path"].strip() for row in reader if (row.get("path") or "").strip()]
+        else:
+            with open(manifest, encoding="utf-8") as fh:
+                paths = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the manifest {manifest}: {exc}") from exc
+    return [
+        _absolute(Path(p).expanduser() if Path(p).expanduser().is_absolute() else base / p) for p in paths
+    ]
+
+
+def _absolute(p: Path) -> Path:
+    """Absolute, lexically normalised (``..`` folded), symbolic links kept: ``Path.resolve`` would turn a
+    linked file's id into its target's and raises on link loops."""
+    return Path(os.path.abspath(p))
+
+
+def _scan_folder(root: Path) -> list[Path]:
+    """Audio files under ``root``, recursively, in sorted order.
+
+    Follows linked folders, but enters each real folder once (a link back to a parent, or a link loop,
+    is skipped with a warning instead of recursing forever). Linked files are listed as found; broken or
+    looping file links are listed too and become error items naming the problem.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def on_error(exc: OSError) -> None:
+        log.warning("cannot scan %s: %s", exc.filename, exc.strerror or exc)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            log.warning("cannot scan %s: %s", dirpath, exc.strerror or exc)
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            log.warning(
+                "not scanning %s again: a symbolic link leads back to a folder already scanned", dirpath
+            )
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames.sort()
+        for name in filenames:
+            f = Path(dirpath) / name
+            if _is_audio(f):
+                found.append(_absolute(f))
+    return sorted(found)
 
 
 def _is_audio(path: Path) -> bool:
@@ -73,18 +158,21 @@ def _is_audio(path: Path) -> bool:
 def _expand(inp: str | os.PathLike) -> list[Path]:
     p = Path(inp).expanduser()
     if p.is_dir():
-        return sorted(f.resolve() for f in p.rglob("*") if f.is_file() and _is_audio(f))
+        return _scan_folder(p)
     if p.suffix.lower() in MANIFEST_EXTENSIONS and p.is_file():
         return _read_manifest(p)
-    return [p.resolve()]  # a file (or a missing one: reported as an error item, not a crash)
+    return [_absolute(p)]  # a file (or a missing one: reported as an error item, not a crash)
 
 
 def _unique_ids(paths: Sequence[Path]) -> list[str]:
     """Ids = paths relative to their common folder, extension dropped; clashes get the extension back."""
     if not paths:
         return []
-    base = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    stems = [p.relative_to(base).with_suffix("").as_posix() for p in paths]
+    try:
+        base = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        stems = [safe_id(p.relative_to(base).with_suffix("").as_posix()) for p in paths]
+    except ValueError:  # no common folder (different drives on Windows)
+        stems = [safe_id(p.with_suffix("").as_posix()) for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
@@ -113,13 +201,19 @@ def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike] | No
         paths.extend(_expand(inp))
     entries = []
     for pid, p in zip(_unique_ids(paths), paths):
-        try:
-            frames, sr, _ = audio_info(p) if p.is_file() else (0, 0, 0)
-            err = None if p.is_file() else f"{p}: no such file"
-            seconds = frames / sr if sr else None
-        except AudioReadError as exc:
-            seconds, err = None, str(exc)
-        entries.append(AudioEntry(id=pid, path=str(p), seconds=seconds, error=err))
+        seconds, err, stage = None, None, None
+        reason = unreadable_reason(p)
+        if reason is not None and reason != "empty file (0 bytes)":
+            err, stage = f"{p}: {reason}", "discover"
+        else:
+            try:
+                frames, sr, _ = audio_info(p)
+                seconds = frames / sr if sr else None
+                if frames == 0:
+                    err, stage = f"{p}: no samples (an audio file with 0 frames)", "decode"
+            except AudioReadError as exc:
+                err, stage = str(exc), "decode"
+        entries.append(AudioEntry(id=pid, path=str(p), seconds=seconds, error=err, stage=stage))
     return entries
 
 
@@ -161,7 +255,13 @@ class AudioDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         e = self.entries[index]
-        item: dict[str, Any] = {"id": e.id, "path": e.path, "waveform": None, "error": e.error}
+        item: dict[str, Any] = {
+            "id": e.id,
+            "path": e.path,
+            "waveform": None,
+            "error": e.error,
+            "stage": e.stage or ("decode" if e.error else None),
+        }
         if e.error:
             return item
         try:
@@ -177,14 +277,18 @@ class AudioDataset(Dataset):
             item["waveform"] = x.float().contiguous()
         except Exception as exc:  # one bad file never stops the batch
             item["error"] = str(exc) if isinstance(exc, AudioReadError) else f"{e.path}: {exc}"
+            item["stage"] = "decode"
         return item
 
 
 def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Pad the good items into ``(B, N)`` with ``lengths``; carry failed ones in ``errors``."""
+    """Pad the good items into ``(B, N)`` with ``lengths``; carry failed ones in ``errors``.
+
+    ``N`` is the longest item, at least :data:`MIN_BATCH_SAMPLES` (zeros beyond each length).
+    """
     good = [it for it in items if it["waveform"] is not None]
     lengths = torch.tensor([it["waveform"].shape[0] for it in good], dtype=torch.long)
-    n = int(lengths.max()) if len(good) else 0
+    n = max(int(lengths.max()), MIN_BATCH_SAMPLES) if len(good) else 0
     wave = torch.zeros(len(good), n, dtype=torch.float32)
     for i, it in enumerate(good):
         wave[i, : it["waveform"].shape[0]] = it["waveform"]
@@ -194,7 +298,9 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "ids": [it["id"] for it in good],
         "paths": [it["path"] for it in good],
         "errors": [
-            {"id": it["id"], "path": it["path"], "reason": it["error"]} for it in items if it["error"]
+            {"id": it["id"], "path": it["path"], "stage": it.get("stage") or "decode", "reason": it["error"]}
+            for it in items
+            if it["error"]
         ],
     }
 
@@ -238,6 +344,7 @@ class AudioDataModule(L.LightningDataModule):
         self.probe_seconds = probe_seconds
         self.pin_memory = pin_memory
         self.dataset: AudioDataset | None = None
+        self._all_ids: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -255,9 +362,31 @@ class AudioDataModule(L.LightningDataModule):
         bad = [e for e in entries if e.error]
         for e in bad:
             log.warning("skipping %s", e.error)
+        self._all_ids = [e.id for e in entries]
         self.dataset = AudioDataset(
             entries, self.seconds, self.offset, channel=self.channel, probe_seconds=self.probe_seconds
         )
+
+    def entry_ids(self) -> list[str]:
+        """Ids of every input of this run (after :meth:`setup`), skipped ones included."""
+        if self.dataset is None:
+            self.setup("predict")
+        assert self.dataset is not None
+        return list(self._all_ids)
+
+    def drop_ids(self, ids: set[str] | Sequence[str]) -> int:
+        """Leave ``ids`` out of the data (e.g. items a resumed run already completed); returns how many.
+
+        Call after :meth:`setup` and before the dataloader is built (the writer does so from its
+        ``setup`` hook). Deterministic, so every DDP rank drops the same items before the sampler splits.
+        """
+        if self.dataset is None:
+            self.setup("predict")
+        assert self.dataset is not None
+        drop = set(ids)
+        before = len(self.dataset.entries)
+        self.dataset.entries = [e for e in self.dataset.entries if e.id not in drop]
+        return before - len(self.dataset.entries)
 
     def _loader(self) -> DataLoader:
         if self.dataset is None:

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the writers: atomic writes and JSON-safe values."""
+"""Small file helpers shared by the writers: atomic writes, safe output paths and JSON-safe values."""
 
 from __future__ import annotations
 
@@ -33,6 +33,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class UnsafePathError(ValueError):
+    """An output name would put a file outside the output folder."""
+
+
+def safe_output_path(root: str | os.PathLike, name: str) -> Path:
+    """``root / name``, refusing any ``name`` that is absolute or climbs out of ``root``.
+
+    Checked lexically on the normalised path (``..`` folded), so ids like ``../../x`` or ``/etc/x``
+    raise :class:`UnsafePathError` instead of writing elsewhere. Links the user placed inside ``root``
+    are theirs to follow. The data module already makes ids safe (:func:`vaefix_pl.data.safe_id`); this
+    is the writer's own guard for ids from anywhere else.
+    """
+    if not name or os.path.isabs(name) or "\x00" in name:
+        raise UnsafePathError(f"output name {name!r} is empty, absolute or holds a NUL byte")
+    base = os.path.abspath(root)
+    target = os.path.abspath(os.path.join(base, name))
+    if os.path.commonpath([base, target]) != base or target == base:
+        raise UnsafePathError(f"output name {name!r} would write outside {base}")
+    return Path(target)
+
+
+def remove_temp_files(root: str | os.PathLike, pattern: str = ".tmp-*") -> list[Path]:
+    """Delete leftover temporary files of the atomic writers (``.tmp-*``, from a killed run) under
+    ``root``, recursively; returns what was removed. Only call it while nothing writes into ``root``."""
+    removed = []
+    for f in Path(root).rglob(pattern):
+        if f.is_file() and not f.is_symlink():
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
 
 
 def jsonable(v: Any) -> Any:

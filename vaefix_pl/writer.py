@@ -4,7 +4,17 @@ Per batch (every rank): ``<out>/<id>.original.wav``, ``<id>.recon.wav`` (``<id>.
 repair chain) written atomically by a small thread pool, and one JSON line per item appended to the
 rank's own ``<out>/.parts/rank<k>.jsonl``. CPU-only metrics (PESQ/STOI) go to a process pool fed
 from here, so the GPU never waits on them. At the end rank 0 merges the parts into
-``metrics.csv`` (one row per input, sorted by id), ``errors.csv``, ``summary.json`` and ``summary.md``.
+``metrics.csv`` (one row per input, sorted by id), ``errors.csv`` (``id, path, stage, reason``),
+``summary.json`` and ``summary.md``.
+
+Resume (why it is safe): every WAV is written to a temporary file and renamed, so a file under its
+final name is complete. An item counts as complete when its record (in ``metrics.csv`` of an earlier
+run or in the part files of an interrupted one) has no error and all its WAVs exist. The writer's
+``setup`` hook runs after the datamodule's ``setup`` and before the dataloader is built (Lightning's
+``_call_setup_hook``), on every rank, before any rank writes: each rank reads the same files, drops
+the same completed ids from the data, and the sampler then splits what is left. Rank 0 carries the
+completed records into ``.parts/previous.jsonl`` and the final merge keeps the newest record per id,
+so ``metrics.csv`` holds every input exactly once. ``overwrite=True`` redoes everything.
 """
 
 from __future__ import annotations
@@ -15,9 +25,9 @@ import json
 import logging
 import math
 import platform
-import shutil
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,12 +38,23 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vaefix_pl.audio import write_wav
 from vaefix_pl.frontend import SAMPLE_RATE
-from vaefix_pl.io_utils import atomic_write_text, jsonable
+from vaefix_pl.io_utils import (
+    UnsafePathError,
+    atomic_write_text,
+    jsonable,
+    remove_temp_files,
+    safe_output_path,
+)
 
 log = logging.getLogger(__name__)
 
 PARTS = ".parts"
+PREVIOUS = "previous.jsonl"
 AUDIO_TAGS = ("original", "recon", "post")
+ERROR_COLUMNS = ("id", "path", "stage", "reason")
+_RANK_PART = re.compile(r"rank\d+\.jsonl")
+#: metrics.csv columns that stay strings when an earlier run's table is read back
+_TEXT_COLUMNS = {"id", "path", "error", "error_stage"}
 
 
 def _value(x: Any) -> Any:
@@ -46,7 +67,7 @@ def _value(x: Any) -> Any:
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
-    skip = {"id", "path", "seconds", "error", "rank"}
+    skip = {"id", "path", "seconds", "error", "error_stage", "rank"}
     cols: list[str] = []
     for r in rows:
         for k, v in r.items():
@@ -57,9 +78,15 @@ def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def merge_parts(parts: Sequence[Path]) -> list[dict[str, Any]]:
-    """Merge the ranks' JSON lines into one row per id (perceptual rows join their item's row)."""
-    by_id: dict[str, dict[str, Any]] = {}
+def merge_parts(parts: Sequence[Path], rows: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Merge the ranks' JSON lines into one row per id, sorted by id.
+
+    ``rows`` (e.g. an earlier ``metrics.csv``) come first, then ``parts`` in the given order. An item
+    record replaces any earlier row of its id (the newest record wins, so a rerun's result replaces an
+    old failure and a late write error replaces its item's scores); perceptual records join the row of
+    their item.
+    """
+    by_id: dict[str, dict[str, Any]] = {r["id"]: dict(r) for r in rows}
     for part in parts:
         with open(part, encoding="utf-8") as fh:
             for line in fh:
@@ -72,15 +99,75 @@ def merge_parts(parts: Sequence[Path]) -> list[dict[str, Any]]:
                     log.warning("%s: skipping a partial line", part)
                     continue
                 kind = rec.pop("kind", "item")
-                row = by_id.setdefault(rec["id"], {"id": rec["id"]})
                 if kind == "perceptual":
+                    row = by_id.setdefault(rec["id"], {"id": rec["id"]})
                     prefix = "" if rec.pop("tag", "recon") == "recon" else "post_"
                     for k, v in rec.items():
                         if k != "id":
                             row[prefix + k] = v
                 else:
-                    row.update(rec)
+                    by_id[rec["id"]] = rec
     return [by_id[k] for k in sorted(by_id)]
+
+
+def _cell(text: str) -> Any:
+    """A ``metrics.csv`` cell back as a Python value: ``""`` -> None, else int, float or the string."""
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` written by :func:`write_run_tables`, numbers as numbers ([] if absent)."""
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [
+                {
+                    k: (v if k in _TEXT_COLUMNS else _cell(v))
+                    for k, v in r.items()
+                    if k is not None and v is not None
+                }
+                for r in csv.DictReader(fh)
+                if r.get("id")
+            ]
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        log.warning("%s: cannot read the earlier results (%s); their items are recomputed", path, exc)
+        return []
+
+
+def part_files(out_dir: Path) -> list[Path]:
+    """This writer's part files in merge order: ``previous.jsonl`` first, then ``rank<k>.jsonl``."""
+    folder = out_dir / PARTS
+    if not folder.is_dir():
+        return []
+    ranks = sorted(f for f in folder.iterdir() if _RANK_PART.fullmatch(f.name))
+    prev = folder / PREVIOUS
+    return ([prev] if prev.is_file() else []) + ranks
+
+
+def previous_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """What earlier runs into ``out_dir`` recorded: ``metrics.csv`` overlaid with leftover part files."""
+    return merge_parts(part_files(out_dir), read_metrics_csv(out_dir / "metrics.csv"))
+
+
+def is_complete(
+    row: dict[str, Any], out_dir: Path, tags: Sequence[str], required: Sequence[str] = ()
+) -> bool:
+    """True when ``row`` records a success, every ``<id>.<tag>.wav`` exists and ``required`` keys are set
+    (e.g. perceptual scores that arrive after the item's row)."""
+    if row.get("error") or any(k not in row for k in required):
+        return False
+    try:
+        return all(safe_output_path(out_dir, f"{row['id']}.{tag}.wav").is_file() for tag in tags)
+    except UnsafePathError:
+        return False
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "path", "seconds")) -> str:
@@ -121,7 +208,10 @@ def write_run_tables(
         "n_inputs": len(rows),
         "n_ok": len(ok_rows),
         "n_failed": len(failed),
-        "failed": [{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed],
+        "failed": [
+            {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage"), "reason": r["error"]}
+            for r in failed
+        ],
         "metrics": summary_metrics,
         "health": {
             f"items_with_{name}": sum(1 for r in ok_rows if (r.get(col) or 0) > 0)
@@ -130,9 +220,15 @@ def write_run_tables(
         },
         **extra,
     }
-    errors = [{"id": r["id"], "path": r.get("path"), "reason": r["error"]} for r in failed]
+    errors = [
+        {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage") or "", "reason": r["error"]}
+        for r in failed
+    ]
     atomic_write_text(out_dir / "metrics.csv", rows_to_csv(rows))
-    atomic_write_text(out_dir / "errors.csv", rows_to_csv(errors) if errors else "id,path,reason\n")
+    atomic_write_text(
+        out_dir / "errors.csv",
+        rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
+    )
     atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2))
     atomic_write_text(
         out_dir / "summary.md",
@@ -145,13 +241,18 @@ class ReconstructionWriter(BasePredictionWriter):
     """Write audio and metric rows per batch; merge ``metrics.csv``/``summary.json`` on rank 0 at the end.
 
     Use with ``trainer.predict(..., return_predictions=False)`` so memory does not grow with the data.
+    A rerun into the same ``output_dir`` skips inputs already complete (see the module docstring);
+    this needs the inputs from a datamodule with ``entry_ids``/``drop_ids`` (``AudioDataModule``).
 
     Args:
-        output_dir: where everything goes (ids with ``/`` make subfolders).
+        output_dir: where everything goes (ids with ``/`` make subfolders; no id can leave it).
         write_audio: write the WAV files (off: metrics only).
         io_workers: threads writing WAV files.
         perceptual_workers: processes for PESQ/STOI (``None``: up to 4, fewer on small machines).
         report: write ``report.html`` at the end (needs :mod:`vaefix_pl.report`).
+        overwrite: recompute every input, even those an earlier run into ``output_dir`` completed.
+        strict: mark the run as failed when any input failed (``vaefix`` then exits with code 1;
+            :attr:`failed` is set either way).
     """
 
     def __init__(
@@ -161,6 +262,8 @@ class ReconstructionWriter(BasePredictionWriter):
         io_workers: int = 4,
         perceptual_workers: int | None = None,
         report: bool = False,
+        overwrite: bool = False,
+        strict: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
@@ -168,24 +271,88 @@ class ReconstructionWriter(BasePredictionWriter):
         self.io_workers = io_workers
         self.perceptual_workers = perceptual_workers
         self.report = report
+        self.overwrite = overwrite
+        self.strict = strict
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
+        self._pending: list[tuple[Future, str, str | None]] = []
         self._part = None
         self._scorer = None
         self._t0 = 0.0
         self._audio_seconds = 0.0
         self.timing: dict[str, float] = {}
+        #: ids an earlier run completed, left out of this run (set in ``setup``)
+        self.skipped: list[str] = []
+        self._carry: list[dict[str, Any]] = []
+        self._input_ids: set[str] | None = None
+        self._nothing_to_do = False
+        self._finalized = False
+        #: ``summary.json`` of the last finalised run (rank 0), and whether any input failed
+        self.summary: dict[str, Any] | None = None
+        self.failed = False
+
+    # ------------------------------------------------------------------------------ resume
+    def expected_tags(self, pl_module: L.LightningModule | None) -> list[str]:
+        """WAV tags a complete item has: ``original``, ``recon`` and ``post`` with a repair chain."""
+        if not self.write_audio:
+            return []
+        has_chain = getattr(pl_module, "chain", None) is not None
+        return [t for t in AUDIO_TAGS if t != "post" or has_chain]
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Runs on every rank after the datamodule's setup and before the dataloader exists, and no rank
+        # writes before the "post_setup" barrier that follows: all ranks read the same files and drop
+        # the same ids, so the sampler splits identical lists.
+        self._finalized = False
+        self.skipped, self._carry, self._nothing_to_do = [], [], False
+        dm = getattr(trainer, "datamodule", None)
+        if stage != "predict" or not (hasattr(dm, "entry_ids") and hasattr(dm, "drop_ids")):
+            self._input_ids = None
+            return
+        self._input_ids = set(dm.entry_ids())
+        if not self.overwrite:
+            tags = self.expected_tags(pl_module)
+            needs = [n for n in getattr(pl_module, "perceptual_metrics", []) or []]
+            done = [
+                r
+                for r in previous_rows(self.output_dir)
+                if r["id"] in self._input_ids and is_complete(r, self.output_dir, tags, needs)
+            ]
+            self._carry = done
+            self.skipped = [r["id"] for r in done]
+            if self.skipped:
+                dm.drop_ids(set(self.skipped))
+                if trainer.is_global_zero:
+                    log.warning(
+                        "%s: %d of %d inputs already complete, skipping them (pass overwrite / --overwrite "
+                        "to redo them)",
+                        self.output_dir,
+                        len(self.skipped),
+                        len(self._input_ids),
+                    )
+        self._nothing_to_do = len(self.skipped) == len(self._input_ids)
+
+    def _start_parts(self) -> None:
+        """Rank 0, before any rank writes: clear temp files of a killed run, carry completed records
+        into ``previous.jsonl`` and retire the old rank parts (their other records are redone)."""
+        parts = self.output_dir / PARTS
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for f in remove_temp_files(self.output_dir):
+            log.info("removed %s (left by an interrupted run)", f)
+        parts.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(jsonable(r)) + "\n" for r in self._carry)
+        atomic_write_text(parts / PREVIOUS, text)
+        for f in part_files(self.output_dir):
+            if f.name != PREVIOUS:
+                f.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------ lifecycle
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         parts = self.output_dir / PARTS
         if trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(parts, ignore_errors=True)  # stale parts of an earlier run
-            parts.mkdir(parents=True)
+            self._start_parts()
         trainer.strategy.barrier("vaefix_writer_start")
         parts.mkdir(parents=True, exist_ok=True)
-        self._part = open(parts / f"rank{trainer.global_rank}.jsonl", "a", encoding="utf-8")
+        self._part = open(parts / f"rank{trainer.global_rank}.jsonl", "w", encoding="utf-8")
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.io_workers), thread_name_prefix="vaefix-io")
         self._pending = []
         names = list(getattr(pl_module, "perceptual_metrics", []) or [])
@@ -213,8 +380,16 @@ class ReconstructionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        rank = trainer.global_rank
         records: list[dict[str, Any]] = [
-            {"id": e["id"], "path": e["path"], "error": e["reason"], "rank": trainer.global_rank}
+            {
+                "id": e["id"],
+                "path": e["path"],
+                "error": e["reason"],
+                # errors that do not say where they arose come from the model step (the data's carry a stage)
+                "error_stage": e.get("stage") or "reconstruct",
+                "rank": rank,
+            }
             for e in prediction["errors"]
         ]
         ids = list(prediction["ids"])
@@ -226,48 +401,81 @@ class ReconstructionWriter(BasePredictionWriter):
                 for tag, scores in prediction["metrics"].items()
             }
             health = {k: v.detach().cpu().tolist() for k, v in prediction["health"].items()}
+            scored: list[int] = []
             for i, (item_id, n) in enumerate(zip(ids, lengths)):
-                row: dict[str, Any] = {
-                    "id": item_id,
-                    "path": prediction["paths"][i],
-                    "seconds": n / SAMPLE_RATE,
-                    "rank": trainer.global_rank,
-                }
+                path = prediction["paths"][i]
+                targets: dict[str, Path] = {}
+                if self.write_audio:
+                    try:
+                        targets = {
+                            tag: safe_output_path(self.output_dir, f"{item_id}.{tag}.wav") for tag in audio
+                        }
+                    except UnsafePathError as exc:
+                        records.append(
+                            {
+                                "id": item_id,
+                                "path": path,
+                                "error": str(exc),
+                                "error_stage": "write",
+                                "rank": rank,
+                            }
+                        )
+                        continue
+                row: dict[str, Any] = {"id": item_id, "path": path, "seconds": n / SAMPLE_RATE, "rank": rank}
                 for tag, scores in metrics.items():
                     prefix = "" if tag == "recon" else f"{tag}_"
                     row.update({prefix + k: _value(v[i]) for k, v in scores.items()})
                 row.update({f"health_{k}": _value(v[i]) for k, v in health.items()})
                 records.append(row)
-                if self.write_audio:
-                    for tag, wav in audio.items():
-                        target = self.output_dir / f"{item_id}.{tag}.wav"
-                        self._pending.append(self._pool.submit(write_wav, target, wav[i, :n].clone()))
+                for tag, target in targets.items():
+                    fut = self._pool.submit(write_wav, target, audio[tag][i, :n].clone())
+                    self._pending.append((fut, item_id, path))
                 self._audio_seconds += n / SAMPLE_RATE
-            if self._scorer is not None:
-                ref = [audio["original"][i, :n].numpy() for i, n in enumerate(lengths)]
+                scored.append(i)
+            if self._scorer is not None and scored:
+                s_ids = [ids[i] for i in scored]
+                ref = [audio["original"][i, : lengths[i]].numpy() for i in scored]
                 for tag in ("recon", "post"):
                     if tag in audio:
-                        est = [audio[tag][i, :n].numpy() for i, n in enumerate(lengths)]
-                        self._scorer.submit(ids, ref, est, tag=tag)
+                        est = [audio[tag][i, : lengths[i]].numpy() for i in scored]
+                        self._scorer.submit(s_ids, ref, est, tag=tag)
         self._append(records)
         if self._scorer is not None:
             self._append([{"kind": "perceptual", **r} for r in self._scorer.poll()])
-        self._reap()
+        self._reap(rank=rank)
 
-    def _reap(self, wait: bool = False) -> None:
-        keep = []
-        for fut in self._pending:
+    def _reap(self, wait: bool = False, rank: int = 0) -> None:
+        """Collect finished WAV writes; a failed write (disk full, name too long, permissions) becomes
+        an error record of its item (stage ``write``), which replaces the item's scores at the merge."""
+        keep, failed = [], []
+        for fut, item_id, path in self._pending:
             if wait or fut.done():
-                fut.result()  # re-raise write errors (disk full, permissions)
+                try:
+                    fut.result()
+                except Exception as exc:  # noqa: BLE001 - any write failure is the item's, not the run's
+                    failed.append(
+                        {
+                            "id": item_id,
+                            "path": path,
+                            "error": f"cannot write the output: {type(exc).__name__}: {exc}",
+                            "error_stage": "write",
+                            "rank": rank,
+                        }
+                    )
             else:
-                keep.append(fut)
+                keep.append((fut, item_id, path))
         self._pending = keep
+        if failed:
+            for rec in failed:
+                log.error("%s: %s", rec["id"], rec["error"])
+            self._append(list({r["id"]: r for r in failed}.values()))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         gpu_done = time.perf_counter()
-        self._reap(wait=True)
+        self._reap(wait=True, rank=trainer.global_rank)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+            self._pool = None
         if self._scorer is not None:
             self._append([{"kind": "perceptual", **r} for r in self._scorer.drain()])
             self._scorer.close()
@@ -285,15 +493,27 @@ class ReconstructionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             self.finalize(pl_module, trainer)
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning skips the predict loop (and on_predict_start/end) when no batch is left: a rerun
+        # whose inputs were all complete. Its tables still get written, from the carried records.
+        if stage == "predict" and self._nothing_to_do and not self._finalized and trainer.is_global_zero:
+            if self._pool is None and self._part is None:
+                self._t0 = time.perf_counter()
+                self._start_parts()
+                self.finalize(pl_module, trainer)
+
     # ------------------------------------------------------------------------------ merge
     def finalize(self, pl_module: L.LightningModule | None = None, trainer: L.Trainer | None = None) -> dict:
-        """Merge the rank parts into ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``."""
+        """Merge the parts into ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``."""
 
-        parts = sorted((self.output_dir / PARTS).glob("rank*.jsonl"))
+        parts = part_files(self.output_dir)
         rows = merge_parts(parts)
+        if self._input_ids is not None:
+            rows = [r for r in rows if r["id"] in self._input_ids]
         for r in rows:
             r.pop("rank", None)
-        audio_s = sum(r.get("seconds") or 0.0 for r in rows if not r.get("error"))
+        skipped = set(self.skipped)
+        audio_s = sum(r.get("seconds") or 0.0 for r in rows if not r.get("error") and r["id"] not in skipped)
         wall = time.perf_counter() - self._t0 if self._t0 else float("nan")
         extra = {
             "timing": {
@@ -303,12 +523,18 @@ class ReconstructionWriter(BasePredictionWriter):
                 "x_realtime": audio_s / wall if wall and math.isfinite(wall) and wall > 0 else None,
                 "world_size": trainer.world_size if trainer is not None else 1,
             },
+            "resume": {"skipped_complete": len(skipped), "overwrite": self.overwrite},
             "settings": {
                 "module": pl_module.settings() if hasattr(pl_module, "settings") else {},
                 "data": dict(trainer.datamodule.hparams)
                 if trainer is not None and trainer.datamodule
                 else {},
-                "writer": {"output_dir": str(self.output_dir), "write_audio": self.write_audio},
+                "writer": {
+                    "output_dir": str(self.output_dir),
+                    "write_audio": self.write_audio,
+                    "overwrite": self.overwrite,
+                    "strict": self.strict,
+                },
                 "versions": {
                     "python": platform.python_version(),
                     "torch": torch.__version__,
@@ -318,7 +544,15 @@ class ReconstructionWriter(BasePredictionWriter):
             },
         }
         summary = write_run_tables(self.output_dir, rows, extra, title="vaefix summary")
-        shutil.rmtree(self.output_dir / PARTS, ignore_errors=True)
+        for f in parts:  # the tables now hold every record
+            f.unlink(missing_ok=True)
+        try:
+            (self.output_dir / PARTS).rmdir()
+        except OSError:  # not empty: files of another writer (e.g. a mel export) live there too
+            pass
+        self.summary = summary
+        self.failed = summary["n_failed"] > 0
+        self._finalized = True
         if self.report:
             from vaefix_pl.report import write_report
 
