@@ -47,6 +47,17 @@ def test_unreadable_files_name_the_file_and_reason(tmp_path, content, reason):
         load_audio(tmp_path / "missing.wav")
 
 
+def test_non_finite_samples_are_rejected_with_their_counts(tmp_path):
+    x = harmonic(4000).astype(np.float32)
+    x[[10, 20, 30]] = np.nan
+    x[40], x[50] = np.inf, -np.inf
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioReadError, match=r"non-finite samples \(3 NaN, 2 infinite\): rejected") as info:
+        load_audio(path)
+    assert str(path) in str(info.value)
+
+
 def test_offset_past_the_end_is_an_error(tmp_path):
     path = tmp_path / "short.wav"
     sf.write(path, noise(1600), 16000)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import soundfile as sf
 import torch
 from signals import harmonic, noise
 
-from vaefix_pl.data import AudioDataModule, AudioDataset, collate_audio, discover_inputs
+from vaefix_pl.data import MIN_BATCH_SAMPLES, AudioDataModule, AudioDataset, collate_audio, discover_inputs
 from vaefix_pl.probes import PROBE_NAMES
 
 
@@ -94,3 +96,38 @@ def test_sorted_by_duration_longest_first(tmp_path):
     dm.setup("predict")
     lengths = [int(v) for b in dm.predict_dataloader() for v in b["lengths"]]
     assert lengths == [8000, 4800, 3200, 1600]
+
+
+def test_linked_folder_is_scanned_once_with_its_own_ids(tmp_path):
+    _wav(tmp_path / "real" / "x.wav", 1600)
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "d" / "link")  # followed: it leads outside d
+    os.symlink(tmp_path / "d", tmp_path / "d" / "self")  # a loop: not followed twice
+    entries = discover_inputs(str(tmp_path / "d"))
+    assert [(e.id, e.error) for e in entries] == [("x", None)]
+    assert entries[0].path == str(tmp_path / "d" / "link" / "x.wav")  # as found, links not resolved
+
+
+def test_collate_gives_room_for_items_shorter_than_a_frame():
+    items = [{"id": "tiny", "path": None, "waveform": torch.tensor([0.25, -0.5, 0.125]), "error": None}]
+    b = collate_audio(items)
+    assert b["lengths"].tolist() == [3] and b["waveform"].shape == (1, MIN_BATCH_SAMPLES)
+    assert b["waveform"][0, :3].tolist() == [0.25, -0.5, 0.125] and torch.all(b["waveform"][0, 3:] == 0)
+
+
+def test_error_items_carry_their_stage(tmp_path):
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
+    entries = discover_inputs([str(tmp_path / "bad.wav"), str(tmp_path / "gone.wav")])
+    batch = collate_audio([AudioDataset(entries)[i] for i in range(2)])
+    assert {e["id"]: e["stage"] for e in batch["errors"]} == {"bad": "decode", "gone": "discover"}
+
+
+def test_drop_ids_leaves_the_rest_in_order(tmp_path):
+    for i, n in enumerate([1600, 8000, 3200, 4800]):
+        _wav(tmp_path / f"c{i}.wav", n)
+    dm = AudioDataModule(inputs=str(tmp_path), batch_size=2, num_workers=0)
+    dm.setup("predict")
+    assert dm.drop_ids({"c1", "c3", "not-an-input"}) == 2
+    assert dm.entry_ids() == ["c1", "c3", "c2", "c0"]  # every input of the run, dropped ones included
+    lengths = [int(v) for b in dm.predict_dataloader() for v in b["lengths"]]
+    assert lengths == [3200, 1600]

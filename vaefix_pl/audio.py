@@ -61,7 +61,7 @@ def unreadable_reason(path: str | os.PathLike) -> str | None:
         st = os.stat(p)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return "symbolic link loop (the link points back at itself)"
+            return "symbolic link loop (following the links never reaches a file)"
         if os.path.islink(p):
             return f"broken symbolic link (target {os.readlink(p)!r} does not exist)"
         return f"cannot access the file ({exc.strerror or exc})"

@@ -2,7 +2,9 @@
 
 ``source`` is a local diffusers-format folder (``<source>/vae``, ``<source>/vocoder``) or a Hugging
 Face hub id (default ``cvssp/audioldm2``) resolved from the local HF cache; nothing is downloaded
-unless ``allow_download=True``. Only safetensors weights are read.
+unless ``allow_download=True``. Only safetensors weights are read (never a pickle ``.bin``, whose
+unpickling can run code), and no ``trust_remote_code``: the VAE and vocoder classes are diffusers' and
+transformers' own, so no code comes with the weights.
 """
 
 from __future__ import annotations
@@ -103,7 +105,10 @@ def resolve_source(
             repo_id=src,
             revision=revision,
             cache_dir=cache_dir,
-            allow_patterns=["vae/*", "vocoder/*"],
+            # configs and safetensors only: a download never fetches pickle weights
+            allow_patterns=[
+                f"{sub}/{pat}" for sub in ("vae", "vocoder") for pat in ("*.json", "*.safetensors")
+            ],
             local_files_only=not allow_download,
         )
     except LocalEntryNotFoundError as exc:
