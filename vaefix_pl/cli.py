@@ -104,7 +104,6 @@ def _writer(trainer):
     return None
 
 
-
 # ---------------------------------------------------------------------------------- summary table
 def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
