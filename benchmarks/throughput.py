@@ -246,6 +246,21 @@ def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference:
     return row
 
 
+@torch.inference_mode()
+def part_times(rec: Reconstructor, x: torch.Tensor, repeats: int = 5) -> dict[str, float]:
+    """Median ms per batch of the front-end, VAE encoder, VAE decoder and vocoder, each timed alone."""
+    mel = rec.frontend(x)[:, :, :1024]
+    z = rec.encode(mel)
+    mh = rec.decode(z)
+    parts = {
+        "frontend": lambda: rec.frontend(x),
+        "encoder": lambda: rec.encode(mel),
+        "decoder": lambda: rec.decode(z),
+        "vocoder": lambda: rec._vocoder(mh),
+    }
+    return {k: 1e3 * statistics.median(cuda_time(fn, 2, repeats)) for k, fn in parts.items()}
+
+
 def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[dict]:
     """Top CUDA kernels of one batch and their share of GPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -260,15 +275,19 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
     for _ in range(2):
         rec(x, lengths)
     sync()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = DEVICE == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         rec(x, lengths)
         sync()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events)
-    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+
+    def own(e) -> float:  # self time on the device (CPU time in --smoke)
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    events = [e for e in prof.key_averages() if own(e) > 0]
+    total = sum(own(e) for e in events)
+    events.sort(key=own, reverse=True)
     rows = [
-        {"kernel": e.key[:110], "calls": e.count, "ms": e.self_device_time_total / 1e3,
-         "share": e.self_device_time_total / total}
+        {"kernel": e.key[:110], "calls": e.count, "ms": own(e) / 1e3, "share": own(e) / total}
         for e in events[:top]
     ]  # fmt: skip
     categories: dict[str, float] = {}
@@ -291,8 +310,8 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
             cat = "eager element-wise/norm"
         else:
             cat = "other"
-        categories[cat] = categories.get(cat, 0.0) + e.self_device_time_total / total
-    rows.append({"categories": categories, "total_ms": total / 1e3})
+        categories[cat] = categories.get(cat, 0.0) + own(e) / total
+    rows.append({"categories": categories, "total_ms": total / 1e3, "parts_ms": part_times(rec, x)})
     vae.to(memory_format=torch.contiguous_format)
     torch._dynamo.reset()
     return rows
@@ -407,6 +426,10 @@ def main() -> None:
         print(f"\nprofile of {args.profile} (batch {args.profile_batch}): top kernels")
         for k in result["profile"]["top"]:
             if "categories" in k:
+                print(
+                    "parts (ms per batch, timed alone): "
+                    + ", ".join(f"{p} {v:.1f}" for p, v in k["parts_ms"].items())
+                )
                 print(
                     f"GPU time {k['total_ms']:.1f} ms by category: "
                     + ", ".join(
