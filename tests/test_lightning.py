@@ -110,6 +110,45 @@ def test_post_processing_writes_and_scores_post_audio(tmp_path, tiny_model_dir):
     assert summary["settings"]["module"]["postprocess"]["mel_mode"] == "minmax"
 
 
+def test_writer_batch_thread_keeps_order_and_surfaces_failures(tmp_path, tiny_model_dir, monkeypatch):
+    """Batches are written by the writer's own thread (so the loop does not wait on copies and I/O):
+    with one batch allowed in flight every batch is still recorded, in order, and a failure in that
+    thread fails the run instead of being lost."""
+    out = tmp_path / "out"
+    writer = ReconstructionWriter(out, max_pending_batches=1)
+    seen: list[list[str]] = []
+    original = ReconstructionWriter._write_batch
+
+    def spy(self, staged, rank):
+        seen.append(list(staged["ids"]))
+        return original(self, staged, rank)
+
+    monkeypatch.setattr(ReconstructionWriter, "_write_batch", spy)
+    kw = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    L.Trainer(callbacks=[writer], **kw).predict(
+        ReconstructionModule(model=str(tiny_model_dir)),
+        datamodule=AudioDataModule(None, batch_size=2, num_workers=0, sort_by_duration=False),
+        return_predictions=False,
+    )
+    ids = [r["id"] for r in _read_csv(out / "metrics.csv")]
+    assert len(ids) == 7 and [len(b) for b in seen] == [2, 2, 2, 1]
+    assert sorted(i for b in seen for i in b) == sorted(ids)
+    assert writer.timing["loop_waited_on_writer_s"] >= 0.0
+
+    def broken(self, staged, rank):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(ReconstructionWriter, "_write_batch", broken)
+    with pytest.raises(OSError, match="disk on fire"):
+        L.Trainer(callbacks=[ReconstructionWriter(tmp_path / "out2")], **kw).predict(
+            ReconstructionModule(model=str(tiny_model_dir)),
+            datamodule=AudioDataModule(None, batch_size=4, num_workers=0),
+            return_predictions=False,
+        )
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_exactly_once(tmp_path, tiny_model_dir):
     lengths = [4000, 9000, 16000, 5600, 12037, 7000, 20000, 3300, 11000]  # 9 files: ranks get 5 and 4

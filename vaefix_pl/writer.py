@@ -27,6 +27,7 @@ import math
 import platform
 import re
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +64,42 @@ def _value(x: Any) -> Any:
     if isinstance(x, bool):
         return int(x)
     return x
+
+
+def _to_host(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as ``dtype`` on the CPU; from a GPU, a non-blocking copy into pinned memory (valid once the
+    stream reaches the event recorded after it)."""
+    t = t.detach().to(dtype)
+    if t.device.type != "cuda":
+        return t
+    out = torch.empty(t.shape, dtype=dtype, pin_memory=True)
+    out.copy_(t, non_blocking=True)
+    return out
+
+
+def _stage_to_host(prediction: dict[str, Any]) -> dict[str, Any]:
+    """Queue the copies of a prediction's tensors to the host and record an event after them.
+
+    Audio as float32 ``(B, N)``, metrics float64, health as is, lengths int64. ``ready`` is a CUDA
+    event to synchronize on before reading (``None`` when nothing came from a GPU).
+    """
+    staged: dict[str, Any] = {k: prediction[k] for k in ("ids", "paths", "errors")}
+    staged["lengths"] = _to_host(torch.as_tensor(prediction["lengths"]), torch.int64)
+    staged["audio"] = {tag: _to_host(t, torch.float32) for tag, t in prediction["audio"].items()}
+    staged["metrics"] = {
+        tag: {k: _to_host(v, torch.float64) for k, v in scores.items()}
+        for tag, scores in prediction["metrics"].items()
+    }
+    staged["health"] = {k: _to_host(v, v.dtype) for k, v in prediction["health"].items()}
+    on_gpu = any(
+        t.device.type == "cuda"
+        for t in [torch.as_tensor(prediction["lengths"]), *prediction["audio"].values()]
+    )
+    staged["ready"] = None
+    if on_gpu:
+        staged["ready"] = torch.cuda.Event()
+        staged["ready"].record()
+    return staged
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -253,6 +290,8 @@ class ReconstructionWriter(BasePredictionWriter):
         overwrite: recompute every input, even those an earlier run into ``output_dir`` completed.
         strict: mark the run as failed when any input failed (``vaefix`` then exits with code 1;
             :attr:`failed` is set either way).
+        max_pending_batches: batches whose device->host copies and writes may still be in flight
+            while the next batch runs (the loop waits beyond that; memory stays bounded).
     """
 
     def __init__(
@@ -264,6 +303,7 @@ class ReconstructionWriter(BasePredictionWriter):
         report: bool = False,
         overwrite: bool = False,
         strict: bool = False,
+        max_pending_batches: int = 2,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
@@ -273,7 +313,11 @@ class ReconstructionWriter(BasePredictionWriter):
         self.report = report
         self.overwrite = overwrite
         self.strict = strict
+        self.max_pending_batches = max_pending_batches
         self._pool: ThreadPoolExecutor | None = None
+        self._batch_pool: ThreadPoolExecutor | None = None
+        self._batches: deque[Future] = deque()
+        self._wait_s = 0.0
         self._pending: list[tuple[Future, str, str | None]] = []
         self._part = None
         self._scorer = None
@@ -354,6 +398,9 @@ class ReconstructionWriter(BasePredictionWriter):
         parts.mkdir(parents=True, exist_ok=True)
         self._part = open(parts / f"rank{trainer.global_rank}.jsonl", "w", encoding="utf-8")
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.io_workers), thread_name_prefix="vaefix-io")
+        self._batch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaefix-batch")  # FIFO
+        self._batches = deque()
+        self._wait_s = 0.0
         self._pending = []
         names = list(getattr(pl_module, "perceptual_metrics", []) or [])
         if names:
@@ -380,7 +427,21 @@ class ReconstructionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        rank = trainer.global_rank
+        # Only queue the device->host copies here and hand the rest (rows, WAV writes, scoring) to the
+        # writer's batch thread: a synchronous copy and the per-item Python work would leave the GPU
+        # idle between batches. At most ``max_pending_batches`` batches wait, so memory stays bounded.
+        staged = _stage_to_host(prediction)
+        t = time.perf_counter()
+        while len(self._batches) >= max(1, self.max_pending_batches):
+            self._batches.popleft().result()
+        self._wait_s += time.perf_counter() - t
+        assert self._batch_pool is not None
+        self._batches.append(self._batch_pool.submit(self._write_batch, staged, trainer.global_rank))
+
+    def _write_batch(self, staged: dict[str, Any], rank: int) -> None:
+        """The writer's batch thread: wait for the batch's copies, then rows, WAV writes and scoring."""
+        if staged["ready"] is not None:
+            staged["ready"].synchronize()
         records: list[dict[str, Any]] = [
             {
                 "id": e["id"],
@@ -390,20 +451,19 @@ class ReconstructionWriter(BasePredictionWriter):
                 "error_stage": e.get("stage") or "reconstruct",
                 "rank": rank,
             }
-            for e in prediction["errors"]
+            for e in staged["errors"]
         ]
-        ids = list(prediction["ids"])
+        ids = list(staged["ids"])
         if ids:
-            lengths = prediction["lengths"].tolist()
-            audio = {tag: t.detach().float().cpu() for tag, t in prediction["audio"].items()}
+            lengths = staged["lengths"].tolist()
+            audio = staged["audio"]
             metrics = {
-                tag: {k: v.detach().double().cpu().tolist() for k, v in scores.items()}
-                for tag, scores in prediction["metrics"].items()
+                tag: {k: v.tolist() for k, v in scores.items()} for tag, scores in staged["metrics"].items()
             }
-            health = {k: v.detach().cpu().tolist() for k, v in prediction["health"].items()}
+            health = {k: v.tolist() for k, v in staged["health"].items()}
             scored: list[int] = []
             for i, (item_id, n) in enumerate(zip(ids, lengths)):
-                path = prediction["paths"][i]
+                path = staged["paths"][i]
                 targets: dict[str, Path] = {}
                 if self.write_audio:
                     try:
@@ -444,6 +504,14 @@ class ReconstructionWriter(BasePredictionWriter):
             self._append([{"kind": "perceptual", **r} for r in self._scorer.poll()])
         self._reap(rank=rank)
 
+    def _drain_batches(self) -> None:
+        """Wait for every queued batch (re-raising a failure of the batch thread)."""
+        while self._batches:
+            self._batches.popleft().result()
+        if self._batch_pool is not None:
+            self._batch_pool.shutdown(wait=True)
+            self._batch_pool = None
+
     def _reap(self, wait: bool = False, rank: int = 0) -> None:
         """Collect finished WAV writes; a failed write (disk full, name too long, permissions) becomes
         an error record of its item (stage ``write``), which replaces the item's scores at the merge."""
@@ -472,6 +540,7 @@ class ReconstructionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         gpu_done = time.perf_counter()
+        self._drain_batches()
         self._reap(wait=True, rank=trainer.global_rank)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -487,6 +556,7 @@ class ReconstructionWriter(BasePredictionWriter):
         self.timing = {
             "predict_s": gpu_done - self._t0,
             "write_and_score_tail_s": all_done - gpu_done,
+            "loop_waited_on_writer_s": self._wait_s,
             "rank_audio_s": self._audio_seconds,
         }
         trainer.strategy.barrier("vaefix_writer_end")
@@ -494,6 +564,10 @@ class ReconstructionWriter(BasePredictionWriter):
             self.finalize(pl_module, trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._batch_pool is not None:  # the run failed before on_predict_end drained the queue
+            self._batch_pool.shutdown(wait=True, cancel_futures=True)
+            self._batch_pool = None
+            self._batches.clear()
         # Lightning skips the predict loop (and on_predict_start/end) when no batch is left: a rerun
         # whose inputs were all complete. Its tables still get written, from the carried records.
         if stage == "predict" and self._nothing_to_do and not self._finalized and trainer.is_global_zero:
