@@ -365,6 +365,8 @@ def envelope_lag(
 
     def envelope(x: Tensor) -> Tensor:
         power = _masked(x, mask, torch.float64).square()[:, None]
+        if power.shape[-1] < 2 * hop:  # narrower than one envelope frame: zeros past every item's end
+            power = torch.nn.functional.pad(power, (0, 2 * hop - power.shape[-1]))
         return torch.nn.functional.avg_pool1d(power, 2 * hop, hop)[:, 0].sqrt()
 
     env_r, env_e = envelope(reference), envelope(estimate)

@@ -294,6 +294,10 @@ DEFAULT_METRICS: tuple[str, ...] = (
 )
 
 
+#: batches narrower than this (samples) are zero-padded before scoring (the longest analysis frame)
+MIN_WIDTH = 2048
+
+
 @torch.no_grad()
 def compute_metrics(
     reference: Tensor,
@@ -316,6 +320,14 @@ def compute_metrics(
             f"{perceptual} are CPU perceptual metrics: score them with PerceptualScorer (use "
             f"split_metric_names(config_names) to separate them); compute_metrics runs {available_metrics()}"
         )
+    if reference.shape[-1] < MIN_WIDTH:
+        # Framed metrics (pooling, STFTs) need a minimum width; samples past every item's length are
+        # never read as signal, so zero-padding the batch leaves each item's values unchanged.
+        if lengths is None:
+            lengths = torch.full(reference.shape[:1], reference.shape[-1], device=reference.device)
+        pad = MIN_WIDTH - reference.shape[-1]
+        reference = torch.nn.functional.pad(reference, (0, pad))
+        estimate = torch.nn.functional.pad(estimate, (0, pad))
     ctx = MetricContext(reference, estimate, lengths, sample_rate)
     out: dict[str, Tensor] = {}
     for name in fast:
