@@ -202,3 +202,111 @@ def test_cuda_matches_cpu(tiny_model_dir, rec):
     assert b.waveform.is_cuda
     rel = (a.waveform - b.waveform.cpu()).norm() / a.waveform.norm()
     assert rel < 1e-2  # TF32 convolutions on the GPU
+
+
+# ------------------------------------------------------------------------------ long items, windows
+@pytest.fixture(scope="module")
+def win(rec) -> Reconstructor:
+    return Reconstructor(rec.vae, rec.vocoder, rec.scaling_factor, window_seconds=10.24, max_windows=2)
+
+
+def test_windowing_leaves_items_up_to_one_window_bitwise_unchanged(rec):
+    win = Reconstructor(rec.vae, rec.vocoder, rec.scaling_factor, window_seconds=10.24)
+    x, lengths = _batch([harmonic(163840), noise(16037, 1), formant_pulses(9000)])
+    a, b = rec(x, lengths), win(x, lengths)
+    assert not win.windowed(lengths).any()
+    assert torch.equal(a.waveform, b.waveform) and torch.equal(a.mel_hat, b.mel_hat)
+
+
+def test_windowed_canonical_lengths_and_output_shapes(win):
+    lengths = torch.tensor([1, 163840, 163841, 400000])
+    assert win.windowed(lengths).tolist() == [False, False, True, True]
+    # 1025 frames -> 2 windows (0, 924) spanning 1948; 2500 frames -> 3 windows spanning 2872
+    assert win.canonical_frames(lengths).tolist() == [1024, 1024, 1948, 2872]
+    x = torch.from_numpy(formant_pulses(400000, seed=3)).float()[None]
+    out = win(x)
+    assert out.waveform.shape == (1, 400000) and torch.isfinite(out.waveform).all()
+    assert out.mel.shape == out.mel_hat.shape == (1, 1, 2872, 64)
+    assert out.latent.shape == (1, 8, 718, 16)
+    assert out.frames.tolist() == [2500]
+
+
+def test_windowed_batch_independence_and_vocode_reproduces_the_waveform(win):
+    """A long item alone == among batch-mates (its windows share sub-batches with theirs), and
+    vocode(mel_hat) gives back the forward's waveform (the repair chain's mel step relies on it)."""
+    sigs = [formant_pulses(200000, seed=1), harmonic(30000), noise(350000, 2)]
+    x, lengths = _batch(sigs)
+    together = win(x, lengths)
+    for i, s in enumerate(sigs):
+        alone = win(torch.from_numpy(s).float()[None])
+        a, b = alone.waveform[0], together.waveform[i, : len(s)]
+        assert ((a - b).norm() / a.norm()).item() < 1e-4, i
+    with torch.inference_mode():
+        again = win.vocode(together.mel_hat, lengths, together.gain)
+    torch.testing.assert_close(again, together.waveform, atol=1e-6, rtol=1e-5)
+
+
+def test_max_windows_bounds_every_model_call(win):
+    seen = []
+    handle = win.vae.encoder.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        x, lengths = _batch([formant_pulses(500000), noise(300000, 1), harmonic(20000), harmonic(21000)])
+        win(x, lengths)
+    finally:
+        handle.remove()
+    # 4 + 2 windows in sub-batches of 2, then the two short items (one canonical group) in one of 2
+    assert seen == [2, 2, 2, 2] and max(seen) <= win.max_windows
+
+
+# ----------------------------------------------------------------------------- CUDA out of memory
+def _oom_above(monkeypatch, rec, limit: int) -> list[int]:
+    """Make the VAE decoder raise CUDA OOM for sub-batches larger than ``limit``; record the sizes."""
+    sizes: list[int] = []
+    decode = rec.decode
+
+    def fake(latent):
+        sizes.append(latent.shape[0])
+        if latent.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return decode(latent)
+
+    monkeypatch.setattr(rec, "decode", fake)
+    return sizes
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_out_of_memory_halves_the_sub_batch_and_gives_the_same_result(
+    monkeypatch, caplog, tiny_model_dir, windowed
+):
+    kw = dict(window_seconds=10.24) if windowed else {}
+    rec = Reconstructor.from_pretrained(str(tiny_model_dir), **kw)
+    n = 250000 if windowed else 16000  # windowed: 2 windows per item, 10 windows
+    sigs = [formant_pulses(n, seed=i) if i % 2 else harmonic(n, seed=i) for i in range(5)]
+    x, lengths = _batch(sigs)
+    expected = rec(x, lengths)
+    sizes = _oom_above(monkeypatch, rec, 2)
+    with caplog.at_level("WARNING", logger="vaefix_pl.reconstruct"):
+        out = rec(x, lengths)
+    # 5 items (or the first 5 of 10 windows: max_windows=None allows the batch's item count) -> OOM
+    # -> 2 fits and is kept for the rest: 2, 2, 1 (or 2, 2, 2, 2, 2)
+    assert sizes[0] == 5 and sizes[1:] == ([2] * 5 if windowed else [2, 2, 1])
+    assert rec.oom_cap == 2
+    assert "--data.batch_size 2" in caplog.text and "sub-batch of 5" in caplog.text
+    # the un-split result, up to batch-size-dependent float summation (1e-4 as test_batch_independence)
+    assert ((out.waveform - expected.waveform).norm() / expected.waveform.norm()).item() < 1e-4
+    assert ((out.mel_hat - expected.mel_hat).norm() / expected.mel_hat.norm()).item() < 1e-4
+    # the size that worked is kept: the next batch starts at 2 without a new OOM
+    sizes.clear()
+    rec(x, lengths)
+    assert max(sizes) == 2
+
+
+def test_out_of_memory_on_one_item_names_the_rows_and_what_to_try(monkeypatch, tiny_model_dir):
+    from vaefix_pl.reconstruct import ItemOutOfMemoryError
+
+    rec = Reconstructor.from_pretrained(str(tiny_model_dir))
+    _oom_above(monkeypatch, rec, 0)
+    x, lengths = _batch([harmonic(16000), noise(12000, 1), harmonic(20000)])
+    with pytest.raises(ItemOutOfMemoryError, match=r"window_seconds.*bf16") as info:
+        rec(x, lengths)
+    assert info.value.rows == [0]

@@ -12,11 +12,32 @@ equal-length or duration-sorted clips is one sub-batch.
 Framing: the padded waveform has ``L * 160`` samples; the front-end makes ``L`` (``"hifigan"``) or
 ``L + 1`` (``"tacotron"``, whose last frame is dropped as upstream crops 1025 -> 1024) frames, the
 vocoder returns ``L * 160`` samples and each item is cut back to its own length.
+
+Long items (``window_seconds``): an item longer than the window (default off here; 10.24 s in
+:class:`~vaefix_pl.module.ReconstructionModule`) is cut into overlapping windows
+(:mod:`vaefix_pl.windowing`), so memory is bounded by the window sub-batch, not by the file length.
+Two passes, both over sub-batches of at most ``max_windows`` windows:
+
+1. each window's log-mel is cut from the whole item's log-mel (computed per window from the samples
+   around it, so window edges see real audio), encoded and decoded; the window mels, decoded mels
+   and latents are overlap-added with equal-gain weights (a linear blend over the overlap) into the
+   item's ``mel`` (exactly the whole item's log-mel), ``mel_hat`` and ``latent``;
+2. the stitched decoded mel (after repair and ``mel_transform``, both per item) is vocoded window by
+   window and the waveforms are joined with the ``crossfade`` weights.
+
+Pass 2 is :meth:`Reconstructor.vocode`, so ``vocode(out.mel_hat)`` reproduces ``out.waveform`` for
+windowed items as for short ones (the repair chain's mel step relies on it). The level step stays one
+gain per item over the whole item.
+
+CUDA out of memory: a sub-batch (of items or windows) that runs out of memory is retried in halves,
+down to one item or window, with the CUDA cache freed in between; the size that worked is kept for the
+rest of the run and logged. One item or window that does not fit raises :class:`ItemOutOfMemoryError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -24,11 +45,36 @@ import torch
 from torch import Tensor, nn
 
 from vaefix_pl.frontend import HOP, LOG_MEL_FLOOR, Framing, LogMelFrontend, normalize_level, valid_mask
-from vaefix_pl.health import mel_health, repair_mel, repair_waveform, tensor_health
+from vaefix_pl.health import mel_health, repair_mel, repair_waveform
 from vaefix_pl.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision
+from vaefix_pl.windowing import (
+    CROSSFADES,
+    MEL_CONTEXT,
+    WindowPlan,
+    crossfade_weights,
+    gather_window_samples,
+    overlap_add,
+    plan_windows,
+    planned_frames,
+    window_geometry,
+)
+
+log = logging.getLogger(__name__)
 
 LATENT_MODES = ("mode", "sample")
 MelTransform = Callable[[Tensor, Tensor], Tensor]
+
+
+class ItemOutOfMemoryError(RuntimeError):
+    """CUDA ran out of memory on a single item (or a single window of a long item).
+
+    ``rows``: the batch rows involved. :class:`~vaefix_pl.module.ReconstructionModule` re-raises it with
+    the items' ids.
+    """
+
+    def __init__(self, message: str, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = rows
 
 
 @dataclass
@@ -43,7 +89,10 @@ class ReconstructionOutput:
         latent: ``(B, C, T/4, 16)`` scaled latent (``scaling_factor`` applied).
         lengths: ``(B,)`` valid samples; ``frames``: ``(B,)`` frames that cover them, ``ceil(N/160)``.
         canonical_frames: ``(B,)`` frames each item was padded to; beyond them ``mel``/``mel_hat`` hold
-            the floor and ``latent`` zeros.
+            the floor and ``latent`` zeros. For a windowed item (longer than the window), the frames its
+            windows span, ``(K - 1) * hop + window``; its ``mel`` is the whole item's log-mel, its
+            ``mel_hat``/``latent`` the windows' decoded mels/latents blended linearly over each overlap
+            (latent frame ``j`` sits at mel frame ``4 j`` as for short items).
         gain: ``(B,)`` float64 level gain (``normalised = (x - mean) * gain``).
         health: ``(B,)`` tensors: ``mel_*``, ``mel_hat_*`` (before repair), ``latent_nonfinite``,
             ``output_nonfinite`` (before repair), ``output_peak``.
@@ -68,6 +117,15 @@ def _autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstrac
     return torch.autocast(device_type, dtype=dtype)
 
 
+def _scale_rows(x: Tensor, scale: Tensor, block: int = 1 << 20) -> Tensor:
+    """``(x.double() * scale).float()`` for ``x`` ``(B, N)``, ``scale`` ``(B, 1)`` float64, in blocks of
+    ``block`` samples so a long item costs no float64 copy of its whole waveform."""
+    out = torch.empty_like(x, dtype=torch.float32)
+    for s in range(0, x.shape[-1], block):
+        out[:, s : s + block] = (x[:, s : s + block].double() * scale).float()
+    return out
+
+
 class Reconstructor(nn.Module):
     """AudioLDM2 reconstruction: ``rec(waveform (B, N), lengths (B,)) -> ReconstructionOutput``.
 
@@ -81,6 +139,13 @@ class Reconstructor(nn.Module):
         precision: ``"fp32"`` (default), ``"bf16"`` (autocast) or ``"fp16"`` (vocoder only; the VAE
             stays float32 as ``force_upcast`` intends).
         pad_frames_to: canonical-length multiple in frames (see the module docstring).
+        window_seconds: items longer than this run in overlapping windows of this length (rounded up to
+            a multiple of 4 frames); ``None`` (default): every item runs whole.
+        window_overlap_seconds: overlap of neighbouring windows (rounded up to 4 frames; at most half
+            the window).
+        max_windows: most items or windows run through the models at once (``None``: a batch's item
+            count for windows, a whole length group for short items, as before).
+        crossfade: ``"equal_gain"`` (default) or ``"equal_power"``; see :mod:`vaefix_pl.windowing`.
     """
 
     def __init__(
@@ -93,8 +158,16 @@ class Reconstructor(nn.Module):
         seed: int = 0,
         precision: str = "fp32",
         pad_frames_to: int = 1024,
+        window_seconds: float | None = None,
+        window_overlap_seconds: float = 1.0,
+        max_windows: int | None = None,
+        crossfade: str = "equal_gain",
     ) -> None:
         super().__init__()
+        if crossfade not in CROSSFADES:
+            raise ValueError(f"crossfade must be one of {CROSSFADES}, got {crossfade!r}")
+        if max_windows is not None and int(max_windows) < 1:
+            raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
         if latent_mode not in LATENT_MODES:
             raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
         if pad_frames_to < 4 or pad_frames_to % 4:
@@ -112,6 +185,18 @@ class Reconstructor(nn.Module):
         self.seed = int(seed)
         self.precision = normalize_precision(precision)
         self.pad_frames_to = int(pad_frames_to)
+        self.window_seconds = None if window_seconds is None else float(window_seconds)
+        self.window_overlap_seconds = float(window_overlap_seconds)
+        self.window_frames: int | None = None
+        self.overlap_frames = 0
+        if self.window_seconds is not None:
+            self.window_frames, self.overlap_frames = window_geometry(
+                self.window_seconds, self.window_overlap_seconds
+            )
+        self.max_windows = None if max_windows is None else int(max_windows)
+        self.crossfade = crossfade
+        #: Sub-batch size that fit after a CUDA out-of-memory retry (kept for the rest of the run).
+        self.oom_cap: int | None = None
         self._channels_last = False
 
     @classmethod
@@ -192,7 +277,9 @@ class Reconstructor(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"framing={self.framing!r}, latent_mode={self.latent_mode!r}, precision={self.precision!r}, "
-            f"pad_frames_to={self.pad_frames_to}, scaling_factor={self.scaling_factor:.6g}"
+            f"pad_frames_to={self.pad_frames_to}, scaling_factor={self.scaling_factor:.6g}, "
+            f"window_frames={self.window_frames}, overlap_frames={self.overlap_frames}, "
+            f"max_windows={self.max_windows}, crossfade={self.crossfade!r}"
         )
 
     def settings(self) -> dict:
@@ -204,6 +291,12 @@ class Reconstructor(nn.Module):
             "precision": self.precision,
             "pad_frames_to": self.pad_frames_to,
             "scaling_factor": self.scaling_factor,
+            "window_seconds": self.window_seconds,
+            "window_overlap_seconds": self.window_overlap_seconds,
+            "window_frames": self.window_frames,
+            "overlap_frames": self.overlap_frames,
+            "max_windows": self.max_windows,
+            "crossfade": self.crossfade,
         }
 
     # ----------------------------------------------------------------------------------- lengths
@@ -211,15 +304,90 @@ class Reconstructor(nn.Module):
         """``(B,)`` frames whose vocoder output covers each item: ``max(1, ceil(N / 160))``."""
         return ((lengths + HOP - 1) // HOP).clamp(min=1)
 
+    def windowed(self, lengths: Tensor) -> Tensor:
+        """``(B,)`` bool: items longer than the window, which run in overlapping windows."""
+        if self.window_frames is None:
+            return torch.zeros_like(lengths, dtype=torch.bool)
+        return self.covered_frames(lengths) > self.window_frames
+
     def canonical_frames(self, lengths: Tensor) -> Tensor:
-        """``(B,)`` canonical frame count of each item (a function of its own length only)."""
+        """``(B,)`` canonical frame count of each item (a function of its own length only).
+
+        Windowed items: the frames their windows span (see :func:`vaefix_pl.windowing.planned_frames`).
+        """
         m = self.pad_frames_to
-        return (self.covered_frames(lengths) + m - 1) // m * m
+        frames = self.covered_frames(lengths)
+        canon = (frames + m - 1) // m * m
+        if self.window_frames is not None:
+            spanned = planned_frames(frames, self.window_frames, self._hop_frames)
+            canon = torch.where(frames > self.window_frames, spanned, canon)
+        return canon
+
+    @property
+    def _hop_frames(self) -> int:
+        assert self.window_frames is not None
+        return self.window_frames - self.overlap_frames
+
+    def _plan(self, lengths: Tensor) -> WindowPlan:
+        assert self.window_frames is not None
+        items = torch.nonzero(self.windowed(lengths)).flatten()
+        return plan_windows(self.covered_frames(lengths), self.window_frames, self._hop_frames, items)
 
     def _groups(self, lengths: Tensor) -> Iterator[tuple[int, Tensor]]:
+        """``(canonical frames, rows)`` of the items that run whole (not windowed), by canonical length."""
         canon = self.canonical_frames(lengths)
-        for value in torch.unique(canon).tolist():
-            yield int(value), torch.nonzero(canon == value).flatten()
+        whole = ~self.windowed(lengths)
+        for value in torch.unique(canon[whole]).tolist():
+            yield int(value), torch.nonzero((canon == value) & whole).flatten()
+
+    # ------------------------------------------------------------------------- bounded sub-batches
+    def _run_chunks(
+        self,
+        n: int,
+        cap: int,
+        run: Callable[[int, int], None],
+        rows: Callable[[int, int], list[int]],
+        unit: str,
+    ) -> None:
+        """Call ``run(a, b)`` over ``[0, n)`` in chunks of at most ``cap`` (and :attr:`oom_cap`).
+
+        On ``torch.cuda.OutOfMemoryError`` the failed chunk is retried in halves (CUDA cache freed in
+        between) down to one; the size that worked becomes :attr:`oom_cap`. ``run`` must write its
+        results only after all its model calls, so that a retried chunk is never counted twice.
+        """
+        cap = max(1, min(cap, n, self.oom_cap or n))
+        start = 0
+        while start < n:
+            size = min(cap, n - start)
+            failed = False
+            try:
+                run(start, start + size)
+            except torch.cuda.OutOfMemoryError:
+                failed = True  # handled outside the except block: its traceback pins the chunk's tensors
+            if not failed:
+                start += size
+                continue
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            where = rows(start, start + size)
+            if size == 1:
+                raise ItemOutOfMemoryError(
+                    f"CUDA out of memory on a single {unit} (batch row {where}) even after halving the "
+                    "sub-batch down to 1: use a shorter window (window_seconds, e.g. 5.12), "
+                    "precision 'bf16', or a GPU with more free memory",
+                    rows=where,
+                )
+            cap = size // 2
+            self.oom_cap = cap
+            log.warning(
+                "CUDA out of memory on a sub-batch of %d %ss; retrying with %d (kept for the rest of the "
+                "run). To avoid the retries, pass --data.batch_size %d (or --model.max_windows %d for "
+                "long files).",
+                size, unit, cap, cap, cap,
+            )  # fmt: skip
+
+    def _cap(self, default: int) -> int:
+        return default if self.max_windows is None else self.max_windows
 
     # ------------------------------------------------------------------------------ model steps
     def _dtype(self, part: str) -> torch.dtype | None:
@@ -271,19 +439,53 @@ class Reconstructor(nn.Module):
             wav = self.vocoder(mel[:, 0])
         return wav.float()
 
+    def _vocode_raw(self, mel: Tensor, lengths: Tensor, n: int) -> Tensor:
+        """``(B, 1, T, 64)`` -> ``(B, n)`` float32 vocoder output before repair and masking.
+
+        Whole items per canonical length group; windowed items window by window, joined with the
+        ``crossfade`` weights (sub-batches of at most ``max_windows``).
+        """
+        out = torch.zeros(mel.shape[0], n, device=mel.device, dtype=torch.float32)
+        for frames, idx in self._groups(lengths):
+
+            def run(a: int, b: int, idx: Tensor = idx, frames: int = frames) -> None:
+                wav = self._vocoder(mel[idx[a:b], :, :frames])
+                take = min(n, wav.shape[-1])
+                out[idx[a:b], :take] = wav[:, :take]
+
+            self._run_chunks(len(idx), self._cap(len(idx)), run, lambda a, b, i=idx: i[a:b].tolist(), "item")
+        if self.window_frames is None or not bool(self.windowed(lengths).any()):
+            return out
+        plan, w = self._plan(lengths), self.window_frames
+        steps = torch.arange(w, device=mel.device)
+
+        def run_windows(a: int, b: int) -> None:
+            p = plan.select(slice(a, b))
+            windows = mel[p.item[:, None], :, p.start[:, None] + steps[None, :]].transpose(
+                1, 2
+            )  # (m, 1, w, 64)
+            wav = self._vocoder(windows)[:, : w * HOP]
+            weights = crossfade_weights(p, w * HOP, self.overlap_frames * HOP, self.crossfade)
+            overlap_add(out, wav, p.item, p.start * HOP, weights, dim=-1)
+
+        self._run_chunks(
+            len(plan),
+            self._cap(mel.shape[0]),
+            run_windows,
+            lambda a, b: plan.item[a:b].unique().tolist(),
+            "window",
+        )
+        return out
+
     def vocode(self, mel: Tensor, lengths: Tensor, gain: Tensor | None = None) -> Tensor:
         """Run the vocoder on a (repaired or post-processed) ``(B, 1, T, 64)`` mel, batch-independently.
 
-        Each item is vocoded at its canonical length, cut to ``lengths`` and divided by ``gain``
-        (when given). Returns ``(B, max(lengths))`` float32, zero beyond each item's length.
+        Each item is vocoded at its canonical length (windowed items window by window, as in
+        :meth:`forward`), cut to ``lengths`` and divided by ``gain`` (when given). Returns
+        ``(B, max(lengths))`` float32, zero beyond each item's length.
         """
         n = int(lengths.max())
-        out = torch.zeros(mel.shape[0], n, device=mel.device, dtype=torch.float32)
-        for frames, idx in self._groups(lengths):
-            wav = repair_waveform(self._vocoder(mel[idx, :, :frames]))
-            take = min(n, wav.shape[-1])
-            out[idx, :take] = wav[:, :take]
-        out = out * valid_mask(lengths, n)
+        out = repair_waveform(self._vocode_raw(mel, lengths, n)) * valid_mask(lengths, n)
         if gain is not None:
             out = (out.double() / gain[:, None]).float()
         return out
@@ -296,8 +498,9 @@ class Reconstructor(nn.Module):
         """Reconstruct ``(B, N)`` waveforms at 16 kHz with per-item ``lengths`` ``(B,)``.
 
         ``mel_transform(mel_hat (G, 1, L, 64), frames (G,)) -> mel`` optionally changes the decoded
-        mel before the vocoder (e.g. a post-processing chain's mel step); by default the decoded mel
-        only gets non-finite repair (no renormalisation).
+        mel before the vocoder (e.g. a post-processing chain's mel step), per group of items of the
+        same canonical length ``L`` (windowed items: on the whole stitched mel); by default the
+        decoded mel only gets non-finite repair (no renormalisation).
         """
         if waveform.ndim != 2 or not waveform.is_floating_point():
             raise ValueError(
@@ -318,44 +521,74 @@ class Reconstructor(nn.Module):
         c = int(self.vae.config.latent_channels)
         mel = torch.full((b, 1, t_max, 64), LOG_MEL_FLOOR, device=device)
         mel_hat_raw = torch.full_like(mel, LOG_MEL_FLOOR)
-        mel_voc = torch.full_like(mel, LOG_MEL_FLOOR)
         latent = torch.zeros(b, c, t_max // 4, 16, device=device)
-        wav_raw = torch.zeros(b, n, device=device)
 
+        # 1a. items that run whole, one sub-batch per canonical length
         for frames_g, idx in self._groups(lengths):
-            samples = frames_g * HOP
-            x = normed[idx, :samples]
-            if x.shape[1] < samples:
-                x = torch.nn.functional.pad(x, (0, samples - x.shape[1]))
-            mel_g = self.frontend(x)[:, :, :frames_g]
-            z = self.encode(mel_g)
-            mh_raw = self.decode(z)
-            mh = repair_mel(mh_raw)
-            if mel_transform is not None:
-                mh = mel_transform(mh, frames[idx])
-            wav = self._vocoder(mh)
-            take = min(n, wav.shape[-1])
-            mel[idx, :, :frames_g] = mel_g
-            mel_hat_raw[idx, :, :frames_g] = mh_raw
-            mel_voc[idx, :, :frames_g] = mh
-            latent[idx, :, : z.shape[2]] = z
-            wav_raw[idx, :take] = wav[:, :take]
+
+            def run(a: int, b: int, idx: Tensor = idx, frames_g: int = frames_g) -> None:
+                rows = idx[a:b]
+                samples = frames_g * HOP
+                x = normed[rows, :samples]
+                if x.shape[1] < samples:
+                    x = torch.nn.functional.pad(x, (0, samples - x.shape[1]))
+                mel_g = self.frontend(x)[:, :, :frames_g]
+                z = self.encode(mel_g)
+                mh_raw = self.decode(z)
+                mel[rows, :, :frames_g] = mel_g
+                mel_hat_raw[rows, :, :frames_g] = mh_raw
+                latent[rows, :, : z.shape[2]] = z
+
+            self._run_chunks(len(idx), self._cap(len(idx)), run, lambda a, b, i=idx: i[a:b].tolist(), "item")
+
+        # 1b. windowed items: windows of all of them, overlap-added (equal gain) into mel/mel_hat/latent
+        if self.window_frames is not None and bool(self.windowed(lengths).any()):
+            w, o = self.window_frames, self.overlap_frames
+            plan = self._plan(lengths)
+            for row in plan.item.unique().tolist():
+                mel[row, :, : int(canon[row])] = 0.0
+                mel_hat_raw[row, :, : int(canon[row])] = 0.0
+
+            def run_windows(a: int, b: int) -> None:
+                p = plan.select(slice(a, b))
+                x = gather_window_samples(normed, lengths, p, w, canon)
+                mel_w = self.frontend(x)[:, :, MEL_CONTEXT : MEL_CONTEXT + w]
+                z = self.encode(mel_w)
+                mh_raw = self.decode(z)
+                weights = crossfade_weights(p, w, o, "equal_gain")
+                overlap_add(mel, mel_w, p.item, p.start, weights, dim=1)
+                overlap_add(mel_hat_raw, mh_raw, p.item, p.start, weights, dim=1)
+                weights = crossfade_weights(p, w // 4, o // 4, "equal_gain")
+                overlap_add(latent, z, p.item, p.start // 4, weights, dim=1)
+
+            self._run_chunks(
+                len(plan), self._cap(b), run_windows, lambda a, b: plan.item[a:b].unique().tolist(), "window"
+            )
+
+        # 2. repair, optional per-item mel step, vocoder
+        mel_voc = repair_mel(mel_hat_raw)
+        if mel_transform is not None:
+            for value in torch.unique(canon).tolist():
+                idx = torch.nonzero(canon == value).flatten()
+                mel_voc[idx, :, :value] = mel_transform(mel_voc[idx, :, :value], frames[idx])
+        wav_raw = self._vocode_raw(mel_voc, lengths, n)
 
         mask = valid_mask(lengths, n)
         health = {
             f"mel_{k}": v for k, v in mel_health(mel, frames).items() if k in ("min", "max", "mean", "std")
         }
         health.update({f"mel_hat_{k}": v for k, v in mel_health(mel_hat_raw, frames).items()})
-        health["latent_nonfinite"] = tensor_health(latent, torch.ones_like(latent, dtype=torch.bool))[
-            "nonfinite"
-        ]
-        health["output_nonfinite"] = tensor_health(wav_raw, mask)["nonfinite"]
-        wav = repair_waveform(wav_raw) * mask
+        # Counted directly rather than with tensor_health: its float64 statistics of a long item's
+        # waveform would cost ~10 waveform copies of memory for two integers.
+        health["latent_nonfinite"] = (~torch.isfinite(latent)).flatten(1).sum(1)
+        health["output_nonfinite"] = (~torch.isfinite(wav_raw) & mask).sum(1)
+        wav = repair_waveform(wav_raw).mul_(mask)
+        del wav_raw
         health["output_peak"] = wav.abs().amax(dim=1).double()
         inv = 1.0 / gain[:, None]
         return ReconstructionOutput(
-            waveform=(wav.double() * inv).float(),
-            reference=(normed.double() * inv).float() * mask,
+            waveform=_scale_rows(wav, inv),
+            reference=_scale_rows(normed, inv).mul_(mask),
             mel=mel,
             mel_hat=mel_voc,
             latent=torch.nan_to_num(latent),
