@@ -280,3 +280,56 @@ def test_demo_uses_real_weights_when_given_and_says_so_otherwise(
     assert "REAL AudioLDM2 WEIGHTS NOT FOUND" in capsys.readouterr().out
     source, real = cli.resolve_demo_model(str(tiny_model_dir))
     assert real and source == str(tiny_model_dir)
+
+
+def test_long_file_runs_in_windows_through_the_trainer(tmp_path, tiny_model_dir):
+    """seconds=None keeps a 25 s file whole; the module's default 10.24 s windows process it, the
+    writer gets full-length audio and the returned mels cover the windows' span."""
+    (tmp_path / "in").mkdir()
+    n = 16000 * 25 + 123
+    sf.write(tmp_path / "in" / "long.wav", formant_pulses(n, seed=5), 16000)
+    sf.write(tmp_path / "in" / "short.wav", harmonic(30000), 16000)
+    module = ReconstructionModule(model=str(tiny_model_dir), return_mels=True, max_windows=2)
+    assert module.hparams.window_seconds == 10.24 and module.hparams.window_overlap_seconds == 1.0
+    seen = []
+
+    class Grab(L.Callback):
+        def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(outputs)
+
+    out = tmp_path / "out"
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[ReconstructionWriter(out), Grab()],
+    )  # fmt: skip
+    trainer.predict(
+        module,
+        datamodule=AudioDataModule(str(tmp_path / "in"), seconds=None, batch_size=2, num_workers=0),
+        return_predictions=False,
+    )
+    x, sr = sf.read(out / "long.recon.wav")
+    assert sr == 16000 and len(x) == n and np.isfinite(x).all() and np.abs(x).max() > 0
+    assert sf.info(out / "short.recon.wav").frames == 30000
+    mels = seen[0]["mels"]
+    row = seen[0]["ids"].index("long")
+    assert mels["canonical_frames"][row].item() == 2872  # 3 windows: 2 * 924 + 1024 frames
+    assert mels["mel_hat"].shape[2] == 2872 and torch.isfinite(mels["mel_hat"]).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["module"]["reconstructor"]["window_frames"] == 1024
+
+
+def test_out_of_memory_on_one_item_names_its_id(tiny_model_dir, monkeypatch):
+    from vaefix_pl.reconstruct import ItemOutOfMemoryError
+
+    module = ReconstructionModule(model=str(tiny_model_dir), metrics=[])
+    module.configure_model()
+
+    def oom(latent):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    monkeypatch.setattr(module.reconstructor, "decode", oom)
+    x = torch.from_numpy(np.stack([harmonic(16000), noise(16000, 1)])).float()
+    batch = {"waveform": x, "lengths": torch.tensor([16000, 12000]), "ids": ["a/one", "b/two"],
+             "paths": ["a/one.wav", "b/two.wav"], "errors": []}  # fmt: skip
+    with pytest.raises(ItemOutOfMemoryError, match=r"\['a/one'\].*window_seconds.*bf16"):
+        module.predict_step(batch, 0)

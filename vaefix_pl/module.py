@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vaefix_pl.models import DEFAULT_SOURCE, normalize_precision
-from vaefix_pl.reconstruct import Reconstructor
+from vaefix_pl.reconstruct import ItemOutOfMemoryError, Reconstructor
 
 SPEEDS = ("none", "auto", "compile")
 
@@ -41,7 +41,22 @@ class ReconstructionModule(L.LightningModule):
             ``seconds: 10.24``; the first batch compiles for about two minutes); ``"none"`` runs the
             stock modules. Ignored on the CPU. Measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
-            "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis).
+            "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
+            the window, ``mel`` is the whole item's log-mel and ``mel_hat`` the windows' decoded mels
+            blended over each overlap (see :class:`~vaefix_pl.reconstruct.ReconstructionOutput`).
+        window_seconds: items longer than this (with ``AudioDataModule(seconds=None)``) run in
+            overlapping windows of this length, joined by a crossfade: memory is bounded by the window
+            sub-batch, not by the file length (:mod:`vaefix_pl.windowing`). ``None``: every item whole.
+        window_overlap_seconds: overlap of neighbouring windows (rounded up to 40 ms; at most half the
+            window).
+        max_windows: most windows (and short items) run through the models at once; ``None``: the
+            batch's item count.
+        crossfade: ``"equal_gain"`` (default: the overlapping windows' waveforms are the same signal,
+            measured correlation 1.000 with HiFi-GAN and Griffin-Lim) or ``"equal_power"``.
+
+    CUDA out of memory inside the models: the sub-batch is retried in halves down to one item (see
+    :class:`~vaefix_pl.reconstruct.Reconstructor`) with a warning naming the size that fit; one item that
+    does not fit raises :class:`~vaefix_pl.reconstruct.ItemOutOfMemoryError` naming its id.
     """
 
     def __init__(
@@ -58,6 +73,10 @@ class ReconstructionModule(L.LightningModule):
         perceptual: list[str] | None = None,
         speed: str = "auto",
         return_mels: bool = False,
+        window_seconds: float | None = 10.24,
+        window_overlap_seconds: float = 1.0,
+        max_windows: int | None = None,
+        crossfade: str = "equal_gain",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -95,6 +114,10 @@ class ReconstructionModule(L.LightningModule):
             latent_mode=hp.latent_mode,
             seed=hp.seed,
             pad_frames_to=hp.pad_frames_to,
+            window_seconds=hp.window_seconds,
+            window_overlap_seconds=hp.window_overlap_seconds,
+            max_windows=hp.max_windows,
+            crossfade=hp.crossfade,
         )
 
     def on_predict_start(self) -> None:
@@ -121,6 +144,8 @@ class ReconstructionModule(L.LightningModule):
         kwargs.setdefault("framing", settings["framing"])
         kwargs.setdefault("latent_mode", settings["latent_mode"])
         kwargs.setdefault("pad_frames_to", settings["pad_frames_to"])
+        for key in ("window_seconds", "window_overlap_seconds", "max_windows", "crossfade"):
+            kwargs.setdefault(key, settings[key])
         kwargs.setdefault("speed", "none")  # the caller decides how the given reconstructor is optimized
         module = cls(model=kwargs.pop("model", "<in-memory>"), **kwargs)
         module.reconstructor = reconstructor
@@ -169,7 +194,11 @@ class ReconstructionModule(L.LightningModule):
         }
         if len(batch["ids"]) == 0:  # every item of this batch failed to load
             return result
-        out = self(batch["waveform"], batch["lengths"])
+        try:
+            out = self(batch["waveform"], batch["lengths"])
+        except ItemOutOfMemoryError as exc:
+            ids = [batch["ids"][i] for i in exc.rows]
+            raise ItemOutOfMemoryError(f"items {ids}: {exc}", rows=exc.rows) from exc
         rec = out.pop("output")
         result.update(out)
         if self.hparams.return_mels:
