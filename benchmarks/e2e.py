@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from throughput import CLIP_N, CLIP_S, count_flops, cuda_time, make_inputs  # noqa: E402
 
 from vaefix_pl.probes import probe_signals  # noqa: E402
-from vaefix_pl.reconstruct import Reconstructor  # noqa: E402
+from vaefix_pl.reconstruct import SPEED_PRESETS, Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 SPECTRAL = ["mel_distance", "mrstft_distance", "lsd", "lag", "snr"]
@@ -53,16 +53,11 @@ def write_clips(folder: Path, n: int) -> Path:
 
 
 def optimize(rec: Reconstructor, speed: str) -> Reconstructor:
-    if speed == "compile":  # what ReconstructionModule(speed="compile") applies
-        return rec.optimize(
-            channels_last=True, vocoder_channels_last=True, compile=True, freeze=True,
-            pad_narrow_convs=True, attention_math=True,
-        )  # fmt: skip
-    if speed == "compile_v1":  # before narrow-conv padding and math attention
+    """What ``ReconstructionModule(speed=speed)`` applies (``SPEED_PRESETS``), plus ``compile_v1``:
+    the first compiled preset (before narrow-conv padding, matmul attention and polyphase convs)."""
+    if speed == "compile_v1":
         return rec.optimize(channels_last=True, vocoder_channels_last=True, compile=True, freeze=True)
-    if speed == "auto":
-        return rec.optimize(vocoder_channels_last=True)
-    return rec
+    return rec.optimize(**SPEED_PRESETS[speed])
 
 
 def profile_batch(rec: Reconstructor, x: torch.Tensor, lengths: torch.Tensor, top: int = 20) -> dict:

@@ -201,6 +201,38 @@ def test_cli_reconstruct_seconds_crops_and_pads(tmp_path, tiny_model_dir):
     assert sf.info(out / "short.recon.wav").frames == 24000
 
 
+def test_cli_reconstruct_window_flags_reach_the_module():
+    """``vaefix reconstruct`` window/speed flags become the LightningCLI model settings."""
+    from vaefix_pl.cli import _reconstruct_parser, reconstruct_args
+
+    ns = _reconstruct_parser().parse_args(
+        ["x.wav", "--window-seconds", "5.12", "--window-overlap-seconds", "0.5", "--max-windows", "8",
+         "--crossfade", "equal_power", "--speed", "compile"]
+    )  # fmt: skip
+    args = reconstruct_args(ns)
+    for expected in ("--model.window_seconds=5.12", "--model.window_overlap_seconds=0.5",
+                     "--model.max_windows=8", "--model.crossfade=equal_power", "--model.speed=compile"):  # fmt: skip
+        assert expected in args
+    assert "--model.window_seconds=null" in reconstruct_args(
+        _reconstruct_parser().parse_args(["x.wav", "--window-seconds", "none"])
+    )
+
+
+def test_cli_reconstruct_long_file_in_windows(tmp_path, tiny_model_dir):
+    """A 7 s file with 2.56 s windows through the CLI: full length back, finite, and the summary says
+    which window settings ran."""
+    _make_files(tmp_path / "in", [("long.wav", 112000, 16000, 1)])
+    out = tmp_path / "out"
+    rc = vaefix(["reconstruct", str(tmp_path / "in"), "--model", str(tiny_model_dir), "--out", str(out),
+                 "--accelerator", "cpu", "--num-workers", "0", "--window-seconds", "2.56",
+                 "--window-overlap-seconds", "0.5"])  # fmt: skip
+    assert rc == 0
+    x, _ = sf.read(out / "long.recon.wav")
+    assert len(x) == 112000 and np.isfinite(x).all()
+    settings = json.loads((out / "summary.json").read_text())["settings"]["module"]
+    assert settings["window_seconds"] == pytest.approx(2.56)
+
+
 def test_cli_predict_with_config_file(tmp_path, tiny_model_dir, capsys):
     _make_files(tmp_path / "in", [("x.wav", 16000, 16000, 1), ("y.wav", 30000, 16000, 1)])
     out = tmp_path / "out"

@@ -46,12 +46,17 @@ def test_optimize_keeps_the_pipeline_output(tiny_model_dir, vae_channels_last, t
 
 
 def test_narrow_conv_padding_and_math_attention_keep_the_output(tiny_model_dir):
-    from vaefix_pl.speed import ChannelPaddedConv2d
+    from vaefix_pl.speed import ChannelPaddedConv2d, PolyphaseConv1d
 
     plain = Reconstructor.from_pretrained(str(tiny_model_dir))
     fast = Reconstructor.from_pretrained(str(tiny_model_dir)).optimize(
-        vocoder_channels_last=True, cudnn_benchmark=False, pad_narrow_convs=True, attention_math=True
+        vocoder_channels_last=True,
+        cudnn_benchmark=False,
+        pad_narrow_convs=True,
+        attention_math=True,
+        polyphase_dilated=True,
     )
+    assert any(isinstance(m, PolyphaseConv1d) for m in fast.vocoder.modules())
     assert isinstance(fast.vae.encoder.conv_in, ChannelPaddedConv2d)
     assert isinstance(fast.vae.decoder.conv_out, ChannelPaddedConv2d)
     assert isinstance(fast.vocoder.conv_post.conv, ChannelPaddedConv2d)

@@ -160,6 +160,15 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument("--framing", default=None, choices=["tacotron", "hifigan"])
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--speed", default=None, choices=["none", "auto", "compile"], help="GPU speed preset")
+    p.add_argument(
+        "--window-seconds",
+        default=None,
+        help="longer items run in overlapping windows of this length (default 10.24; 'none': whole)",
+    )
+    p.add_argument("--window-overlap-seconds", type=float, default=None, help="window overlap (default 1.0)")
+    p.add_argument("--max-windows", type=int, default=None, help="windows per model call (bounds memory)")
+    p.add_argument("--crossfade", default=None, choices=["equal_gain", "equal_power"])
     p.add_argument("--config", action="append", default=[], help="YAML config(s), as for `vaefix predict`")
     p.add_argument(
         "--seed-repair", action="store_true", help="turn the seed's repair chain on (<id>.post.wav)"
@@ -195,6 +204,13 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
         "--model.model": ns.model,
         "--model.precision": ns.precision,
         "--model.framing": ns.framing,
+        "--model.speed": ns.speed,
+        "--model.window_seconds": None
+        if ns.window_seconds is None
+        else ("null" if str(ns.window_seconds).lower() == "none" else float(ns.window_seconds)),
+        "--model.window_overlap_seconds": ns.window_overlap_seconds,
+        "--model.max_windows": ns.max_windows,
+        "--model.crossfade": ns.crossfade,
         "--trainer.devices": ns.devices,
         "--trainer.accelerator": ns.accelerator,
         "--writer.output_dir": ns.out,

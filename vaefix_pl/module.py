@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from vaefix_pl.models import DEFAULT_SOURCE, normalize_precision
-from vaefix_pl.reconstruct import ItemOutOfMemoryError, Reconstructor
+from vaefix_pl.reconstruct import SPEED_PRESETS, ItemOutOfMemoryError, Reconstructor
 
-SPEEDS = ("none", "auto", "compile")
+SPEEDS = tuple(SPEED_PRESETS)
 
 
 class ReconstructionModule(L.LightningModule):
@@ -37,9 +37,11 @@ class ReconstructionModule(L.LightningModule):
         perceptual: CPU metrics scored by the writer's worker pool (``pesq``, ``stoi``, ``estoi``).
         speed: on CUDA, ``"auto"`` (default) runs the vocoder's convolutions channels-last and lets
             cuDNN pick algorithms per shape (same math); ``"compile"`` adds ``torch.compile`` with
-            static shapes and frozen weights plus an NHWC VAE (fastest for fixed-length clips, e.g.
-            ``seconds: 10.24``; the first batch compiles for about two minutes); ``"none"`` runs the
-            stock modules. Ignored on the CPU. Measured in ``docs/PERFORMANCE.md``.
+            static shapes and frozen weights, an NHWC VAE, zero-padded 1-channel convs, matmul
+            attention and polyphase dilated convs (fastest for fixed-length clips, e.g.
+            ``seconds: 10.24``; the first batch compiles for one to two minutes); ``"none"`` runs the
+            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.reconstruct.SPEED_PRESETS``;
+            measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
             the window, ``mel`` is the whole item's log-mel and ``mel_hat`` the windows' decoded mels
@@ -124,16 +126,8 @@ class ReconstructionModule(L.LightningModule):
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
         if self._optimized or self.reconstructor is None or self.device.type != "cuda":
             return
-        if self.hparams.speed == "auto":
-            self.reconstructor.optimize(vocoder_channels_last=True, cudnn_benchmark=True)
-        elif self.hparams.speed == "compile":
-            self.reconstructor.optimize(
-                channels_last=True,
-                vocoder_channels_last=True,
-                cudnn_benchmark=True,
-                compile=True,
-                freeze=True,
-            )
+        if self.hparams.speed != "none":
+            self.reconstructor.optimize(**SPEED_PRESETS[self.hparams.speed])
         self._optimized = True
 
     @classmethod

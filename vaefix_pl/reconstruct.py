@@ -40,6 +40,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -124,6 +125,24 @@ def _scale_rows(x: Tensor, scale: Tensor, block: int = 1 << 20) -> Tensor:
     for s in range(0, x.shape[-1], block):
         out[:, s : s + block] = (x[:, s : s + block].double() * scale).float()
     return out
+
+
+#: ``ReconstructionModule(speed=...)`` -> :meth:`Reconstructor.optimize` settings (on CUDA). Every
+#: rewrite is exact; each was kept because it measured faster on an H100 (docs/PERFORMANCE.md).
+SPEED_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"vocoder_channels_last": False, "cudnn_benchmark": False},
+    "auto": {"vocoder_channels_last": True, "cudnn_benchmark": True},
+    "compile": {
+        "channels_last": True,
+        "vocoder_channels_last": True,
+        "cudnn_benchmark": True,
+        "compile": True,
+        "freeze": True,
+        "pad_narrow_convs": True,
+        "attention_math": True,
+        "polyphase_dilated": True,
+    },
+}
 
 
 class Reconstructor(nn.Module):
@@ -223,8 +242,12 @@ class Reconstructor(nn.Module):
         freeze: bool = False,
         pad_narrow_convs: bool = False,
         attention_math: bool = False,
+        polyphase_dilated: bool = False,
+        cudnn_benchmark_limit: int | None = None,
     ) -> Reconstructor:
         """Inference speed settings for fixed-length GPU work (each measured in ``docs/PERFORMANCE.md``).
+
+        :data:`SPEED_PRESETS` names the combinations ``ReconstructionModule(speed=...)`` uses.
 
         Args:
             channels_last: store the VAE's 2-D activations NHWC.
@@ -241,6 +264,11 @@ class Reconstructor(nn.Module):
             attention_math: compute the VAE's single-head (dim 512) mid-block attention with diffusers'
                 plain ``AttnProcessor`` (batched matmuls + softmax): SDPA has no flash kernel for head
                 dim 512 and its memory-efficient float32 kernel does not use tensor cores.
+            polyphase_dilated: run the vocoder's dilated convolutions as undilated ones on the
+                polyphase view of their input (:class:`vaefix_pl.speed.PolyphaseConv1d`, exact): cuDNN's
+                dilated kernels ran at about half the rate of undilated ones on an H100.
+            cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
+                default 10; 0 = all of them: slower first batch, sometimes faster kernels).
         """
         if channels_last:
             self.vae.to(memory_format=torch.channels_last)
@@ -249,6 +277,10 @@ class Reconstructor(nn.Module):
             from vaefix_pl.speed import conv1d_channels_last
 
             conv1d_channels_last(self.vocoder)
+        if polyphase_dilated:
+            from vaefix_pl.speed import polyphase_dilated_convs
+
+            polyphase_dilated_convs(self.vocoder)
         if pad_narrow_convs:
             from vaefix_pl.speed import pad_narrow_convs as pad
 
@@ -260,6 +292,8 @@ class Reconstructor(nn.Module):
             self.vae.set_attn_processor(AttnProcessor())
         if cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
+        if cudnn_benchmark_limit is not None:
+            torch.backends.cudnn.benchmark_limit = int(cudnn_benchmark_limit)
         if compile:
             if freeze:
                 import torch._inductor.config as inductor_config
