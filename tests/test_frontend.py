@@ -136,3 +136,24 @@ def test_normalize_level_per_item_over_valid_samples():
         assert np.all(y[i, m:].numpy() == 0)
         assert abs(gain[i].item() - 0.5 / (np.abs(v).max() + 1e-8)) < 1e-12
     assert np.allclose(np.abs(y.numpy()).max(axis=1), 0.5)
+
+
+def test_normalize_level_across_column_blocks_and_silence():
+    """Items longer than the float64 statistics' column block (2**20 samples), a DC-only and an
+    all-zero item, against NumPy in float64 (padding stays zero, silence gives a finite zero output)."""
+    n = (1 << 20) + 12345
+    t = np.arange(n) / 16000
+    x = np.zeros((3, n), dtype=np.float32)
+    x[0] = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05).astype(np.float32)
+    x[0, n // 2] = 0.9  # the extreme sits in the second block
+    x[1, : n - 5000] = 0.25  # DC only
+    lengths = np.array([n, n - 5000, 777])
+    y, gain = normalize_level(torch.from_numpy(x), torch.from_numpy(lengths))
+    for i, m in enumerate(lengths):
+        v = x[i, :m].astype(np.float64)
+        c = v - v.mean()
+        g = 0.5 / (np.abs(c).max() + 1e-8)  # AudioLDM2 peak 0.5
+        assert float(gain[i]) == pytest.approx(g, rel=1e-12)
+        assert np.abs(y[i, :m].numpy() - (c * g).astype(np.float32)).max() <= 1e-7
+        assert not y[i, m:].any()
+    assert np.isfinite(y.numpy()).all() and not y[1].any() and not y[2].any()

@@ -94,12 +94,31 @@ def normalize_level(
     if lengths is None:
         lengths = torch.full((b,), n, dtype=torch.long, device=waveform.device)
     mask = valid_mask(lengths, n)
-    x64 = waveform.to(torch.float64) * mask
     count = lengths.clamp(min=1).to(torch.float64)
-    mean = x64.sum(dim=1) / count
-    centred = (x64 - mean[:, None]) * mask
-    gain = peak / (centred.abs().amax(dim=1) + eps)
-    return (centred * gain[:, None]).to(waveform.dtype), gain
+    f64 = torch.float64
+    # float64 statistics, in column blocks: a 10-minute item would otherwise hold several float64
+    # copies of itself. max|x - mean| = max(max x - mean, mean - min x), so only the extremes are kept.
+    total = torch.zeros(b, dtype=f64, device=waveform.device)
+    hi = torch.full((b,), -math.inf, dtype=f64, device=waveform.device)
+    lo = torch.full((b,), math.inf, dtype=f64, device=waveform.device)
+    for s in range(0, n, _LEVEL_BLOCK):
+        xb, mb = waveform[:, s : s + _LEVEL_BLOCK], mask[:, s : s + _LEVEL_BLOCK]
+        total += torch.where(mb, xb, 0.0).to(f64).sum(dim=1)
+        hi = torch.maximum(hi, torch.where(mb, xb, -math.inf).amax(dim=1).to(f64))
+        lo = torch.minimum(lo, torch.where(mb, xb, math.inf).amin(dim=1).to(f64))
+    mean = total / count
+    spread = torch.maximum(hi - mean, mean - lo).clamp(min=0.0)  # 0 for empty items
+    gain = peak / (spread + eps)
+    out = torch.empty_like(waveform)
+    for s in range(0, n, _LEVEL_BLOCK):
+        xb, mb = waveform[:, s : s + _LEVEL_BLOCK], mask[:, s : s + _LEVEL_BLOCK]
+        y = (xb.to(f64) - mean[:, None]) * gain[:, None]
+        out[:, s : s + _LEVEL_BLOCK] = torch.where(mb, y, 0.0).to(waveform.dtype)
+    return out, gain
+
+
+#: column block (samples) of :func:`normalize_level`'s float64 passes
+_LEVEL_BLOCK = 1 << 20
 
 
 def slaney_mel_basis(dtype: torch.dtype = torch.float64) -> Tensor:
