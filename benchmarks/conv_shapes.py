@@ -96,9 +96,14 @@ def main() -> None:
     p.add_argument("--dtypes", default="bf16,tf32")
     p.add_argument("--frames", type=int, default=1024, help="mel frames per clip (sets the lengths)")
     p.add_argument("--device", default="cuda")
+    p.add_argument(
+        "--benchmark-limit", type=int, default=None, help="torch.backends.cudnn.benchmark_limit (0: try all)"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
+    if args.benchmark_limit is not None:
+        torch.backends.cudnn.benchmark_limit = args.benchmark_limit
     rows = []
     for name in args.dtypes.split(","):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = name == "tf32"

@@ -96,6 +96,9 @@ VARIANTS: dict[str, dict] = {
     "bf16_vcl_poly": dict(precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True, polyphase=True),
     "tf32_compile_poly": dict(precision="fp32", tf32=True, polyphase=True, **_COMPILE),
     "bf16_compile_poly": dict(precision="bf16", tf32=True, polyphase=True, **_COMPILE),
+    # + cuDNN's benchmark tries every algorithm per shape (torch's default: the first 10)
+    "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, polyphase=True, benchmark_limit=0, **_COMPILE),
+    "bf16_compile_poly_bl0": dict(precision="bf16", tf32=True, polyphase=True, benchmark_limit=0, **_COMPILE),
     "bf16_max_autotune": dict(
         precision="bf16",
         tf32=True,
@@ -111,20 +114,17 @@ def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = False
-    settings = dict(
+    torch.backends.cudnn.benchmark_limit = cfg.get("benchmark_limit", 10)  # torch's default is 10
+    return rec.optimize(
         channels_last=cfg.get("channels_last", False),
         vocoder_channels_last=cfg.get("vocoder_cl", False),
         cudnn_benchmark=cfg.get("cudnn_benchmark", False),
         pad_narrow_convs=cfg.get("pad_narrow", False),
         attention_math=cfg.get("attention_math", False),
+        polyphase_dilated=cfg.get("polyphase", False),
+        compile=cfg.get("compile", False),
+        freeze=cfg.get("freeze", False),
     )
-    if cfg.get("polyphase"):  # rewrite before compiling
-        from vaefix_pl.speed import polyphase_dilated_convs
-
-        rec.optimize(**settings)
-        polyphase_dilated_convs(rec.vocoder)
-        settings = dict(vocoder_channels_last=False, cudnn_benchmark=settings["cudnn_benchmark"])
-    return rec.optimize(**settings, compile=cfg.get("compile", False), freeze=cfg.get("freeze", False))
 
 
 def sync() -> None:
