@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing import time_device  # noqa: E402
 
 from vaefix_pl.probes import probe_signals  # noqa: E402
-from vaefix_pl.reconstruct import Reconstructor  # noqa: E402
+from vaefix_pl.reconstruct import SPEED_PRESETS, Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 DEVICE = "cuda"
@@ -94,11 +94,12 @@ VARIANTS: dict[str, dict] = {
     # + the vocoder's dilated convs as undilated convs on the polyphase view (vaefix_pl.speed)
     "tf32_vcl_poly": dict(precision="fp32", tf32=True, vocoder_cl=True, cudnn_benchmark=True, polyphase=True),
     "bf16_vcl_poly": dict(precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True, polyphase=True),
-    "tf32_compile_poly": dict(precision="fp32", tf32=True, polyphase=True, **_COMPILE),
-    "bf16_compile_poly": dict(precision="bf16", tf32=True, polyphase=True, **_COMPILE),
+    # ReconstructionModule(speed="compile") as it is now: SPEED_PRESETS["compile"]
+    "tf32_compile_poly": dict(precision="fp32", tf32=True, preset="compile"),
+    "bf16_compile_poly": dict(precision="bf16", tf32=True, preset="compile"),
     # + cuDNN's benchmark tries every algorithm per shape (torch's default: the first 10)
-    "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, polyphase=True, benchmark_limit=0, **_COMPILE),
-    "bf16_compile_poly_bl0": dict(precision="bf16", tf32=True, polyphase=True, benchmark_limit=0, **_COMPILE),
+    "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, preset="compile", benchmark_limit=0),
+    "bf16_compile_poly_bl0": dict(precision="bf16", tf32=True, preset="compile", benchmark_limit=0),
     "bf16_max_autotune": dict(
         precision="bf16",
         tf32=True,
@@ -109,12 +110,19 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def _rewrites_models(cfg: dict) -> bool:
+    """Whether the variant's ``optimize`` changes the modules in place (then it gets its own copies)."""
+    return any(cfg.get(k) for k in ("vocoder_cl", "compile", "polyphase", "preset"))
+
+
 def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
     """Apply a variant's settings through the real ``Reconstructor.optimize``."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = False
     torch.backends.cudnn.benchmark_limit = cfg.get("benchmark_limit", 10)  # torch's default is 10
+    if "preset" in cfg:
+        return rec.optimize(**SPEED_PRESETS[cfg["preset"]])
     return rec.optimize(
         channels_last=cfg.get("channels_last", False),
         vocoder_channels_last=cfg.get("vocoder_cl", False),
@@ -186,7 +194,7 @@ def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference:
     set_tf32(cfg.get("tf32", True))
     torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", False))
     vae.to(memory_format=torch.contiguous_format)
-    if cfg.get("vocoder_cl") or cfg.get("compile") or cfg.get("polyphase"):
+    if _rewrites_models(cfg):
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)  # optimize() rewrites them in place
     rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
     x = make_inputs(batch).to(DEVICE)
@@ -267,7 +275,7 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
 
     set_tf32(cfg.get("tf32", True))
     vae.to(memory_format=torch.contiguous_format)
-    if cfg.get("vocoder_cl") or cfg.get("compile") or cfg.get("polyphase"):
+    if _rewrites_models(cfg):
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)
     rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
     x = make_inputs(batch).to(DEVICE)

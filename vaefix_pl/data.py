@@ -45,8 +45,8 @@ __all__ = [
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".lst", ".list")
 #: Narrowest batch tensor collate builds (zero padding beyond every item's length, which no per-item
-#: step reads): one hop. Items shorter than a frame are still processed at their own length, but some
-#: batched steps (the click detector's envelope pooling) need a few samples of room to run at all.
+#: step reads): one hop. Items shorter than a frame are still processed at their own length; framed
+#: steps that need more room pad their own input (``compute_metrics`` pads to ``MIN_WIDTH``).
 MIN_BATCH_SAMPLES = HOP
 #: Longest id component in UTF-8 bytes: leaves room for ``.original.wav`` within the usual 255-byte limit.
 _MAX_COMPONENT_BYTES = 200

@@ -178,16 +178,11 @@ def polyphase_dilated_convs(module: nn.Module) -> nn.Module:
     """Replace (in place) every dilated stride-1 ``Conv1d`` (plain or :class:`Conv1dAsConv2d`) inside
     ``module`` by :class:`PolyphaseConv1d`."""
     for name, child in list(module.named_children()):
-        inner = child.conv if isinstance(child, Conv1dAsConv2d) else child
-        if (
-            isinstance(inner, (nn.Conv1d, nn.Conv2d))
-            and not isinstance(child, PolyphaseConv1d)
-            and (isinstance(child, Conv1dAsConv2d) or type(child) is nn.Conv1d)
-            and inner.dilation[-1] > 1
-            and inner.stride[-1] == 1
-            and inner.groups == 1
-        ):
-            setattr(module, name, PolyphaseConv1d(child))
+        if isinstance(child, Conv1dAsConv2d) or type(child) is nn.Conv1d:
+            inner = child.conv if isinstance(child, Conv1dAsConv2d) else child
+            dilated = inner.dilation[-1] > 1 and inner.stride[-1] == 1 and inner.groups == 1
+            if dilated and type(inner) is not nn.ConvTranspose2d:
+                setattr(module, name, PolyphaseConv1d(child))
         elif not isinstance(child, PolyphaseConv1d):
             polyphase_dilated_convs(child)
     return module

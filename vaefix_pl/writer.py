@@ -84,17 +84,15 @@ def _stage_to_host(prediction: dict[str, Any]) -> dict[str, Any]:
     event to synchronize on before reading (``None`` when nothing came from a GPU).
     """
     staged: dict[str, Any] = {k: prediction[k] for k in ("ids", "paths", "errors")}
-    staged["lengths"] = _to_host(torch.as_tensor(prediction["lengths"]), torch.int64)
+    lengths = torch.as_tensor(prediction["lengths"])
+    staged["lengths"] = _to_host(lengths, torch.int64)
     staged["audio"] = {tag: _to_host(t, torch.float32) for tag, t in prediction["audio"].items()}
     staged["metrics"] = {
         tag: {k: _to_host(v, torch.float64) for k, v in scores.items()}
         for tag, scores in prediction["metrics"].items()
     }
     staged["health"] = {k: _to_host(v, v.dtype) for k, v in prediction["health"].items()}
-    on_gpu = any(
-        t.device.type == "cuda"
-        for t in [torch.as_tensor(prediction["lengths"]), *prediction["audio"].values()]
-    )
+    on_gpu = any(t.device.type == "cuda" for t in [lengths, *prediction["audio"].values()])
     staged["ready"] = None
     if on_gpu:
         staged["ready"] = torch.cuda.Event()
