@@ -10,7 +10,10 @@ clip, kernels 3/7/11, dilations 1/3/5) it times, with cuDNN benchmark on and CUD
 
 and prints achieved TFLOP/s per shape and dtype, so a rewrite is kept only where it measures faster.
 
+* ``foldF``: for dilation 1, :class:`vaefix_pl.speed.FoldedConv1d` (``F`` samples folded into channels).
+
     python benchmarks/conv_shapes.py --batch 16
+    python benchmarks/conv_shapes.py --batch 64 --channels 32,64,128,256 --dilations 1 --variants w,fold2,fold4
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import time_device  # noqa: E402
 
 
@@ -33,49 +37,86 @@ def stages(frames: int = 1024) -> list[tuple[int, int]]:
     return [(512, n), (256, 4 * n), (128, 8 * n), (64, 16 * n), (32, 32 * n)]
 
 
+def _variants(x, w, c, k, d, batch, length, names):
+    """name -> callable for one shape (``x`` ``(B, C, 1, L)`` NHWC, ``w`` ``(C, C, 1, k)``)."""
+    from torch import nn
+
+    from vaefix_pl.speed import Conv1dAsConv2d, FoldedConv1d
+
+    pad = d * (k - 1) // 2
+    out = {"w": lambda: F.conv2d(x, w, padding=(0, pad), dilation=(1, d))}
+    xh = x.permute(0, 1, 3, 2)  # (B, C, L, 1): the same NHWC memory
+    wh = w.permute(0, 1, 3, 2).contiguous(memory_format=torch.channels_last)
+    if "h" in names:
+        out["h"] = lambda: F.conv2d(xh, wh, padding=(pad, 0), dilation=(d, 1))
+    if d > 1 and "poly" in names:
+        lp = -(-length // d) * d
+        xp = F.pad(x, (0, lp - length)) if lp != length else x
+        # (B, C, 1, Lp) channels-last -> (B, Lp, C) memory -> (B, Lp/d, d, C) = NHWC of (B, C, Lp/d, d)
+        xq = xp.permute(0, 2, 3, 1).reshape(batch, lp // d, d, c).permute(0, 3, 1, 2)
+        hp = (k - 1) // 2
+        out["poly"] = lambda: F.conv2d(xq, wh, padding=(hp, 0))
+    if d == 1:
+        x1 = x.squeeze(2)  # (B, C, L) channels-last, what the rewritten vocoder passes
+        base = nn.Conv1d(c, c, k, padding=pad, bias=False, device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            base.weight.copy_(w.squeeze(2))
+        for f in (2, 4, 8):
+            if f"fold{f}" in names:
+                fc = FoldedConv1d(Conv1dAsConv2d(base), f)
+                out[f"fold{f}"] = lambda fc=fc: fc(x1).unsqueeze(2)
+    return out
+
+
+def _as_w_layout(name, y, length, batch, c):
+    """A variant's output in the ``w`` layout ``(B, C, 1, L)`` (for the correctness check)."""
+    if name == "poly":  # (B, C, Lp/d, d) -> (B, C, 1, Lp)
+        return y.permute(0, 2, 3, 1).reshape(y.shape[0], 1, -1, c).permute(0, 3, 1, 2)[..., :length]
+    if name == "h":
+        return y.permute(0, 1, 3, 2)
+    return y
+
+
 def bench(
-    batch: int, dtype: torch.dtype, repeats: int, frames: int = 1024, device: str = "cuda"
+    batch: int,
+    dtype: torch.dtype,
+    repeats: int,
+    frames: int = 1024,
+    device: str = "cuda",
+    channels: tuple[int, ...] | None = None,
+    kernels: tuple[int, ...] = (3, 7, 11),
+    dilations: tuple[int, ...] = (1, 3, 5),
+    names: tuple[str, ...] = ("w", "h", "poly"),
 ) -> list[dict]:
     rows = []
     dev = torch.device(device)
     for c, length in stages(frames):
+        if channels and c not in channels:
+            continue
         x = torch.randn(batch, c, 1, length, device=dev, dtype=dtype).contiguous(
             memory_format=torch.channels_last
         )
-        for k in (3, 7, 11):
-            for d in (1, 3, 5):
-                w = torch.randn(c, c, 1, k, device=dev, dtype=dtype).contiguous(
-                    memory_format=torch.channels_last
+        for k in kernels:
+            for d in dilations:
+                w = (
+                    torch.randn(c, c, 1, k, device=dev, dtype=dtype).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                    / (c * k) ** 0.5
                 )
-                pad = d * (k - 1) // 2
                 flops = 2.0 * batch * c * c * k * length
-                variants = {
-                    "w": lambda x=x, w=w, pad=pad, d=d: F.conv2d(x, w, padding=(0, pad), dilation=(1, d)),
-                }
-                xh = x.permute(0, 1, 3, 2)  # (B, C, L, 1): the same NHWC memory
-                wh = w.permute(0, 1, 3, 2).contiguous(memory_format=torch.channels_last)
-                variants["h"] = lambda xh=xh, wh=wh, pad=pad, d=d: F.conv2d(
-                    xh, wh, padding=(pad, 0), dilation=(d, 1)
-                )
-                if d > 1:
-                    lp = -(-length // d) * d
-                    xp = F.pad(x, (0, lp - length)) if lp != length else x
-                    # (B, C, 1, Lp) channels-last -> (B, Lp, C) memory -> (B, Lp/d, d, C) = NHWC of (B, C, Lp/d, d)
-                    xq = xp.permute(0, 2, 3, 1).reshape(batch, lp // d, d, c).permute(0, 3, 1, 2)
-                    hp = (k - 1) // 2
-                    variants["poly"] = lambda xq=xq, wh=wh, hp=hp: F.conv2d(xq, wh, padding=(hp, 0))
-                    # correctness of the rewrite on this shape (first item)
-                    ref = variants["w"]()[:1].float()
-                    got = variants["poly"]()[:1].float()  # (1, C, Lp/d, d) -> (1, C, 1, Lp)
-                    got = got.permute(0, 2, 3, 1).reshape(1, 1, lp, c).permute(0, 3, 1, 2)[..., :length]
-                    err = float((got - ref).abs().max() / ref.abs().max())
-                else:
-                    err = 0.0
+                variants = _variants(x, w, c, k, d, batch, length, names)
+                ref = variants["w"]()[:2].float()
                 for name, fn in variants.items():
+                    if name not in names:
+                        continue
+                    got = _as_w_layout(name, fn()[:2].float(), length, 2, c)  # first two items
+                    err = float((got - ref).norm() / ref.norm())
                     t = sorted(time_device(fn, dev, 3, repeats))[repeats // 2]
                     rows.append(
                         {
                             "dtype": str(dtype).split(".")[-1],
+                            "batch": batch,
                             "C": c,
                             "L": length,
                             "k": k,
@@ -83,9 +124,10 @@ def bench(
                             "variant": name,
                             "ms": t * 1e3,
                             "tflops": flops / t / 1e12,
-                            "poly_rel_err": err if name == "poly" else None,
+                            "rel_err_vs_w": err,
                         }
                     )
+                del variants
     return rows
 
 
@@ -99,38 +141,47 @@ def main() -> None:
     p.add_argument(
         "--benchmark-limit", type=int, default=None, help="torch.backends.cudnn.benchmark_limit (0: try all)"
     )
+    p.add_argument("--channels", default="", help="only these stage widths, e.g. 32,64 (default: all)")
+    p.add_argument("--kernels", default="3,7,11")
+    p.add_argument("--dilations", default="1,3,5")
+    p.add_argument("--variants", default="w,h,poly", help="w,h,poly,fold2,fold4,fold8")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
     torch.backends.cudnn.benchmark = True
     if args.benchmark_limit is not None:
         torch.backends.cudnn.benchmark_limit = args.benchmark_limit
     rows = []
+    torch.set_grad_enabled(False)
     for name in args.dtypes.split(","):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = name == "tf32"
         dtype = torch.bfloat16 if name == "bf16" else torch.float32
-        rows += bench(args.batch, dtype, args.repeats, args.frames, args.device)
+        rows += bench(
+            args.batch, dtype, args.repeats, args.frames, args.device, ints(args.channels),
+            ints(args.kernels), ints(args.dilations), tuple(args.variants.split(",")),
+        )  # fmt: skip
     where = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     print(f"{where}, batch {args.batch}, {args.frames} frames, torch {torch.__version__}")
-    print("| dtype | C | L | k | d | w ms | w TFLOP/s | h TFLOP/s | poly TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    by = {}
+    names = args.variants.split(",")
+    print("| dtype | C | L | k | d | w ms | " + " | ".join(f"{n} TFLOP/s (err)" for n in names) + " | best |")
+    print("|---" * (7 + len(names)) + "|")
+    by: dict = {}
     for r in rows:
         by.setdefault((r["dtype"], r["C"], r["k"], r["d"]), {})[r["variant"]] = r
     totals: dict[tuple[str, str], float] = {}
     for (dt, c, k, d), v in by.items():
-        best_alt = min(v[n]["ms"] for n in v)
+        best = min(v, key=lambda n: v[n]["ms"])
         totals[(dt, "w")] = totals.get((dt, "w"), 0.0) + v["w"]["ms"]
-        totals[(dt, "best")] = totals.get((dt, "best"), 0.0) + best_alt
-        poly = f"{v['poly']['tflops']:.0f}" if "poly" in v else ""
-        err = f" (err {v['poly']['poly_rel_err']:.1e})" if "poly" in v else ""
+        totals[(dt, "best")] = totals.get((dt, "best"), 0.0) + v[best]["ms"]
+        cells = [f"{v[n]['tflops']:.0f} ({v[n]['rel_err_vs_w']:.0e})" if n in v else "" for n in names]
         print(
-            f"| {dt} | {c} | {v['w']['L']} | {k} | {d} | {v['w']['ms']:.2f} | {v['w']['tflops']:.0f} "
-            f"| {v['h']['tflops']:.0f} | {poly}{err} |"
+            f"| {dt} | {c} | {v['w']['L']} | {k} | {d} | {v['w']['ms']:.3f} | "
+            + " | ".join(cells)
+            + f" | {best} |"
         )
-    for dt in args.dtypes.split(","):
-        dt = "bfloat16" if dt == "bf16" else "float32"
+    for dt in sorted({k[0] for k in totals}):
         print(
-            f"{dt}: sum over shapes, current (w) {totals[(dt, 'w')]:.1f} ms, best per shape {totals[(dt, 'best')]:.1f} ms"
+            f"{dt}: sum over shapes, w {totals[(dt, 'w')]:.2f} ms, best per shape {totals[(dt, 'best')]:.2f} ms"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

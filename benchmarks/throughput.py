@@ -98,6 +98,10 @@ VARIANTS: dict[str, dict] = {
     "tf32_compile_poly": dict(precision="fp32", tf32=True, preset="compile"),
     "bf16_compile_poly": dict(precision="bf16", tf32=True, preset="compile"),
     # + cuDNN's benchmark tries every algorithm per shape (torch's default: the first 10)
+    # + the narrow undilated resblock convs on the time-folded view (vaefix_pl.speed.FOLD_FACTORS, or
+    # the rule --fold-from derives from a conv_shapes.py JSON)
+    "tf32_compile_fold": dict(precision="fp32", tf32=True, preset="compile", fold=True),
+    "bf16_compile_fold": dict(precision="bf16", tf32=True, preset="compile", fold=True),
     "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, preset="compile", benchmark_limit=0),
     "bf16_compile_poly_bl0": dict(precision="bf16", tf32=True, preset="compile", benchmark_limit=0),
     "bf16_max_autotune": dict(
@@ -112,7 +116,7 @@ VARIANTS: dict[str, dict] = {
 
 def _rewrites_models(cfg: dict) -> bool:
     """Whether the variant's ``optimize`` changes the modules in place (then it gets its own copies)."""
-    return any(cfg.get(k) for k in ("vocoder_cl", "compile", "polyphase", "preset"))
+    return any(cfg.get(k) for k in ("vocoder_cl", "compile", "polyphase", "preset", "fold"))
 
 
 def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
@@ -122,7 +126,10 @@ def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
     inductor_config.freezing = False
     torch.backends.cudnn.benchmark_limit = cfg.get("benchmark_limit", 10)  # torch's default is 10
     if "preset" in cfg:
-        return rec.optimize(**SPEED_PRESETS[cfg["preset"]])
+        settings = dict(SPEED_PRESETS[cfg["preset"]])
+        if "fold" in cfg:
+            settings["fold_narrow"] = cfg["fold"]
+        return rec.optimize(**settings)
     return rec.optimize(
         channels_last=cfg.get("channels_last", False),
         vocoder_channels_last=cfg.get("vocoder_cl", False),
@@ -198,7 +205,8 @@ def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference:
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)  # optimize() rewrites them in place
     rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
     x = make_inputs(batch).to(DEVICE)
-    lengths = torch.full((batch,), CLIP_N, device=DEVICE)
+    # host-side lengths, as ReconstructionModule passes them: the forward then never waits for the GPU
+    lengths = torch.full((batch,), CLIP_N)
     t0 = time.perf_counter()
     rec(x, lengths)  # first call: compilation / autotuning happens here
     sync()
@@ -239,7 +247,7 @@ def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference:
     }
     if reference is not None:
         xa = reference["x"].to(DEVICE)
-        la = torch.full((xa.shape[0],), CLIP_N, device=DEVICE)
+        la = torch.full((xa.shape[0],), CLIP_N)
         out = rec(xa, la)
         row["rel_l2_wave"] = float(
             (out.waveform.cpu().double() - reference["wave"]).norm() / reference["wave"].norm()
@@ -279,7 +287,8 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)
     rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
     x = make_inputs(batch).to(DEVICE)
-    lengths = torch.full((batch,), CLIP_N, device=DEVICE)
+    # host-side lengths, as ReconstructionModule passes them: the forward then never waits for the GPU
+    lengths = torch.full((batch,), CLIP_N)
     for _ in range(2):
         rec(x, lengths)
     sync()
@@ -334,10 +343,21 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--profile", default="", help="variant to profile (top kernels)")
     p.add_argument("--profile-batch", type=int, default=16)
+    p.add_argument(
+        "--fold-from", default=None,
+        help="conv_shapes.py JSON: set vaefix_pl.speed.FOLD_FACTORS from it (fold2/fold4 rows) for *_fold variants",
+    )  # fmt: skip
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
     args = p.parse_args()
     global DEVICE
+    if args.fold_from:
+        from vaefix_pl import speed
+
+        conv_rows = json.loads(Path(args.fold_from).read_text())
+        for key, dt in (("bf16", "bfloat16"), ("fp32", "float32")):
+            speed.FOLD_FACTORS[key] = speed.fold_rule_from_rows(conv_rows, dt)
+        print("fold factors from", args.fold_from, speed.FOLD_FACTORS, flush=True)
     if args.smoke:
         DEVICE = "cpu"
     else:

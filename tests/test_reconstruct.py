@@ -205,6 +205,25 @@ def test_cuda_matches_cpu(tiny_model_dir, rec):
 
 
 @pytest.mark.cuda
+def test_cuda_forward_never_waits_for_the_device(tiny_model_dir, rec):
+    """With host-side lengths the whole forward queues its work without one device synchronisation
+    (sub-batch planning runs on the CPU), so the host can launch the next batch while this one runs.
+    Mixed lengths: two canonical-length groups, one of them non-contiguous rows."""
+    gpu = Reconstructor.from_pretrained(str(tiny_model_dir), device="cuda")
+    x, lengths = _batch([harmonic(20000), noise(170000), formant_pulses(16037), harmonic(9000)])
+    xg = x.cuda()
+    ref = gpu(xg, lengths.cuda())  # warm-up, and the same call with device lengths
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = gpu(xg, lengths)  # CPU lengths
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out.waveform, ref.waveform) and torch.equal(out.mel_hat, ref.mel_hat)
+    assert out.lengths.is_cuda and out.canonical_frames.tolist() == [1024, 2048, 1024, 1024]
+
+
+@pytest.mark.cuda
 def test_cuda_windowed_long_item_matches_cpu(tiny_model_dir, rec):
     """A 25 s item in 10.24 s windows on the GPU (window sub-batches, crossfades, per-item trims) against
     the same on the CPU, batched with a short item."""

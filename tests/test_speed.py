@@ -100,3 +100,74 @@ def test_polyphase_conv_matches_conv1d_on_signals():
             assert torch.allclose(PolyphaseConv1d(conv)(x), conv(x), atol=1e-6)
     with pytest.raises(ValueError, match="dilated"):
         PolyphaseConv1d(torch.nn.Conv1d(2, 2, 3, padding=1))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_folded_convs_are_the_same_function(factor):
+    """Time-folding of the undilated resblock convs (odd and even stage lengths), with the polyphase
+    rewrite of the dilated ones, against the stock vocoder."""
+    from vaefix_pl.speed import FoldedConv1d, fold_narrow_convs, polyphase_dilated_convs
+
+    _, vocoder = build_models(*tiny_configs(), seed=7)
+    fast = copy.deepcopy(vocoder)
+    conv1d_channels_last(fast)
+    polyphase_dilated_convs(fast)
+    seen = []
+    fold_narrow_convs(fast, lambda cin, cout, k: seen.append((cin, cout, k)) or factor)
+    folded = [m for m in fast.modules() if isinstance(m, FoldedConv1d)]
+    undilated = [
+        m for m in vocoder.modules()
+        if type(m) is torch.nn.Conv1d and m.dilation[0] == 1 and m.kernel_size[0] % 2 == 1
+        and m.padding[0] == (m.kernel_size[0] - 1) // 2
+    ]  # fmt: skip
+    assert len(folded) == len(undilated) == len(seen) > 0
+    for frames in (45, 61):
+        mel = torch.randn(2, frames, 64) * 2 - 5
+        with torch.no_grad():
+            ref, out = vocoder(mel), fast(mel)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_folded_conv_matches_conv1d_on_signals():
+    from vaefix_pl.speed import Conv1dAsConv2d, FoldedConv1d, folded_taps
+
+    # hand-checked reach: k=11 (pad 5) folded by 2 reads blocks q-3..q+3, by 4 q-2..q+2; k=7 by 4 q-1..q+1
+    assert (
+        folded_taps(11, 5, 2) == (3, 3) and folded_taps(11, 5, 4) == (2, 2) and folded_taps(7, 3, 4) == (1, 1)
+    )
+    torch.manual_seed(1)
+    for k, f, n, bias in (
+        (3, 2, 300, True),
+        (7, 4, 301, False),
+        (11, 2, 163, True),
+        (11, 4, 10, True),
+        (5, 3, 97, True),
+    ):
+        conv = torch.nn.Conv1d(6, 5, k, padding=(k - 1) // 2, bias=bias)
+        x = torch.stack([torch.from_numpy(harmonic(n)), torch.from_numpy(formant_pulses(n))]).float()
+        x = x[:, None, :].repeat(1, 6, 1) * torch.linspace(0.5, 1.5, 6)[None, :, None]
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)  # channels-last, as the rewritten vocoder runs
+        with torch.no_grad():
+            fc = FoldedConv1d(Conv1dAsConv2d(conv), f)
+            assert torch.allclose(fc(x), conv(x), atol=1e-5)
+            assert torch.allclose(FoldedConv1d(conv, f)(x.contiguous()), conv(x), atol=1e-5)
+    with pytest.raises(ValueError, match="undilated"):
+        FoldedConv1d(torch.nn.Conv1d(2, 2, 3, padding=3, dilation=3), 2)
+
+
+def test_fold_rule_keeps_only_measured_wins():
+    from vaefix_pl.speed import fold_rule_from_rows
+
+    def row(c, k, d, variant, ms, dtype="bfloat16"):
+        return {"dtype": dtype, "C": c, "k": k, "d": d, "variant": variant, "ms": ms}
+
+    rows = [
+        row(32, 3, 1, "w", 1.0), row(32, 3, 1, "fold2", 0.7), row(32, 3, 1, "fold4", 0.6),  # fold4 best
+        row(64, 7, 1, "w", 1.0), row(64, 7, 1, "fold2", 0.97),  # < 5 % better: unfolded
+        row(128, 3, 1, "w", 1.0), row(128, 3, 1, "fold2", 1.4),  # slower: unfolded
+        row(32, 11, 3, "w", 5.0), row(32, 11, 1, "fold2", 0.1),  # dilated rows ignored; no plain row
+        row(32, 3, 1, "w", 0.5, "float32"), row(32, 3, 1, "fold2", 0.4, "float32"),
+    ]  # fmt: skip
+    assert fold_rule_from_rows(rows, "bfloat16") == {(32, 3): 4}
+    assert fold_rule_from_rows(rows, "float32") == {(32, 3): 2}

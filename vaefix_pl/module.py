@@ -103,6 +103,13 @@ class ReconstructionModule(L.LightningModule):
 
             self.chain = PostProcessChain(**postprocess)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # A host copy of the lengths (a list: the Trainer moves only tensors to the device), so that
+        # predict_step never has to read them back from the GPU.
+        if isinstance(batch, dict) and isinstance(batch.get("lengths"), Tensor):
+            batch["host_lengths"] = batch["lengths"].tolist()
+        return batch
+
     # Models are loaded per process when the Trainer sets up (every DDP rank loads its own copy).
     def configure_model(self) -> None:
         if self.reconstructor is not None:
@@ -161,9 +168,14 @@ class ReconstructionModule(L.LightningModule):
 
         return compute_metrics(reference, estimate, lengths, self.metric_names)
 
-    def forward(self, waveform: Tensor, lengths: Tensor) -> dict[str, Any]:
+    def forward(
+        self, waveform: Tensor, lengths: Tensor, host_lengths: Tensor | None = None
+    ) -> dict[str, Any]:
+        """``host_lengths``: the same lengths on the CPU, if at hand: the reconstructor plans its
+        sub-batches from them without waiting for the device."""
         assert self.reconstructor is not None, "call configure_model() (the Trainer does) first"
-        out = self.reconstructor(waveform, lengths)
+        out = self.reconstructor(waveform, host_lengths if host_lengths is not None else lengths)
+        lengths = out.lengths
         audio = {"original": out.reference, "recon": out.waveform}
         scores = {"recon": self._score(out.reference, out.waveform, lengths)}
         if self.chain is not None:
@@ -188,8 +200,9 @@ class ReconstructionModule(L.LightningModule):
         }
         if len(batch["ids"]) == 0:  # every item of this batch failed to load
             return result
+        host = batch.get("host_lengths")
         try:
-            out = self(batch["waveform"], batch["lengths"])
+            out = self(batch["waveform"], batch["lengths"], None if host is None else torch.tensor(host))
         except ItemOutOfMemoryError as exc:
             ids = [batch["ids"][i] for i in exc.rows]
             raise ItemOutOfMemoryError(f"items {ids}: {exc}", rows=exc.rows) from exc

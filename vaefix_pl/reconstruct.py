@@ -244,6 +244,7 @@ class Reconstructor(nn.Module):
         attention_math: bool = False,
         polyphase_dilated: bool = False,
         cudnn_benchmark_limit: int | None = None,
+        fold_narrow: bool | dict[tuple[int, int], int] = False,
     ) -> Reconstructor:
         """Inference speed settings for fixed-length GPU work (each measured in ``docs/PERFORMANCE.md``).
 
@@ -267,6 +268,10 @@ class Reconstructor(nn.Module):
             polyphase_dilated: run the vocoder's dilated convolutions as undilated ones on the
                 polyphase view of their input (:class:`vaefix_pl.speed.PolyphaseConv1d`, exact): cuDNN's
                 dilated kernels ran at about half the rate of undilated ones on an H100.
+            fold_narrow: run the vocoder's undilated resblock convolutions whose ``(channels, kernel)``
+                is listed in :data:`vaefix_pl.speed.FOLD_FACTORS` (for this precision; or in the given
+                dict) on the time-folded view of their input (:class:`vaefix_pl.speed.FoldedConv1d`,
+                exact): narrow convolutions over long signals are memory-bound in cuDNN.
             cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
                 default 10; 0 = all of them: slower first batch, sometimes faster kernels).
         """
@@ -281,6 +286,15 @@ class Reconstructor(nn.Module):
             from vaefix_pl.speed import polyphase_dilated_convs
 
             polyphase_dilated_convs(self.vocoder)
+        if fold_narrow:
+            from vaefix_pl.speed import FOLD_FACTORS, fold_narrow_convs
+
+            table = (
+                fold_narrow
+                if isinstance(fold_narrow, dict)
+                else FOLD_FACTORS["fp32" if self.precision == "fp32" else "bf16"]
+            )
+            fold_narrow_convs(self.vocoder, lambda cin, cout, k: table.get((cin, k), 1) if cin == cout else 1)
         if pad_narrow_convs:
             from vaefix_pl.speed import pad_narrow_convs as pad
 
@@ -368,11 +382,25 @@ class Reconstructor(nn.Module):
         return plan_windows(self.covered_frames(lengths), self.window_frames, self._hop_frames, items)
 
     def _groups(self, lengths: Tensor) -> Iterator[tuple[int, Tensor]]:
-        """``(canonical frames, rows)`` of the items that run whole (not windowed), by canonical length."""
+        """``(canonical frames, rows)`` of the items that run whole (not windowed), by canonical length.
+
+        Planned on the host (``lengths`` is copied there if needed, ``rows`` are CPU indices): the
+        plan decides sub-batch shapes, and deciding it from device tensors would stall the host until
+        the GPU caught up, leaving the GPU idle while the next kernels are launched.
+        """
+        lengths = lengths.detach().cpu()
         canon = self.canonical_frames(lengths)
         whole = ~self.windowed(lengths)
         for value in torch.unique(canon[whole]).tolist():
             yield int(value), torch.nonzero((canon == value) & whole).flatten()
+
+    @staticmethod
+    def _rows(idx: Tensor, device: torch.device) -> slice | Tensor:
+        """CPU row indices -> a slice when they are consecutive (no gather/scatter copies), else a
+        device index tensor (copied without waiting for the device)."""
+        if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1 and bool((idx.diff() == 1).all()):
+            return slice(int(idx[0]), int(idx[-1]) + 1)
+        return idx.to(device, non_blocking=True)
 
     # ------------------------------------------------------------------------- bounded sub-batches
     def _run_chunks(
@@ -480,16 +508,19 @@ class Reconstructor(nn.Module):
         ``crossfade`` weights (sub-batches of at most ``max_windows``).
         """
         out = torch.zeros(mel.shape[0], n, device=mel.device, dtype=torch.float32)
-        for frames, idx in self._groups(lengths):
+        host = lengths.detach().cpu()
+        for frames, idx in self._groups(host):
 
             def run(a: int, b: int, idx: Tensor = idx, frames: int = frames) -> None:
-                wav = self._vocoder(mel[idx[a:b], :, :frames])
+                rows = self._rows(idx[a:b], mel.device)
+                wav = self._vocoder(mel[rows, :, :frames])
                 take = min(n, wav.shape[-1])
-                out[idx[a:b], :take] = wav[:, :take]
+                out[rows, :take] = wav[:, :take]
 
             self._run_chunks(len(idx), self._cap(len(idx)), run, lambda a, b, i=idx: i[a:b].tolist(), "item")
-        if self.window_frames is None or not bool(self.windowed(lengths).any()):
+        if self.window_frames is None or not bool(self.windowed(host).any()):
             return out
+        lengths = lengths.to(mel.device)
         plan, w = self._plan(lengths), self.window_frames
         steps = torch.arange(w, device=mel.device)
 
@@ -543,25 +574,30 @@ class Reconstructor(nn.Module):
         b, n = waveform.shape
         device = waveform.device
         if lengths is None:
-            lengths = torch.full((b,), n, dtype=torch.long, device=device)
-        lengths = lengths.to(device=device, dtype=torch.long)
-        if lengths.shape != (b,) or bool((lengths < 0).any()) or bool((lengths > n).any()):
-            raise ValueError(f"lengths must be (B,) = ({b},) values in [0, {n}], got {lengths.tolist()}")
+            lengths = torch.full((b,), n, dtype=torch.long)
+        # Sub-batch planning runs on a host copy of the lengths (pass them on the CPU, as
+        # ReconstructionModule does, and this call never waits for the device).
+        host = lengths.detach().to("cpu", torch.long)
+        if host.shape != (b,) or bool((host < 0).any()) or bool((host > n).any()):
+            raise ValueError(f"lengths must be (B,) = ({b},) values in [0, {n}], got {host.tolist()}")
+        lengths = host.to(device, non_blocking=True) if lengths.device != device else lengths.long()
 
         normed, gain = normalize_level(waveform.float(), lengths)
-        frames = self.covered_frames(lengths)
-        canon = self.canonical_frames(lengths)
-        t_max = int(canon.max())
+        frames_host = self.covered_frames(host)
+        canon_host = self.canonical_frames(host)
+        frames = frames_host.to(device, non_blocking=True)
+        canon = canon_host.to(device, non_blocking=True)
+        t_max = int(canon_host.max())
         c = int(self.vae.config.latent_channels)
         mel = torch.full((b, 1, t_max, 64), LOG_MEL_FLOOR, device=device)
         mel_hat_raw = torch.full_like(mel, LOG_MEL_FLOOR)
         latent = torch.zeros(b, c, t_max // 4, 16, device=device)
 
         # 1a. items that run whole, one sub-batch per canonical length
-        for frames_g, idx in self._groups(lengths):
+        for frames_g, idx in self._groups(host):
 
             def run(a: int, b: int, idx: Tensor = idx, frames_g: int = frames_g) -> None:
-                rows = idx[a:b]
+                rows = self._rows(idx[a:b], device)
                 samples = frames_g * HOP
                 x = normed[rows, :samples]
                 if x.shape[1] < samples:
@@ -576,12 +612,12 @@ class Reconstructor(nn.Module):
             self._run_chunks(len(idx), self._cap(len(idx)), run, lambda a, b, i=idx: i[a:b].tolist(), "item")
 
         # 1b. windowed items: windows of all of them, overlap-added (equal gain) into mel/mel_hat/latent
-        if self.window_frames is not None and bool(self.windowed(lengths).any()):
+        if self.window_frames is not None and bool(self.windowed(host).any()):
             w, o = self.window_frames, self.overlap_frames
             plan = self._plan(lengths)
             for row in plan.item.unique().tolist():
-                mel[row, :, : int(canon[row])] = 0.0
-                mel_hat_raw[row, :, : int(canon[row])] = 0.0
+                mel[row, :, : int(canon_host[row])] = 0.0
+                mel_hat_raw[row, :, : int(canon_host[row])] = 0.0
 
             def run_windows(a: int, b: int) -> None:
                 p = plan.select(slice(a, b))
@@ -602,10 +638,10 @@ class Reconstructor(nn.Module):
         # 2. repair, optional per-item mel step, vocoder
         mel_voc = repair_mel(mel_hat_raw)
         if mel_transform is not None:
-            for value in torch.unique(canon).tolist():
-                idx = torch.nonzero(canon == value).flatten()
-                mel_voc[idx, :, :value] = mel_transform(mel_voc[idx, :, :value], frames[idx])
-        wav_raw = self._vocode_raw(mel_voc, lengths, n)
+            for value in torch.unique(canon_host).tolist():
+                rows = self._rows(torch.nonzero(canon_host == value).flatten(), device)
+                mel_voc[rows, :, :value] = mel_transform(mel_voc[rows, :, :value], frames[rows])
+        wav_raw = self._vocode_raw(mel_voc, host, n)
 
         mask = valid_mask(lengths, n)
         health = {

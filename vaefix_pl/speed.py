@@ -186,3 +186,111 @@ def polyphase_dilated_convs(module: nn.Module) -> nn.Module:
         elif not isinstance(child, PolyphaseConv1d):
             polyphase_dilated_convs(child)
     return module
+
+
+def folded_taps(k: int, pad: int, factor: int) -> tuple[int, int]:
+    """``(left, right)`` block offsets a time-folded 'same' conv reads: output block ``q`` needs input
+    blocks ``q - left .. q + right`` (kernel ``left + right + 1`` on the folded axis)."""
+    return -((-pad) // factor), (factor - 1 + k - 1 - pad) // factor
+
+
+class FoldedConv1d(nn.Module):
+    """An undilated stride-1 ``Conv1d`` run on the time-folded view of its input:
+    ``(B, C, L) -> (B, C', L)``, same weights, same result.
+
+    With ``t = F q + r``, ``F`` consecutive samples become the channels of one position: a
+    ``(B, C, L)`` channels-last tensor (memory ``(B, L, C)``) *is* ``(B, L/F, F C)``, i.e. the NHWC
+    memory of ``(B, F C, 1, L/F)``, with no copy. The conv becomes a ``(1, k')`` conv from ``F C`` to
+    ``F C'`` channels whose weight is block-Toeplitz in the phases: phase ``r`` of output block ``q``
+    takes tap ``j`` of the original from input phase ``s = (r + j - p) mod F`` of block
+    ``q + floor((r + j - p) / F)``. That costs ``F k' / k`` times the FLOPs (zeros in the folded
+    weight), but 32- and 64-channel convolutions over 80k-160k samples are memory-bound in cuDNN
+    (84-230 TFLOP/s bf16 on an H100 against 600-780 at 256-512 channels), and ``F C`` channels run
+    near the wide rate. Written by hand: no library folds time into channels for a 1-D conv. Applied
+    only to the shapes ``benchmarks/conv_shapes.py`` measured faster.
+    """
+
+    def __init__(self, conv: nn.Conv1d | Conv1dAsConv2d, factor: int) -> None:
+        super().__init__()
+        inner = conv.conv if isinstance(conv, Conv1dAsConv2d) else conv
+        if isinstance(inner, (nn.ConvTranspose1d, nn.ConvTranspose2d)) or inner.groups != 1:
+            raise ValueError("only ungrouped convolutions are supported")
+        k, d, pad, stride = inner.kernel_size[-1], inner.dilation[-1], inner.padding[-1], inner.stride[-1]
+        if d != 1 or stride != 1 or k % 2 == 0 or pad != (k - 1) // 2 or inner.padding_mode != "zeros":
+            raise ValueError(f"needs an undilated odd-kernel stride-1 'same' conv, got k={k}, d={d}")
+        if factor < 2:
+            raise ValueError(f"factor must be >= 2, got {factor}")
+        f, cin, cout = factor, inner.in_channels, inner.out_channels
+        left, right = folded_taps(k, pad, f)
+        self.factor, self.left, self.right = f, left, right
+        w = inner.weight.detach().reshape(cout, cin, k)
+        folded = torch.zeros(f, cout, f, cin, left + right + 1, dtype=w.dtype, device=w.device)
+        for r in range(f):
+            for j in range(k):
+                o = r + j - pad
+                folded[r, :, o % f, :, o // f + left] = w[:, :, j]
+        self.conv = nn.Conv2d(
+            f * cin, f * cout, (1, left + right + 1), padding=(0, min(left, right)),
+            bias=inner.bias is not None, device=w.device, dtype=w.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.conv.weight.copy_(folded.reshape(f * cout, f * cin, 1, -1))
+            if inner.bias is not None:
+                self.conv.bias.copy_(inner.bias.detach().repeat(f))
+        self.conv.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, n = x.shape
+        f = self.factor
+        q = -(-n // f)
+        xt = x.transpose(1, 2)  # (B, L, C): a view when x is channels-last
+        if q * f != n:
+            xt = nn.functional.pad(xt, (0, 0, 0, q * f - n))
+        xf = xt.reshape(b, q, f * c).transpose(1, 2).unsqueeze(2)  # (B, F C, 1, L/F), NHWC memory
+        extra = self.right - self.left  # asymmetric reach: pad the longer side by hand
+        if extra:
+            xf = nn.functional.pad(xf, (max(-extra, 0), max(extra, 0)))
+        y = self.conv(xf).squeeze(2)  # (B, F C', L/F)
+        return y.transpose(1, 2).reshape(b, q * f, -1)[:, :n].transpose(1, 2)
+
+
+def fold_narrow_convs(module: nn.Module, factor_for) -> nn.Module:
+    """Replace (in place) undilated stride-1 :class:`Conv1dAsConv2d` convolutions by :class:`FoldedConv1d`
+    where ``factor_for(in_channels, out_channels, kernel_size) -> int`` returns a factor >= 2."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv1dAsConv2d) and type(child.conv) is nn.Conv2d:
+            inner = child.conv
+            k, d, s = inner.kernel_size[-1], inner.dilation[-1], inner.stride[-1]
+            if d == 1 and s == 1 and k % 2 == 1 and inner.padding[-1] == (k - 1) // 2 and inner.groups == 1:
+                f = int(factor_for(inner.in_channels, inner.out_channels, k))
+                if f >= 2:
+                    setattr(module, name, FoldedConv1d(child, f))
+        elif not isinstance(child, (FoldedConv1d, PolyphaseConv1d)):
+            fold_narrow_convs(child, factor_for)
+    return module
+
+
+#: ``(channels, kernel) -> fold factor`` for :func:`fold_narrow_convs`, per compute dtype ("bf16" also
+#: serves fp16; "fp32" is fp32 with cuDNN's default TF32 convolutions). Filled from
+#: ``benchmarks/conv_shapes.py --batch 64 --dilations 1 --variants w,fold2,fold4`` on an H100
+#: (:func:`fold_rule_from_rows`); shapes not listed run unfolded.
+FOLD_FACTORS: dict[str, dict[tuple[int, int], int]] = {"bf16": {}, "fp32": {}}
+
+
+def fold_rule_from_rows(rows: list[dict], dtype: str, min_gain: float = 1.05) -> dict[tuple[int, int], int]:
+    """``(channels, kernel) -> factor`` from ``conv_shapes.py`` rows of one dtype ("bfloat16"/"float32"):
+    the fastest ``foldF`` variant of each undilated shape, kept only when it beats the plain conv by
+    ``min_gain``."""
+    best: dict[tuple[int, int], tuple[float, int]] = {}
+    plain: dict[tuple[int, int], float] = {}
+    for r in rows:
+        if r["dtype"] != dtype or r["d"] != 1:
+            continue
+        key = (int(r["C"]), int(r["k"]))
+        if r["variant"] == "w":
+            plain[key] = r["ms"]
+        elif r["variant"].startswith("fold"):
+            f = int(r["variant"][4:])
+            if key not in best or r["ms"] < best[key][0]:
+                best[key] = (r["ms"], f)
+    return {key: f for key, (ms, f) in best.items() if key in plain and plain[key] >= min_gain * ms}
