@@ -10,7 +10,9 @@ clip, kernels 3/7/11, dilations 1/3/5) it times, with cuDNN benchmark on and CUD
 
 and prints achieved TFLOP/s per shape and dtype, so a rewrite is kept only where it measures faster.
 
-* ``foldF``: for dilation 1, :class:`vaefix_pl.speed.FoldedConv1d` (``F`` samples folded into channels).
+* ``foldF``: for dilation 1, :class:`vaefix_pl.speed.FoldedConv1d` (``F`` samples folded into channels);
+* ``poutF``: for dilation 1, a stride-``F`` conv with kernel ``F + k - 1`` whose ``F C`` outputs are the
+  ``F`` output phases (reads the input in place; fewer extra FLOPs than folding the input).
 
     python benchmarks/conv_shapes.py --batch 16
     python benchmarks/conv_shapes.py --batch 64 --channels 32,64,128,256 --dilations 1 --variants w,fold2,fold4
@@ -65,6 +67,15 @@ def _variants(x, w, c, k, d, batch, length, names):
             if f"fold{f}" in names:
                 fc = FoldedConv1d(Conv1dAsConv2d(base), f)
                 out[f"fold{f}"] = lambda fc=fc: fc(x1).unsqueeze(2)
+        for f in (2, 4):
+            if f"pout{f}" in names:
+                # stride-F conv whose F x C' outputs are the F output phases (kernel F + k - 1): the input
+                # is read in place, the output is the channels-last (B, C', L) memory
+                wp = torch.zeros(f, c, c, 1, f + k - 1, device=x.device, dtype=x.dtype)
+                for r in range(f):
+                    wp[r, ..., r : r + k] = w
+                wp = wp.reshape(f * c, c, 1, f + k - 1).contiguous(memory_format=torch.channels_last)
+                out[f"pout{f}"] = lambda wp=wp, f=f: F.conv2d(x, wp, stride=(1, f), padding=(0, pad))
     return out
 
 
@@ -74,6 +85,10 @@ def _as_w_layout(name, y, length, batch, c):
         return y.permute(0, 2, 3, 1).reshape(y.shape[0], 1, -1, c).permute(0, 3, 1, 2)[..., :length]
     if name == "h":
         return y.permute(0, 1, 3, 2)
+    if name.startswith("pout"):  # (B, F C, 1, L/F): phase-major channels -> (B, C, 1, L)
+        f = int(name[4:])
+        b, _, _, q = y.shape
+        return y.reshape(b, f, c, q).permute(0, 2, 3, 1).reshape(b, c, 1, q * f)[..., :length]
     return y
 
 
@@ -144,7 +159,7 @@ def main() -> None:
     p.add_argument("--channels", default="", help="only these stage widths, e.g. 32,64 (default: all)")
     p.add_argument("--kernels", default="3,7,11")
     p.add_argument("--dilations", default="1,3,5")
-    p.add_argument("--variants", default="w,h,poly", help="w,h,poly,fold2,fold4,fold8")
+    p.add_argument("--variants", default="w,h,poly", help="w,h,poly,fold2,fold4,fold8,pout2,pout4")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731

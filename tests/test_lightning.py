@@ -281,6 +281,42 @@ def test_predict_on_gpu(tmp_path, tiny_model_dir):
     assert torch.cuda.max_memory_allocated() > 0
 
 
+@pytest.mark.cuda
+def test_predict_step_never_waits_for_the_gpu(tiny_model_dir):
+    """predict_step (reconstruction + the spectral metrics) with the host copy of the lengths that
+    on_before_batch_transfer adds queues all its GPU work without one device synchronisation, so the
+    loop can fetch and launch the next batch while this one runs. Mixed lengths (the general path)."""
+    from vaefix_pl.reconstruct import Reconstructor
+
+    rec = Reconstructor.from_pretrained(str(tiny_model_dir), device="cuda")
+    module = ReconstructionModule.from_reconstructor(
+        rec, metrics=["mel_distance", "mrstft_distance", "lsd", "lag", "snr"]
+    ).cuda()
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([30000, 30000, 21000])
+    wave = torch.randn(3, 30000, generator=g) * (torch.arange(30000)[None] < lengths[:, None])
+    batch = {
+        "ids": ["a", "b", "c"],
+        "paths": ["a", "b", "c"],
+        "errors": [],
+        "waveform": wave,
+        "lengths": lengths,
+    }
+    batch = module.on_before_batch_transfer(batch, 0)
+    assert batch["host_lengths"] == [30000, 30000, 21000]
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    ref = module.predict_step(batch, 0)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = module.predict_step(batch, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out["audio"]["recon"], ref["audio"]["recon"])
+    for name, value in ref["metrics"]["recon"].items():
+        assert torch.equal(out["metrics"]["recon"][name], value), name
+
+
 def test_cli_reconstruct_with_seed_repair_config_scores_both(tmp_path, tiny_model_dir):
     _make_files(tmp_path / "in", [("v.wav", 20000, 16000, 1)])
     out = tmp_path / "out"

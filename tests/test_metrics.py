@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.signal import get_window
+from signals import formant_pulses, harmonic
 
 from vaefix_pl.frontend import LogMelFrontend
 from vaefix_pl.metrics import (
@@ -331,3 +332,23 @@ def test_batches_narrower_than_a_frame_score_without_error(width):
         snr = 10 * np.log10(np.sum(r**2) / np.sum((r - e) ** 2))
         assert float(out["snr"][i]) == pytest.approx(snr, abs=1e-6)
     assert all(v.shape == (2,) for v in out.values())
+
+
+def test_full_batch_fast_path_matches_the_per_item_padding(monkeypatch):
+    """When every item fills the batch (CPU lengths == N), the STFT/mel padding is plain ``F.pad``;
+    it must give what the per-item gather path gives."""
+    import vaefix_pl.metrics.functional as MF
+    from vaefix_pl.metrics import compute_metrics
+
+    n = 24000
+    rng = np.random.default_rng(4)
+    ref = torch.from_numpy(np.stack([harmonic(n), formant_pulses(n, seed=1)])).float()
+    est = 0.8 * ref + torch.from_numpy(rng.normal(0, 0.02, ref.shape)).float()
+    names = ["mel_distance", "mrstft_distance", "lsd", "lag", "snr"]
+    lengths = torch.full((2,), n)
+    assert MF._all_full(lengths, n) and not MF._all_full(torch.tensor([n, n - 1]), n)
+    fast = compute_metrics(ref, est, lengths, names)
+    monkeypatch.setattr(MF, "_all_full", lambda lengths, n: False)
+    slow = compute_metrics(ref, est, lengths, names)
+    for k in names:
+        assert torch.allclose(fast[k], slow[k], rtol=1e-6, atol=1e-9), k

@@ -47,11 +47,12 @@ def tensor_health(
     nz = n.clamp(min=1)
     mean = v.sum(1) / nz
     var = (((v - mean[:, None]) * finite) ** 2).sum(1) / nz
-    big = torch.tensor(math.inf, dtype=torch.float64, device=x.device)
+    # torch.full, not torch.tensor: a host-to-device copy of a Python scalar waits for the device
+    big = torch.full((), math.inf, dtype=torch.float64, device=x.device)
     vmin = torch.where(finite, v, big).amin(1)
     vmax = torch.where(finite, v, -big).amax(1)
     none = n == 0
-    nan64 = torch.tensor(math.nan, dtype=torch.float64, device=x.device)
+    nan64 = torch.full((), math.nan, dtype=torch.float64, device=x.device)
     out = {
         "nan": nan,
         "posinf": posinf,

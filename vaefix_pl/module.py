@@ -176,8 +176,9 @@ class ReconstructionModule(L.LightningModule):
         assert self.reconstructor is not None, "call configure_model() (the Trainer does) first"
         out = self.reconstructor(waveform, host_lengths if host_lengths is not None else lengths)
         lengths = out.lengths
+        score_lengths = host_lengths if host_lengths is not None else lengths
         audio = {"original": out.reference, "recon": out.waveform}
-        scores = {"recon": self._score(out.reference, out.waveform, lengths)}
+        scores = {"recon": self._score(out.reference, out.waveform, score_lengths)}
         if self.chain is not None:
             post_in = out.waveform
             if getattr(self.chain, "mel_mode", None):
@@ -185,7 +186,7 @@ class ReconstructionModule(L.LightningModule):
                 if not torch.equal(mel, out.mel_hat):  # "guard" on a healthy mel changes nothing
                     post_in = self.reconstructor.vocode(mel, lengths, out.gain)
             audio["post"] = self.chain(post_in, lengths)
-            scores["post"] = self._score(out.reference, audio["post"], lengths)
+            scores["post"] = self._score(out.reference, audio["post"], score_lengths)
         return {"audio": audio, "metrics": scores, "health": out.health, "output": out}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

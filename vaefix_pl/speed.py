@@ -240,18 +240,46 @@ class FoldedConv1d(nn.Module):
         self.conv.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, n = x.shape
-        f = self.factor
-        q = -(-n // f)
-        xt = x.transpose(1, 2)  # (B, L, C): a view when x is channels-last
-        if q * f != n:
-            xt = nn.functional.pad(xt, (0, 0, 0, q * f - n))
-        xf = xt.reshape(b, q, f * c).transpose(1, 2).unsqueeze(2)  # (B, F C, 1, L/F), NHWC memory
-        extra = self.right - self.left  # asymmetric reach: pad the longer side by hand
-        if extra:
-            xf = nn.functional.pad(xf, (max(-extra, 0), max(extra, 0)))
-        y = self.conv(xf).squeeze(2)  # (B, F C', L/F)
-        return y.transpose(1, 2).reshape(b, q * f, -1)[:, :n].transpose(1, 2)
+        return folded_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.left, self.right)
+
+
+def _folded_conv1d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int
+) -> Tensor:
+    """``(B, C, L)`` -> ``(B, C', L)`` with strides ``(L C', 1, C')``; ``weight`` ``(F C', F C, 1, k')``."""
+    b, c, n = x.shape
+    f = factor
+    q = -(-n // f)
+    xt = x.transpose(1, 2)  # (B, L, C): a view when x is channels-last
+    if q * f != n:
+        xt = nn.functional.pad(xt, (0, 0, 0, q * f - n))
+    xf = xt.reshape(b, q, f * c).transpose(1, 2).unsqueeze(2)  # (B, F C, 1, L/F), NHWC memory
+    extra = right - left  # asymmetric reach: pad the longer side by hand
+    if extra:
+        xf = nn.functional.pad(xf, (max(-extra, 0), max(extra, 0)))
+    y = nn.functional.conv2d(xf, weight, bias, padding=(0, min(left, right))).squeeze(2)  # (B, F C', L/F)
+    y = y.transpose(1, 2).reshape(b, q * f, -1)
+    if q * f != n:
+        y = y[:, :n].contiguous()
+    return y.transpose(1, 2)
+
+
+# A custom op, so that torch.compile keeps it whole and hands it its input with the eager strides
+# (channels-last): the fold is then a free view. Traced as plain view/conv ops, Inductor chose its own
+# layout for the producer and copied the largest activations of the vocoder around every folded conv.
+@torch.library.custom_op("vaefix::folded_conv1d", mutates_args=())
+def folded_conv1d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int
+) -> Tensor:
+    """Functional form of :class:`FoldedConv1d` (a ``torch.library`` custom op)."""
+    return _folded_conv1d(x, weight, bias, factor, left, right)
+
+
+@folded_conv1d.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int) -> Tensor:
+    b, _, n = x.shape
+    cout = weight.shape[0] // factor
+    return x.new_empty_strided((b, cout, n), (n * cout, 1, cout))
 
 
 def fold_narrow_convs(module: nn.Module, factor_for) -> nn.Module:
@@ -272,9 +300,14 @@ def fold_narrow_convs(module: nn.Module, factor_for) -> nn.Module:
 
 #: ``(channels, kernel) -> fold factor`` for :func:`fold_narrow_convs`, per compute dtype ("bf16" also
 #: serves fp16; "fp32" is fp32 with cuDNN's default TF32 convolutions). Filled from
-#: ``benchmarks/conv_shapes.py --batch 64 --dilations 1 --variants w,fold2,fold4`` on an H100
-#: (:func:`fold_rule_from_rows`); shapes not listed run unfolded.
-FOLD_FACTORS: dict[str, dict[tuple[int, int], int]] = {"bf16": {}, "fp32": {}}
+#: ``benchmarks/conv_shapes.py --batch 64 --channels 32,64,128,256 --dilations 1 --variants w,fold2,fold4``
+#: on an H100, 2026-11-25 (:func:`fold_rule_from_rows`, raw rows in
+#: ``benchmarks/results/2026-11-25_h100_conv_shapes_b64_fold.json``); shapes not listed run unfolded.
+#: TF32 (256, 11): cuDNN ran that conv at 163 TFLOP/s (11.6 ms per 64 clips), folded 292.
+FOLD_FACTORS: dict[str, dict[tuple[int, int], int]] = {
+    "bf16": {(64, 7): 2, (64, 11): 2, (32, 3): 2, (32, 7): 4, (32, 11): 4},
+    "fp32": {(256, 11): 2, (64, 7): 2, (64, 11): 2, (32, 3): 2, (32, 7): 4, (32, 11): 4},
+}
 
 
 def fold_rule_from_rows(rows: list[dict], dtype: str, min_gain: float = 1.05) -> dict[tuple[int, int], int]:

@@ -14,6 +14,7 @@ Conventions (all functions):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import scipy.fft
 import torch
@@ -43,17 +44,31 @@ MRSTFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 
 # helpers
 # ----------------------------------------------------------------------------------------------------------
 def _lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Validated ``(B,)`` int64 lengths on ``x``'s device.
+
+    Lengths given on the CPU (or as a list) are checked there and copied without waiting for the
+    device; lengths already on the GPU are checked there, which waits for the GPU's queued work.
+    """
     if x.ndim != 2:
         raise ValueError(f"waveforms must be (B, N), got shape {tuple(x.shape)}")
     b, n = x.shape
     if lengths is None:
         return torch.full((b,), n, dtype=torch.long, device=x.device)
-    lengths = torch.as_tensor(lengths, device=x.device).long().reshape(-1)
+    lengths = torch.as_tensor(lengths).long().reshape(-1)
     if lengths.shape[0] != b:
         raise ValueError(f"lengths has {lengths.shape[0]} entries for a batch of {b}")
     if bool((lengths < 0).any()) or bool((lengths > n).any()):
         raise ValueError(f"lengths must lie in [0, {n}], got {lengths.tolist()}")
-    return lengths
+    return lengths.to(x.device, non_blocking=True)
+
+
+def _all_full(lengths: Tensor | None, n: int) -> bool:
+    """Whether every item is known, without a device read-back, to fill the batch width ``n``
+    (``None`` or CPU lengths all equal to ``n``): then the per-item padding gathers reduce to ``F.pad``."""
+    if lengths is None:
+        return True
+    lengths = torch.as_tensor(lengths)
+    return lengths.device.type == "cpu" and bool((lengths == n).all())
 
 
 def _check_pair(reference: Tensor, estimate: Tensor, lengths: Tensor | None) -> Tensor:
@@ -83,15 +98,20 @@ def _work_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _reflect_center_pad(x: Tensor, lengths: Tensor, pad: int, mode: str = "reflect") -> Tensor:
+def _reflect_center_pad(
+    x: Tensor, lengths: Tensor, pad: int, mode: str = "reflect", full: bool = False
+) -> Tensor:
     """``(B, N) -> (B, N + 2 pad)``: what ``F.pad(x_i[:L_i], (pad, pad), mode)`` gives for each item alone.
 
     Done with one gather (no loop over items) so that a padded batch reproduces each item's own edge
     padding exactly: the tail is reflected about each item's own last sample (``mode="reflect"``) or
     zero (``mode="constant"``); everything past ``L + pad`` is zero. Items with ``L <= pad`` cannot be
-    reflect-padded (as in torch) and come out zero past their end.
+    reflect-padded (as in torch) and come out zero past their end. ``full``: the caller knows every
+    length equals ``N`` (:func:`_all_full`), so plain ``F.pad`` gives the same.
     """
     b, n = x.shape
+    if full and (mode == "constant" or pad < n):  # every item fills the batch: torch's own padding
+        return torch.nn.functional.pad(x[:, None], (pad, pad), mode=mode)[:, 0]
     m = torch.arange(n + 2 * pad, device=x.device)[None, :] - pad  # source position, may be <0 or >=L
     big_l = lengths[:, None]
     if mode == "reflect":
@@ -107,7 +127,13 @@ def _reflect_center_pad(x: Tensor, lengths: Tensor, pad: int, mode: str = "refle
 
 
 def _stft_power(
-    x: Tensor, lengths: Tensor, n_fft: int, hop: int, win_length: int | None = None, pad_mode: str = "reflect"
+    x: Tensor,
+    lengths: Tensor,
+    n_fft: int,
+    hop: int,
+    win_length: int | None = None,
+    pad_mode: str = "reflect",
+    full: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Centred STFT power ``|X|^2`` ``(B, T, n_fft//2 + 1)`` and the frame mask ``(B, T)``.
 
@@ -118,7 +144,8 @@ def _stft_power(
     win_length = win_length or n_fft
     dtype = _work_dtype(x)
     pad = n_fft // 2
-    xp = _reflect_center_pad(_masked(x, valid_mask(lengths, x.shape[-1]), dtype), lengths, pad, pad_mode)
+    xm = x.to(dtype) if full else _masked(x, valid_mask(lengths, x.shape[-1]), dtype)
+    xp = _reflect_center_pad(xm, lengths, pad, pad_mode, full=full)
     if xp.shape[-1] < n_fft:  # batch shorter than one window: pad so that stft runs; no frame is valid
         xp = torch.nn.functional.pad(xp, (0, n_fft - xp.shape[-1]))
     window = torch.hann_window(win_length, periodic=True, dtype=dtype, device=x.device)
@@ -138,6 +165,16 @@ def _stft_power(
         n_valid = torch.where(lengths > pad, n_valid, torch.zeros_like(n_valid))
     frame_mask = torch.arange(t, device=x.device)[None, :] < n_valid.clamp(min=0)[:, None]
     return power.transpose(1, 2), frame_mask
+
+
+def _stft_power_pair(
+    reference: Tensor, estimate: Tensor, lengths: Tensor, *args: Any, **kwargs: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_stft_power` of both signals in one batch (half the kernel launches): ``(P_ref, P_est, mask)``."""
+    b = reference.shape[0]
+    both = torch.cat([reference, estimate.to(reference.dtype)])
+    power, fmask = _stft_power(both, torch.cat([lengths, lengths]), *args, **kwargs)
+    return power[:b], power[b:], fmask[:b]
 
 
 def _masked_mean(values: Tensor, mask: Tensor, dim: int | tuple[int, ...]) -> Tensor:
@@ -309,11 +346,11 @@ def log_spectral_distance(
     23 dB below 16-bit quantisation noise) is added to both powers, so matched silence scores 0. Only
     frames the item has on its own (no batch padding) are averaged.
     """
+    full = _all_full(lengths, reference.shape[-1])
     lengths = _check_pair(reference, estimate, lengths)
     d_fft, d_hop = lsd_stft_settings(sample_rate)
     n_fft, hop = n_fft or d_fft, hop or d_hop
-    pr, fmask = _stft_power(reference, lengths, n_fft, hop, pad_mode=pad_mode)
-    pe, _ = _stft_power(estimate, lengths, n_fft, hop, pad_mode=pad_mode)
+    pr, pe, fmask = _stft_power_pair(reference, estimate, lengths, n_fft, hop, pad_mode=pad_mode, full=full)
     diff = torch.log10(pr + eps) - torch.log10(pe + eps)  # (B, T, F)
     per_frame = diff.square().mean(-1).sqrt()
     return _masked_mean(per_frame.double(), fmask, dim=1)
@@ -338,17 +375,19 @@ def mel_distance(
     ``"tacotron"``); each item's tail is reflect-padded about its own end before the front-end, so the
     edge frames match the single-item front-end exactly. Unit: nats of mel magnitude (0 = identical).
     """
+    full = _all_full(lengths, reference.shape[-1])
     lengths = _check_pair(reference, estimate, lengths)
     fe = _frontend(framing, reference.device)
-    n = reference.shape[-1]
-    mask = valid_mask(lengths, n)
+    b, n = reference.shape
     dtype = _work_dtype(reference)
-
-    def ext(x: Tensor) -> Tensor:  # (B, N + pad): each item + its own reflected tail, zeros after
-        return _reflect_center_pad(_masked(x, mask, dtype), lengths, fe.pad)[:, fe.pad :]
-
-    mr = fe(ext(reference))[:, 0]  # (B, T, 64)
-    me = fe(ext(estimate))[:, 0]
+    both = torch.cat([reference, estimate]).to(dtype)  # one front-end call for both signals
+    lens = torch.cat([lengths, lengths])
+    if not full:
+        both = _masked(both, valid_mask(lens, n))
+    # (2B, N + pad): each item + its own reflected tail, zeros after
+    ext = _reflect_center_pad(both, lens, fe.pad, full=full)[:, fe.pad :]
+    mels = fe(ext)[:, 0]  # (2B, T, 64)
+    mr, me = mels[:b], mels[b:]
     n_valid = fe.num_frames(lengths)
     n_valid = torch.where(lengths > fe.pad, n_valid, torch.zeros_like(n_valid))
     fmask = torch.arange(mr.shape[1], device=reference.device)[None, :] < n_valid[:, None]
@@ -373,11 +412,11 @@ def mrstft_distance(
     over resolutions of ``sc + logmag``. With ``return_parts`` returns ``(total, sc, logmag)``. NaN for
     items too short for the largest window's reflect padding (<= 1024 samples, 64 ms, by default).
     """
+    full = _all_full(lengths, reference.shape[-1])
     lengths = _check_pair(reference, estimate, lengths)
     sc_all, lm_all = [], []
     for n_fft, hop, win in resolutions:
-        pr, fmask = _stft_power(reference, lengths, n_fft, hop, win)
-        pe, _ = _stft_power(estimate, lengths, n_fft, hop, win)
+        pr, pe, fmask = _stft_power_pair(reference, estimate, lengths, n_fft, hop, win, full=full)
         sr_, se_ = pr.clamp(min=eps).sqrt(), pe.clamp(min=eps).sqrt()
         fm = fmask[:, :, None].to(sr_.dtype)
         num = ((sr_ - se_).square() * fm).double().sum((1, 2)).sqrt()

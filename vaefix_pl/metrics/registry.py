@@ -113,7 +113,13 @@ class MetricContext:
             estimate = estimate.to(reference.dtype)
         self.reference = reference
         self.estimate = estimate
-        self.lengths = F._lengths(reference, lengths)
+        # Validated once on the host: a CUDA ``lengths`` is read back once here, and every metric gets
+        # the CPU copy, so scoring queues its kernels without waiting for the GPU.
+        host = None if lengths is None else torch.as_tensor(lengths).detach()
+        if host is not None and host.device.type != "cpu":
+            host = host.cpu()
+        self.lengths = F._lengths(reference, host)  # (B,) on the device
+        self.host_lengths = host if host is None else host.long().reshape(-1)
         self.sample_rate = int(sample_rate)
         self.cache: dict[str, Any] = {}
 
@@ -131,7 +137,7 @@ class MetricContext:
         return self.cached(
             "lag",
             lambda: F.estimate_lag(
-                self.reference, self.estimate, self.lengths, max_lag=max_lag, return_peak=True
+                self.reference, self.estimate, self.host_lengths, max_lag=max_lag, return_peak=True
             ),
         )
 
@@ -167,7 +173,7 @@ class MetricContext:
     def mrstft(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.cached(
             "mrstft",
-            lambda: F.mrstft_distance(self.reference, self.estimate, self.lengths, return_parts=True),
+            lambda: F.mrstft_distance(self.reference, self.estimate, self.host_lengths, return_parts=True),
         )
 
 
@@ -185,7 +191,7 @@ def _xcorr_peak(ctx: MetricContext) -> Tensor:
 
 @register_metric("snr", "dB", "higher", "seed's SNR 10 log10(sum ref^2 / sum (ref - est)^2)")
 def _snr(ctx: MetricContext) -> Tensor:
-    return F.snr(ctx.reference, ctx.estimate, ctx.lengths)
+    return F.snr(ctx.reference, ctx.estimate, ctx.host_lengths)
 
 
 @register_metric("snr_aligned", "dB", "higher", "SNR after undoing the lag")
@@ -196,7 +202,7 @@ def _snr_aligned(ctx: MetricContext) -> Tensor:
 
 @register_metric("pearson", "", "higher", "seed's Pearson correlation (np.corrcoef)")
 def _pearson(ctx: MetricContext) -> Tensor:
-    return F.pearson(ctx.reference, ctx.estimate, ctx.lengths)
+    return F.pearson(ctx.reference, ctx.estimate, ctx.host_lengths)
 
 
 @register_metric("pearson_aligned", "", "higher", "Pearson correlation after undoing the lag")
@@ -207,7 +213,7 @@ def _pearson_aligned(ctx: MetricContext) -> Tensor:
 
 @register_metric("si_sdr", "dB", "higher", "scale-invariant SDR (zero-mean, torchmetrics' formula)")
 def _si_sdr(ctx: MetricContext) -> Tensor:
-    return F.si_sdr(ctx.reference, ctx.estimate, ctx.lengths)
+    return F.si_sdr(ctx.reference, ctx.estimate, ctx.host_lengths)
 
 
 @register_metric("si_sdr_aligned", "dB", "higher", "SI-SDR after undoing the lag")
@@ -220,14 +226,14 @@ def _si_sdr_aligned(ctx: MetricContext) -> Tensor:
     "lsd", "log10 power", "lower", "log-spectral distance (AudioSR/ssr_eval STFT: 743/160 at 16 kHz)"
 )
 def _lsd(ctx: MetricContext) -> Tensor:
-    return F.log_spectral_distance(ctx.reference, ctx.estimate, ctx.lengths, ctx.sample_rate)
+    return F.log_spectral_distance(ctx.reference, ctx.estimate, ctx.host_lengths, ctx.sample_rate)
 
 
 @register_metric("mel_distance", "nats", "lower", "L1 between AudioLDM2 log-mels (64 bands, hop 160)")
 def _mel_distance(ctx: MetricContext) -> Tensor:
     if ctx.sample_rate != SAMPLE_RATE:
         raise ValueError(f"mel_distance uses AudioLDM2's 16 kHz front-end; got sample_rate={ctx.sample_rate}")
-    return F.mel_distance(ctx.reference, ctx.estimate, ctx.lengths)
+    return F.mel_distance(ctx.reference, ctx.estimate, ctx.host_lengths)
 
 
 @register_metric("mrstft_distance", "", "lower", "multi-resolution STFT: SC + log-mag L1 at 512/1024/2048")
@@ -324,7 +330,7 @@ def compute_metrics(
         # Framed metrics (pooling, STFTs) need a minimum width; samples past every item's length are
         # never read as signal, so zero-padding the batch leaves each item's values unchanged.
         if lengths is None:
-            lengths = torch.full(reference.shape[:1], reference.shape[-1], device=reference.device)
+            lengths = torch.full(reference.shape[:1], reference.shape[-1])
         pad = MIN_WIDTH - reference.shape[-1]
         reference = torch.nn.functional.pad(reference, (0, pad))
         estimate = torch.nn.functional.pad(estimate, (0, pad))
