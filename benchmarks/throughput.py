@@ -98,10 +98,12 @@ VARIANTS: dict[str, dict] = {
     "tf32_compile_poly": dict(precision="fp32", tf32=True, preset="compile"),
     "bf16_compile_poly": dict(precision="bf16", tf32=True, preset="compile"),
     # + cuDNN's benchmark tries every algorithm per shape (torch's default: the first 10)
-    # + the narrow undilated resblock convs on the time-folded view (vaefix_pl.speed.FOLD_FACTORS, or
-    # the rule --fold-from derives from a conv_shapes.py JSON)
-    "tf32_compile_fold": dict(precision="fp32", tf32=True, preset="compile", fold=True),
-    "bf16_compile_fold": dict(precision="bf16", tf32=True, preset="compile", fold=True),
+    # the preset with / without the narrow undilated resblock convs in folded or phase form
+    # (vaefix_pl.speed.NARROW_CONV_FORMS, or the rule --narrow-from derives from a conv_shapes.py JSON)
+    "tf32_compile_narrow": dict(precision="fp32", tf32=True, preset="compile", narrow=True),
+    "bf16_compile_narrow": dict(precision="bf16", tf32=True, preset="compile", narrow=True),
+    "tf32_compile_plain": dict(precision="fp32", tf32=True, preset="compile", narrow=False),
+    "bf16_compile_plain": dict(precision="bf16", tf32=True, preset="compile", narrow=False),
     "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, preset="compile", benchmark_limit=0),
     "bf16_compile_poly_bl0": dict(precision="bf16", tf32=True, preset="compile", benchmark_limit=0),
     "bf16_max_autotune": dict(
@@ -116,7 +118,7 @@ VARIANTS: dict[str, dict] = {
 
 def _rewrites_models(cfg: dict) -> bool:
     """Whether the variant's ``optimize`` changes the modules in place (then it gets its own copies)."""
-    return any(cfg.get(k) for k in ("vocoder_cl", "compile", "polyphase", "preset", "fold"))
+    return any(cfg.get(k) for k in ("vocoder_cl", "compile", "polyphase", "preset", "narrow"))
 
 
 def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
@@ -127,8 +129,8 @@ def _optimize(rec: Reconstructor, cfg: dict) -> Reconstructor:
     torch.backends.cudnn.benchmark_limit = cfg.get("benchmark_limit", 10)  # torch's default is 10
     if "preset" in cfg:
         settings = dict(SPEED_PRESETS[cfg["preset"]])
-        if "fold" in cfg:
-            settings["fold_narrow"] = cfg["fold"]
+        if "narrow" in cfg:
+            settings["narrow_convs"] = cfg["narrow"]
         return rec.optimize(**settings)
     return rec.optimize(
         channels_last=cfg.get("channels_last", False),
@@ -344,20 +346,20 @@ def main() -> None:
     p.add_argument("--profile", default="", help="variant to profile (top kernels)")
     p.add_argument("--profile-batch", type=int, default=16)
     p.add_argument(
-        "--fold-from", default=None,
-        help="conv_shapes.py JSON: set vaefix_pl.speed.FOLD_FACTORS from it (fold2/fold4 rows) for *_fold variants",
+        "--narrow-from", default=None,
+        help="conv_shapes.py JSON: set vaefix_pl.speed.NARROW_CONV_FORMS from its fold/pout rows",
     )  # fmt: skip
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
     args = p.parse_args()
     global DEVICE
-    if args.fold_from:
+    if args.narrow_from:
         from vaefix_pl import speed
 
-        conv_rows = json.loads(Path(args.fold_from).read_text())
+        conv_rows = json.loads(Path(args.narrow_from).read_text())
         for key, dt in (("bf16", "bfloat16"), ("fp32", "float32")):
-            speed.FOLD_FACTORS[key] = speed.fold_rule_from_rows(conv_rows, dt)
-        print("fold factors from", args.fold_from, speed.FOLD_FACTORS, flush=True)
+            speed.NARROW_CONV_FORMS[key] = speed.narrow_rule_from_rows(conv_rows, dt)
+        print("narrow conv forms from", args.narrow_from, speed.NARROW_CONV_FORMS, flush=True)
     if args.smoke:
         DEVICE = "cpu"
     else:

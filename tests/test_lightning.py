@@ -18,6 +18,7 @@ from signals import formant_pulses, harmonic, noise
 
 from vaefix_pl import AudioDataModule, ReconstructionModule, ReconstructionWriter
 from vaefix_pl.cli import main as vaefix
+from vaefix_pl.data import collate_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,7 +285,7 @@ def test_predict_on_gpu(tmp_path, tiny_model_dir):
 @pytest.mark.cuda
 def test_predict_step_never_waits_for_the_gpu(tiny_model_dir):
     """predict_step (reconstruction + the spectral metrics) with the host copy of the lengths that
-    on_before_batch_transfer adds queues all its GPU work without one device synchronisation, so the
+    collate_audio adds queues all its GPU work without one device synchronisation, so the
     loop can fetch and launch the next batch while this one runs. Mixed lengths (the general path)."""
     from vaefix_pl.reconstruct import Reconstructor
 
@@ -295,14 +296,11 @@ def test_predict_step_never_waits_for_the_gpu(tiny_model_dir):
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([30000, 30000, 21000])
     wave = torch.randn(3, 30000, generator=g) * (torch.arange(30000)[None] < lengths[:, None])
-    batch = {
-        "ids": ["a", "b", "c"],
-        "paths": ["a", "b", "c"],
-        "errors": [],
-        "waveform": wave,
-        "lengths": lengths,
-    }
-    batch = module.on_before_batch_transfer(batch, 0)
+    items = [
+        {"id": i, "path": i, "waveform": w[:n], "error": None}
+        for i, w, n in zip("abc", wave, lengths.tolist())
+    ]
+    batch = collate_audio(items)
     assert batch["host_lengths"] == [30000, 30000, 21000]
     batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     ref = module.predict_step(batch, 0)  # warm-up
@@ -312,9 +310,10 @@ def test_predict_step_never_waits_for_the_gpu(tiny_model_dir):
         out = module.predict_step(batch, 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.equal(out["audio"]["recon"], ref["audio"]["recon"])
+    # same values (up to cuDNN's run-to-run differences)
+    torch.testing.assert_close(out["audio"]["recon"], ref["audio"]["recon"], rtol=1e-4, atol=1e-6)
     for name, value in ref["metrics"]["recon"].items():
-        assert torch.equal(out["metrics"]["recon"][name], value), name
+        torch.testing.assert_close(out["metrics"]["recon"][name], value, rtol=1e-3, atol=1e-3, msg=name)
 
 
 def test_cli_reconstruct_with_seed_repair_config_scores_both(tmp_path, tiny_model_dir):

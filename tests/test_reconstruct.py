@@ -219,7 +219,8 @@ def test_cuda_forward_never_waits_for_the_device(tiny_model_dir, rec):
         out = gpu(xg, lengths)  # CPU lengths
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.equal(out.waveform, ref.waveform) and torch.equal(out.mel_hat, ref.mel_hat)
+    torch.testing.assert_close(out.waveform, ref.waveform, rtol=1e-4, atol=1e-6)  # cuDNN run-to-run
+    torch.testing.assert_close(out.mel_hat, ref.mel_hat, rtol=1e-4, atol=1e-5)
     assert out.lengths.is_cuda and out.canonical_frames.tolist() == [1024, 2048, 1024, 1024]
 
 

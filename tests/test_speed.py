@@ -102,19 +102,20 @@ def test_polyphase_conv_matches_conv1d_on_signals():
         PolyphaseConv1d(torch.nn.Conv1d(2, 2, 3, padding=1))
 
 
-@pytest.mark.parametrize("factor", [2, 4])
-def test_folded_convs_are_the_same_function(factor):
+@pytest.mark.parametrize("form", ["fold2", "fold4", "phase2", "phase4"])
+def test_narrow_conv_forms_are_the_same_function(form):
     """Time-folding of the undilated resblock convs (odd and even stage lengths), with the polyphase
     rewrite of the dilated ones, against the stock vocoder."""
-    from vaefix_pl.speed import FoldedConv1d, fold_narrow_convs, polyphase_dilated_convs
+    from vaefix_pl.speed import FoldedConv1d, PhaseConv1d, polyphase_dilated_convs, rewrite_narrow_convs
 
     _, vocoder = build_models(*tiny_configs(), seed=7)
     fast = copy.deepcopy(vocoder)
     conv1d_channels_last(fast)
     polyphase_dilated_convs(fast)
     seen = []
-    fold_narrow_convs(fast, lambda cin, cout, k: seen.append((cin, cout, k)) or factor)
-    folded = [m for m in fast.modules() if isinstance(m, FoldedConv1d)]
+    rewrite_narrow_convs(fast, lambda cin, cout, k: seen.append((cin, cout, k)) or form)
+    cls = FoldedConv1d if form.startswith("fold") else PhaseConv1d
+    folded = [m for m in fast.modules() if isinstance(m, cls)]
     undilated = [
         m for m in vocoder.modules()
         if type(m) is torch.nn.Conv1d and m.dilation[0] == 1 and m.kernel_size[0] % 2 == 1
@@ -156,18 +157,63 @@ def test_folded_conv_matches_conv1d_on_signals():
         FoldedConv1d(torch.nn.Conv1d(2, 2, 3, padding=3, dilation=3), 2)
 
 
-def test_fold_rule_keeps_only_measured_wins():
-    from vaefix_pl.speed import fold_rule_from_rows
+def test_narrow_rule_keeps_only_measured_wins():
+    from vaefix_pl.speed import narrow_rule_from_rows
 
     def row(c, k, d, variant, ms, dtype="bfloat16"):
         return {"dtype": dtype, "C": c, "k": k, "d": d, "variant": variant, "ms": ms}
 
     rows = [
-        row(32, 3, 1, "w", 1.0), row(32, 3, 1, "fold2", 0.7), row(32, 3, 1, "fold4", 0.6),  # fold4 best
+        row(32, 3, 1, "w", 1.0), row(32, 3, 1, "fold2", 0.7), row(32, 3, 1, "pout4", 0.6),  # pout4 best
         row(64, 7, 1, "w", 1.0), row(64, 7, 1, "fold2", 0.97),  # < 5 % better: unfolded
         row(128, 3, 1, "w", 1.0), row(128, 3, 1, "fold2", 1.4),  # slower: unfolded
         row(32, 11, 3, "w", 5.0), row(32, 11, 1, "fold2", 0.1),  # dilated rows ignored; no plain row
         row(32, 3, 1, "w", 0.5, "float32"), row(32, 3, 1, "fold2", 0.4, "float32"),
     ]  # fmt: skip
-    assert fold_rule_from_rows(rows, "bfloat16") == {(32, 3): 4}
-    assert fold_rule_from_rows(rows, "float32") == {(32, 3): 2}
+    assert narrow_rule_from_rows(rows, "bfloat16") == {(32, 3): "phase4"}
+    assert narrow_rule_from_rows(rows, "float32") == {(32, 3): "fold2"}
+
+
+def test_phase_conv_matches_conv1d_on_signals():
+    from vaefix_pl.speed import Conv1dAsConv2d, PhaseConv1d
+
+    torch.manual_seed(2)
+    for k, f, n, bias in (
+        (3, 2, 300, True),
+        (7, 4, 301, False),
+        (11, 2, 163, True),
+        (11, 4, 10, True),
+        (5, 3, 97, True),
+    ):
+        conv = torch.nn.Conv1d(6, 5, k, padding=(k - 1) // 2, bias=bias)
+        x = torch.stack([torch.from_numpy(harmonic(n)), torch.from_numpy(formant_pulses(n))]).float()
+        x = x[:, None, :].repeat(1, 6, 1) * torch.linspace(0.5, 1.5, 6)[None, :, None]
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)  # channels-last, as the rewritten vocoder runs
+        with torch.no_grad():
+            out = PhaseConv1d(Conv1dAsConv2d(conv), f)(x)
+            assert out.shape == (2, 5, n) and out.stride() == (5 * n, 1, 5)
+            assert torch.allclose(out, conv(x), atol=1e-5)
+            assert torch.allclose(PhaseConv1d(conv, f)(x.contiguous()), conv(x), atol=1e-5)
+            # bf16 activations with float32 weights (what autocast hands the op): the op casts its weights
+            assert PhaseConv1d(conv, f)(x.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="undilated"):
+        PhaseConv1d(torch.nn.Conv1d(2, 2, 3, padding=3, dilation=3), 2)
+
+
+def test_optimize_narrow_convs_keeps_the_pipeline_output(tiny_model_dir):
+    """optimize(narrow_convs=...) through the real pipeline (tiny models, every undilated resblock conv
+    rewritten), against the stock modules."""
+    from vaefix_pl.speed import FoldedConv1d, PhaseConv1d
+
+    plain = Reconstructor.from_pretrained(str(tiny_model_dir))
+    fast = Reconstructor.from_pretrained(str(tiny_model_dir))
+    table = {(m.in_channels, m.kernel_size[0]): ("phase2" if i % 2 else "fold4")
+             for i, m in enumerate(fast.vocoder.modules()) if type(m) is torch.nn.Conv1d}  # fmt: skip
+    fast.optimize(
+        vocoder_channels_last=True, cudnn_benchmark=False, polyphase_dilated=True, narrow_convs=table
+    )
+    assert any(isinstance(m, PhaseConv1d) for m in fast.vocoder.modules())
+    assert any(isinstance(m, FoldedConv1d) for m in fast.vocoder.modules())
+    x = torch.from_numpy(formant_pulses(30000, seed=4)).float()[None]
+    a, b = plain(x), fast(x)
+    assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-4

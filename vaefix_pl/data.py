@@ -1,6 +1,6 @@
 """Inputs: file discovery, the audio dataset (decoding in the workers), collate and ``AudioDataModule``.
 
-A batch is ``{"waveform": (B, N) float32, "lengths": (B,) int64, "ids": [B], "paths": [B],
+A batch is ``{"waveform": (B, N) float32, "lengths": (B,) int64, "host_lengths": [B] ints, "ids": [B], "paths": [B],
 "errors": [{"id", "path", "stage", "reason"}, ...]}``. Items that cannot be read are not in the
 tensors: they travel in ``errors`` so the run goes on and the writer records them. ``stage`` is
 ``"discover"`` (missing file, broken or looping link, folder, not readable) or ``"decode"`` (empty,
@@ -295,6 +295,9 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "waveform": wave,
         "lengths": lengths,
+        # a plain list, which the Trainer leaves on the host: the module plans from it without
+        # reading the (device) lengths back
+        "host_lengths": lengths.tolist(),
         "ids": [it["id"] for it in good],
         "paths": [it["path"] for it in good],
         "errors": [

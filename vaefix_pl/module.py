@@ -103,13 +103,6 @@ class ReconstructionModule(L.LightningModule):
 
             self.chain = PostProcessChain(**postprocess)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # A host copy of the lengths (a list: the Trainer moves only tensors to the device), so that
-        # predict_step never has to read them back from the GPU.
-        if isinstance(batch, dict) and isinstance(batch.get("lengths"), Tensor):
-            batch["host_lengths"] = batch["lengths"].tolist()
-        return batch
-
     # Models are loaded per process when the Trainer sets up (every DDP rank loads its own copy).
     def configure_model(self) -> None:
         if self.reconstructor is not None:

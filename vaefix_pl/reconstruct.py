@@ -141,6 +141,7 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
         "pad_narrow_convs": True,
         "attention_math": True,
         "polyphase_dilated": True,
+        "narrow_convs": True,
     },
 }
 
@@ -244,7 +245,7 @@ class Reconstructor(nn.Module):
         attention_math: bool = False,
         polyphase_dilated: bool = False,
         cudnn_benchmark_limit: int | None = None,
-        fold_narrow: bool | dict[tuple[int, int], int] = False,
+        narrow_convs: bool | dict[tuple[int, int], str] = False,
     ) -> Reconstructor:
         """Inference speed settings for fixed-length GPU work (each measured in ``docs/PERFORMANCE.md``).
 
@@ -268,10 +269,12 @@ class Reconstructor(nn.Module):
             polyphase_dilated: run the vocoder's dilated convolutions as undilated ones on the
                 polyphase view of their input (:class:`vaefix_pl.speed.PolyphaseConv1d`, exact): cuDNN's
                 dilated kernels ran at about half the rate of undilated ones on an H100.
-            fold_narrow: run the vocoder's undilated resblock convolutions whose ``(channels, kernel)``
-                is listed in :data:`vaefix_pl.speed.FOLD_FACTORS` (for this precision; or in the given
-                dict) on the time-folded view of their input (:class:`vaefix_pl.speed.FoldedConv1d`,
-                exact): narrow convolutions over long signals are memory-bound in cuDNN.
+            narrow_convs: run the vocoder's undilated resblock convolutions whose ``(channels, kernel)``
+                :data:`vaefix_pl.speed.NARROW_CONV_FORMS` lists for this precision (or the given dict)
+                in the listed exact form: on the time-folded input (:class:`~vaefix_pl.speed.FoldedConv1d`)
+                or with the output phases as channels (:class:`~vaefix_pl.speed.PhaseConv1d`). cuDNN runs
+                32-64-channel convolutions over long signals far below its wide-conv rate. Needs
+                ``vocoder_channels_last``; not applied to the fp16 vocoder (not measured).
             cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
                 default 10; 0 = all of them: slower first batch, sometimes faster kernels).
         """
@@ -286,15 +289,13 @@ class Reconstructor(nn.Module):
             from vaefix_pl.speed import polyphase_dilated_convs
 
             polyphase_dilated_convs(self.vocoder)
-        if fold_narrow:
-            from vaefix_pl.speed import FOLD_FACTORS, fold_narrow_convs
+        if narrow_convs and self.precision != "fp16":
+            from vaefix_pl.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
 
-            table = (
-                fold_narrow
-                if isinstance(fold_narrow, dict)
-                else FOLD_FACTORS["fp32" if self.precision == "fp32" else "bf16"]
+            table = narrow_convs if isinstance(narrow_convs, dict) else NARROW_CONV_FORMS[self.precision]
+            rewrite_narrow_convs(
+                self.vocoder, lambda cin, cout, k: table.get((cin, k)) if cin == cout else None
             )
-            fold_narrow_convs(self.vocoder, lambda cin, cout, k: table.get((cin, k), 1) if cin == cout else 1)
         if pad_narrow_convs:
             from vaefix_pl.speed import pad_narrow_convs as pad
 

@@ -243,6 +243,12 @@ class FoldedConv1d(nn.Module):
         return folded_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.left, self.right)
 
 
+def _like(w: Tensor, x: Tensor) -> Tensor:
+    """``w`` in ``x``'s dtype: autocast does not reach into a custom op, so the op casts its weights to
+    the activations' dtype itself (under bf16 autocast the vocoder's activations are bf16 by then)."""
+    return w if w.dtype == x.dtype else w.to(x.dtype)
+
+
 def _folded_conv1d(
     x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int
 ) -> Tensor:
@@ -257,6 +263,7 @@ def _folded_conv1d(
     extra = right - left  # asymmetric reach: pad the longer side by hand
     if extra:
         xf = nn.functional.pad(xf, (max(-extra, 0), max(extra, 0)))
+    weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
     y = nn.functional.conv2d(xf, weight, bias, padding=(0, min(left, right))).squeeze(2)  # (B, F C', L/F)
     y = y.transpose(1, 2).reshape(b, q * f, -1)
     if q * f != n:
@@ -298,32 +305,132 @@ def fold_narrow_convs(module: nn.Module, factor_for) -> nn.Module:
     return module
 
 
-#: ``(channels, kernel) -> fold factor`` for :func:`fold_narrow_convs`, per compute dtype ("bf16" also
-#: serves fp16; "fp32" is fp32 with cuDNN's default TF32 convolutions). Filled from
-#: ``benchmarks/conv_shapes.py --batch 64 --channels 32,64,128,256 --dilations 1 --variants w,fold2,fold4``
-#: on an H100, 2026-11-25 (:func:`fold_rule_from_rows`, raw rows in
-#: ``benchmarks/results/2026-11-25_h100_conv_shapes_b64_fold.json``); shapes not listed run unfolded.
-#: TF32 (256, 11): cuDNN ran that conv at 163 TFLOP/s (11.6 ms per 64 clips), folded 292.
-FOLD_FACTORS: dict[str, dict[tuple[int, int], int]] = {
-    "bf16": {(64, 7): 2, (64, 11): 2, (32, 3): 2, (32, 7): 4, (32, 11): 4},
-    "fp32": {(256, 11): 2, (64, 7): 2, (64, 11): 2, (32, 3): 2, (32, 7): 4, (32, 11): 4},
-}
+class PhaseConv1d(nn.Module):
+    """An undilated stride-1 ``Conv1d`` run as a stride-``F`` conv whose ``F C'`` outputs are the ``F``
+    output phases: ``(B, C, L) -> (B, C', L)``, same weights, same result.
+
+    Output block ``q`` (samples ``F q .. F q + F - 1``) reads input samples ``F q - p .. F q + F - 2 + k - p``;
+    phase ``r`` uses taps ``r .. r + k - 1`` of that window (kernel ``F + k - 1``, the original kernel
+    shifted by ``r``). The input is read in place as the ``(1, F + k - 1)`` stride-``(1, F)`` conv of the
+    channels-last ``(B, C, 1, L)`` view, and the NHWC output ``(B, F C', 1, L/F)`` is, in memory,
+    ``(B, L/F, F, C')`` = the channels-last ``(B, C', L)`` result: no copies on either side. It costs
+    ``(F + k - 1) / k`` times the FLOPs (fewer than :class:`FoldedConv1d`'s ``F k' / k``), with ``F C'``
+    output channels for cuDNN's tiles. Written by hand (no library splits a conv's output phases);
+    applied only to the shapes ``benchmarks/conv_shapes.py`` measured faster.
+    """
+
+    def __init__(self, conv: nn.Conv1d | Conv1dAsConv2d, factor: int) -> None:
+        super().__init__()
+        inner = conv.conv if isinstance(conv, Conv1dAsConv2d) else conv
+        if isinstance(inner, (nn.ConvTranspose1d, nn.ConvTranspose2d)) or inner.groups != 1:
+            raise ValueError("only ungrouped convolutions are supported")
+        k, d, pad, stride = inner.kernel_size[-1], inner.dilation[-1], inner.padding[-1], inner.stride[-1]
+        if d != 1 or stride != 1 or k % 2 == 0 or pad != (k - 1) // 2 or inner.padding_mode != "zeros":
+            raise ValueError(f"needs an undilated odd-kernel stride-1 'same' conv, got k={k}, d={d}")
+        if factor < 2:
+            raise ValueError(f"factor must be >= 2, got {factor}")
+        f, cin, cout = factor, inner.in_channels, inner.out_channels
+        self.factor, self.pad = f, pad
+        w = inner.weight.detach().reshape(cout, cin, k)
+        phased = torch.zeros(f, cout, cin, f + k - 1, dtype=w.dtype, device=w.device)
+        for r in range(f):
+            phased[r, :, :, r : r + k] = w
+        self.conv = nn.Conv2d(
+            cin, f * cout, (1, f + k - 1), stride=(1, f), padding=(0, pad),
+            bias=inner.bias is not None, device=w.device, dtype=w.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            self.conv.weight.copy_(phased.reshape(f * cout, cin, 1, f + k - 1))
+            if inner.bias is not None:
+                self.conv.bias.copy_(inner.bias.detach().repeat(f))
+        self.conv.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return phase_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.pad)
 
 
-def fold_rule_from_rows(rows: list[dict], dtype: str, min_gain: float = 1.05) -> dict[tuple[int, int], int]:
-    """``(channels, kernel) -> factor`` from ``conv_shapes.py`` rows of one dtype ("bfloat16"/"float32"):
-    the fastest ``foldF`` variant of each undilated shape, kept only when it beats the plain conv by
-    ``min_gain``."""
-    best: dict[tuple[int, int], tuple[float, int]] = {}
+def _phase_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, pad: int) -> Tensor:
+    """``(B, C, L)`` -> ``(B, C', L)`` with strides ``(L C', 1, C')``; ``weight`` ``(F C', C, 1, F + k - 1)``."""
+    b, c, n = x.shape
+    f = factor
+    q = -(-n // f)
+    x4 = x.unsqueeze(2)  # (B, C, 1, L): NHWC when x is channels-last
+    if q * f != n:  # whole output blocks: zeros past the end (what the conv's padding reads there)
+        x4 = nn.functional.pad(x4, (0, q * f - n)).contiguous(memory_format=torch.channels_last)
+    weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
+    y = nn.functional.conv2d(x4, weight, bias, stride=(1, f), padding=(0, pad))  # (B, F C', 1, L/F)
+    y = y.squeeze(2).transpose(1, 2).reshape(b, q * f, -1)  # phase-major channels -> (B, L, C')
+    if q * f != n:
+        y = y[:, :n].contiguous()
+    return y.transpose(1, 2)
+
+
+@torch.library.custom_op("vaefix::phase_conv1d", mutates_args=())
+def phase_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, pad: int) -> Tensor:
+    """Functional form of :class:`PhaseConv1d` (a ``torch.library`` custom op, as :func:`folded_conv1d`)."""
+    return _phase_conv1d(x, weight, bias, factor, pad)
+
+
+@phase_conv1d.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, pad: int) -> Tensor:
+    b, _, n = x.shape
+    cout = weight.shape[0] // factor
+    return x.new_empty_strided((b, cout, n), (n * cout, 1, cout))
+
+
+#: Forms of the narrow undilated convolutions: ``"foldF"`` (:class:`FoldedConv1d`) or ``"phaseF"``
+#: (:class:`PhaseConv1d`), by their conv_shapes.py names ``foldF``/``poutF``.
+NARROW_FORMS = ("fold2", "fold4", "phase2", "phase4")
+
+#: ``(channels, kernel) -> form`` for :func:`rewrite_narrow_convs`, per compute dtype ("bf16";
+#: "fp32" is fp32 with cuDNN's default TF32 convolutions). From ``benchmarks/conv_shapes.py --batch 64
+#: --channels 32,64,256 --dilations 1 --variants w,fold2,fold4,pout2,pout4`` on an H100, 2026-11-25
+#: (:func:`narrow_rule_from_rows`; raw rows in ``benchmarks/results/2026-11-25_h100_conv_shapes_b64_pout.json``).
+#: Shapes not listed run as plain convs. TF32 (256, 11): cuDNN ran it at 163 TFLOP/s (11.6 ms per 64 clips).
+NARROW_CONV_FORMS: dict[str, dict[tuple[int, int], str]] = {
+    "bf16": {(64, 7): "phase2", (64, 11): "phase2", (32, 3): "phase4", (32, 7): "phase4", (32, 11): "phase4"},
+    "fp32": {
+        (256, 11): "phase2", (64, 3): "phase2", (64, 7): "phase2", (64, 11): "phase2",
+        (32, 3): "fold2", (32, 7): "phase4", (32, 11): "phase4",
+    },
+}  # fmt: skip
+
+
+def narrow_rule_from_rows(rows: list[dict], dtype: str, min_gain: float = 1.05) -> dict[tuple[int, int], str]:
+    """``(channels, kernel) -> form`` from ``conv_shapes.py`` rows of one dtype ("bfloat16"/"float32"):
+    the fastest ``foldF``/``poutF`` variant of each undilated shape, kept only when it beats the plain
+    conv by ``min_gain``."""
+    best: dict[tuple[int, int], tuple[float, str]] = {}
     plain: dict[tuple[int, int], float] = {}
     for r in rows:
         if r["dtype"] != dtype or r["d"] != 1:
             continue
         key = (int(r["C"]), int(r["k"]))
-        if r["variant"] == "w":
+        name = r["variant"]
+        if name == "w":
             plain[key] = r["ms"]
-        elif r["variant"].startswith("fold"):
-            f = int(r["variant"][4:])
+        elif name.startswith(("fold", "pout")):
+            form = name.replace("pout", "phase")
             if key not in best or r["ms"] < best[key][0]:
-                best[key] = (r["ms"], f)
-    return {key: f for key, (ms, f) in best.items() if key in plain and plain[key] >= min_gain * ms}
+                best[key] = (r["ms"], form)
+    return {key: form for key, (ms, form) in best.items() if key in plain and plain[key] >= min_gain * ms}
+
+
+def rewrite_narrow_convs(module: nn.Module, form_for) -> nn.Module:
+    """Replace (in place) undilated stride-1 'same' :class:`Conv1dAsConv2d` convolutions by
+    :class:`FoldedConv1d` / :class:`PhaseConv1d` where ``form_for(in_channels, out_channels, kernel)``
+    returns a form of :data:`NARROW_FORMS` (``None``: leave it)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv1dAsConv2d) and type(child.conv) is nn.Conv2d:
+            inner = child.conv
+            k, d, s = inner.kernel_size[-1], inner.dilation[-1], inner.stride[-1]
+            if d == 1 and s == 1 and k % 2 == 1 and inner.padding[-1] == (k - 1) // 2 and inner.groups == 1:
+                form = form_for(inner.in_channels, inner.out_channels, k)
+                if form:
+                    if form not in NARROW_FORMS:
+                        raise ValueError(f"unknown form {form!r}; expected one of {NARROW_FORMS}")
+                    cls = FoldedConv1d if form.startswith("fold") else PhaseConv1d
+                    setattr(module, name, cls(child, int(form[-1])))
+        elif not isinstance(child, (FoldedConv1d, PhaseConv1d, PolyphaseConv1d)):
+            rewrite_narrow_convs(child, form_for)
+    return module
