@@ -157,3 +157,15 @@ def test_normalize_level_across_column_blocks_and_silence():
         assert np.abs(y[i, :m].numpy() - (c * g).astype(np.float32)).max() <= 1e-7
         assert not y[i, m:].any()
     assert np.isfinite(y.numpy()).all() and not y[1].any() and not y[2].any()
+
+
+def test_frontend_builds_under_another_default_device():
+    """Lightning's configure_model builds the models under the accelerator's default device (CUDA); the
+    mel basis must still come out right (a "meta" default device stands in for CUDA on the CPU)."""
+    import librosa
+
+    with torch.device("meta"):
+        fe = LogMelFrontend()
+    assert fe.mel_basis.device.type == "cpu" and fe.window.device.type == "cpu"
+    ref = librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0.0, fmax=8000.0, dtype=np.float64)
+    np.testing.assert_allclose(fe.mel_basis.numpy(), ref, rtol=1e-9, atol=1e-12)

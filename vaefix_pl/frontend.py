@@ -131,9 +131,12 @@ def slaney_mel_basis(dtype: torch.dtype = torch.float64) -> Tensor:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        fb = torchaudio.functional.melscale_fbanks(
-            N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
-        )
+        # On the CPU whatever the default device: Lightning's configure_model runs under a CUDA
+        # default device, where torchaudio mixed CUDA grids with CPU tensors and failed.
+        with torch.device("cpu"):
+            fb = torchaudio.functional.melscale_fbanks(
+                N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
+            )
     finally:
         torch.set_default_dtype(previous)
     return fb.T.contiguous().to(dtype)
@@ -158,7 +161,9 @@ class LogMelFrontend(nn.Module):
         # Kept in float64 and cast per call, so float64 inputs get a float64 basis even after .float().
         self.register_buffer("mel_basis", slaney_mel_basis(torch.float64), persistent=False)
         self.register_buffer(
-            "window", torch.hann_window(N_FFT, periodic=True, dtype=torch.float64), persistent=False
+            "window",
+            torch.hann_window(N_FFT, periodic=True, dtype=torch.float64, device="cpu"),
+            persistent=False,
         )
 
     def extra_repr(self) -> str:
