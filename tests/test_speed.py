@@ -66,6 +66,16 @@ def test_narrow_conv_padding_and_math_attention_keep_the_output(tiny_model_dir):
     assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < 1e-4
 
 
+def _assert_same_vocoder(vocoder, fast) -> None:
+    """Same output on log-mels of 45 and 61 frames (odd and even stage lengths)."""
+    for frames in (45, 61):
+        mel = torch.randn(2, frames, 64) * 2 - 5
+        with torch.no_grad():
+            ref, out = vocoder(mel), fast(mel)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 @pytest.mark.parametrize("channels_last_first", [False, True])
 def test_polyphase_dilated_convs_are_the_same_function(channels_last_first):
     """Polyphase rewrite of the dilated resblock convs (dilations 3 and 5; lengths that are and are not
@@ -80,12 +90,7 @@ def test_polyphase_dilated_convs_are_the_same_function(channels_last_first):
     poly = [m for m in fast.modules() if isinstance(m, PolyphaseConv1d)]
     dilated = [m for m in vocoder.modules() if isinstance(m, torch.nn.Conv1d) and m.dilation[0] > 1]
     assert len(poly) == len(dilated) > 0
-    for frames in (45, 61):
-        mel = torch.randn(2, frames, 64) * 2 - 5
-        with torch.no_grad():
-            ref, out = vocoder(mel), fast(mel)
-        assert out.shape == ref.shape
-        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    _assert_same_vocoder(vocoder, fast)
 
 
 def test_polyphase_conv_matches_conv1d_on_signals():
@@ -122,39 +127,7 @@ def test_narrow_conv_forms_are_the_same_function(form):
         and m.padding[0] == (m.kernel_size[0] - 1) // 2
     ]  # fmt: skip
     assert len(folded) == len(undilated) == len(seen) > 0
-    for frames in (45, 61):
-        mel = torch.randn(2, frames, 64) * 2 - 5
-        with torch.no_grad():
-            ref, out = vocoder(mel), fast(mel)
-        assert out.shape == ref.shape
-        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
-
-
-def test_folded_conv_matches_conv1d_on_signals():
-    from vaefix_pl.speed import Conv1dAsConv2d, FoldedConv1d, folded_taps
-
-    # hand-checked reach: k=11 (pad 5) folded by 2 reads blocks q-3..q+3, by 4 q-2..q+2; k=7 by 4 q-1..q+1
-    assert (
-        folded_taps(11, 5, 2) == (3, 3) and folded_taps(11, 5, 4) == (2, 2) and folded_taps(7, 3, 4) == (1, 1)
-    )
-    torch.manual_seed(1)
-    for k, f, n, bias in (
-        (3, 2, 300, True),
-        (7, 4, 301, False),
-        (11, 2, 163, True),
-        (11, 4, 10, True),
-        (5, 3, 97, True),
-    ):
-        conv = torch.nn.Conv1d(6, 5, k, padding=(k - 1) // 2, bias=bias)
-        x = torch.stack([torch.from_numpy(harmonic(n)), torch.from_numpy(formant_pulses(n))]).float()
-        x = x[:, None, :].repeat(1, 6, 1) * torch.linspace(0.5, 1.5, 6)[None, :, None]
-        x = x.transpose(1, 2).contiguous().transpose(1, 2)  # channels-last, as the rewritten vocoder runs
-        with torch.no_grad():
-            fc = FoldedConv1d(Conv1dAsConv2d(conv), f)
-            assert torch.allclose(fc(x), conv(x), atol=1e-5)
-            assert torch.allclose(FoldedConv1d(conv, f)(x.contiguous()), conv(x), atol=1e-5)
-    with pytest.raises(ValueError, match="undilated"):
-        FoldedConv1d(torch.nn.Conv1d(2, 2, 3, padding=3, dilation=3), 2)
+    _assert_same_vocoder(vocoder, fast)
 
 
 def test_narrow_rule_keeps_only_measured_wins():
@@ -174,30 +147,45 @@ def test_narrow_rule_keeps_only_measured_wins():
     assert narrow_rule_from_rows(rows, "float32") == {(32, 3): "fold2"}
 
 
-def test_phase_conv_matches_conv1d_on_signals():
-    from vaefix_pl.speed import Conv1dAsConv2d, PhaseConv1d
+def test_folded_taps_reach_by_hand():
+    from vaefix_pl.speed import folded_taps
 
+    # k=11 (pad 5) folded by 2 reads blocks q-3..q+3, by 4 q-2..q+2; k=7 by 4 q-1..q+1; k=5 (pad 2) by 3:
+    # offsets r + j - 2 run over -2..4, i.e. blocks q-1..q+1; k=3 by 8: offsets -1..8, blocks q-1..q+1
+    assert folded_taps(11, 5, 2) == (3, 3) and folded_taps(11, 5, 4) == (2, 2)
+    assert (
+        folded_taps(7, 3, 4) == (1, 1) and folded_taps(5, 2, 3) == (1, 1) and folded_taps(3, 1, 8) == (1, 1)
+    )
+
+
+@pytest.mark.parametrize("form", ["fold", "phase"])
+def test_narrow_conv_form_matches_conv1d_on_signals(form):
+    """Odd and even lengths, lengths that are not multiples of the factor, a batch shorter than one
+    folded block, with and without bias; channels-last and contiguous inputs; bf16 activations."""
+    from vaefix_pl.speed import Conv1dAsConv2d, FoldedConv1d, PhaseConv1d
+
+    cls = FoldedConv1d if form == "fold" else PhaseConv1d
     torch.manual_seed(2)
-    for k, f, n, bias in (
-        (3, 2, 300, True),
-        (7, 4, 301, False),
-        (11, 2, 163, True),
-        (11, 4, 10, True),
-        (5, 3, 97, True),
-    ):
+    cases = ((3, 2, 300, True), (7, 4, 301, False), (11, 2, 163, True), (11, 4, 10, True), (5, 3, 97, True))
+    for k, f, n, bias in cases:
         conv = torch.nn.Conv1d(6, 5, k, padding=(k - 1) // 2, bias=bias)
         x = torch.stack([torch.from_numpy(harmonic(n)), torch.from_numpy(formant_pulses(n))]).float()
         x = x[:, None, :].repeat(1, 6, 1) * torch.linspace(0.5, 1.5, 6)[None, :, None]
         x = x.transpose(1, 2).contiguous().transpose(1, 2)  # channels-last, as the rewritten vocoder runs
         with torch.no_grad():
-            out = PhaseConv1d(Conv1dAsConv2d(conv), f)(x)
+            ref = conv(x)
+            out = cls(Conv1dAsConv2d(conv), f)(x)
             assert out.shape == (2, 5, n) and out.stride() == (5 * n, 1, 5)
-            assert torch.allclose(out, conv(x), atol=1e-5)
-            assert torch.allclose(PhaseConv1d(conv, f)(x.contiguous()), conv(x), atol=1e-5)
+            assert torch.allclose(out, ref, atol=1e-5)
+            assert torch.allclose(cls(conv, f)(x.contiguous()), ref, atol=1e-5)
             # bf16 activations with float32 weights (what autocast hands the op): the op casts its weights
-            assert PhaseConv1d(conv, f)(x.bfloat16()).dtype == torch.bfloat16
+            low = cls(conv, f)(x.bfloat16())
+            assert low.dtype == torch.bfloat16
+            assert (low.float() - ref).norm() / ref.norm() < 2e-2
     with pytest.raises(ValueError, match="undilated"):
-        PhaseConv1d(torch.nn.Conv1d(2, 2, 3, padding=3, dilation=3), 2)
+        cls(torch.nn.Conv1d(2, 2, 3, padding=3, dilation=3), 2)
+    with pytest.raises(ValueError, match="factor"):
+        cls(torch.nn.Conv1d(2, 2, 3, padding=1), 1)
 
 
 def test_optimize_narrow_convs_keeps_the_pipeline_output(tiny_model_dir):

@@ -188,6 +188,20 @@ def polyphase_dilated_convs(module: nn.Module) -> nn.Module:
     return module
 
 
+def _same_conv(conv: nn.Conv1d | Conv1dAsConv2d, factor: int) -> tuple[nn.Module, int, int]:
+    """``(inner conv, kernel, padding)`` of an undilated, ungrouped, stride-1 odd-kernel 'same' conv,
+    or ``ValueError`` (what :class:`FoldedConv1d` and :class:`PhaseConv1d` can rewrite)."""
+    inner = conv.conv if isinstance(conv, Conv1dAsConv2d) else conv
+    if isinstance(inner, (nn.ConvTranspose1d, nn.ConvTranspose2d)) or inner.groups != 1:
+        raise ValueError("only ungrouped convolutions are supported")
+    k, d, pad, stride = inner.kernel_size[-1], inner.dilation[-1], inner.padding[-1], inner.stride[-1]
+    if d != 1 or stride != 1 or k % 2 == 0 or pad != (k - 1) // 2 or inner.padding_mode != "zeros":
+        raise ValueError(f"needs an undilated odd-kernel stride-1 'same' conv, got k={k}, d={d}")
+    if factor < 2:
+        raise ValueError(f"factor must be >= 2, got {factor}")
+    return inner, k, pad
+
+
 def folded_taps(k: int, pad: int, factor: int) -> tuple[int, int]:
     """``(left, right)`` block offsets a time-folded 'same' conv reads: output block ``q`` needs input
     blocks ``q - left .. q + right`` (kernel ``left + right + 1`` on the folded axis)."""
@@ -212,16 +226,10 @@ class FoldedConv1d(nn.Module):
 
     def __init__(self, conv: nn.Conv1d | Conv1dAsConv2d, factor: int) -> None:
         super().__init__()
-        inner = conv.conv if isinstance(conv, Conv1dAsConv2d) else conv
-        if isinstance(inner, (nn.ConvTranspose1d, nn.ConvTranspose2d)) or inner.groups != 1:
-            raise ValueError("only ungrouped convolutions are supported")
-        k, d, pad, stride = inner.kernel_size[-1], inner.dilation[-1], inner.padding[-1], inner.stride[-1]
-        if d != 1 or stride != 1 or k % 2 == 0 or pad != (k - 1) // 2 or inner.padding_mode != "zeros":
-            raise ValueError(f"needs an undilated odd-kernel stride-1 'same' conv, got k={k}, d={d}")
-        if factor < 2:
-            raise ValueError(f"factor must be >= 2, got {factor}")
+        inner, k, pad = _same_conv(conv, factor)
         f, cin, cout = factor, inner.in_channels, inner.out_channels
         left, right = folded_taps(k, pad, f)
+        assert left == right  # floor((p + F - 1) / F) == ceil(p / F): a 'same' conv stays symmetric
         self.factor, self.left, self.right = f, left, right
         w = inner.weight.detach().reshape(cout, cin, k)
         folded = torch.zeros(f, cout, f, cin, left + right + 1, dtype=w.dtype, device=w.device)
@@ -230,7 +238,7 @@ class FoldedConv1d(nn.Module):
                 o = r + j - pad
                 folded[r, :, o % f, :, o // f + left] = w[:, :, j]
         self.conv = nn.Conv2d(
-            f * cin, f * cout, (1, left + right + 1), padding=(0, min(left, right)),
+            f * cin, f * cout, (1, left + right + 1), padding=(0, left),
             bias=inner.bias is not None, device=w.device, dtype=w.dtype,
         )  # fmt: skip
         with torch.no_grad():
@@ -260,11 +268,8 @@ def _folded_conv1d(
     if q * f != n:
         xt = nn.functional.pad(xt, (0, 0, 0, q * f - n))
     xf = xt.reshape(b, q, f * c).transpose(1, 2).unsqueeze(2)  # (B, F C, 1, L/F), NHWC memory
-    extra = right - left  # asymmetric reach: pad the longer side by hand
-    if extra:
-        xf = nn.functional.pad(xf, (max(-extra, 0), max(extra, 0)))
     weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
-    y = nn.functional.conv2d(xf, weight, bias, padding=(0, min(left, right))).squeeze(2)  # (B, F C', L/F)
+    y = nn.functional.conv2d(xf, weight, bias, padding=(0, left)).squeeze(2)  # (B, F C', L/F)
     y = y.transpose(1, 2).reshape(b, q * f, -1)
     if q * f != n:
         y = y[:, :n].contiguous()
@@ -321,14 +326,7 @@ class PhaseConv1d(nn.Module):
 
     def __init__(self, conv: nn.Conv1d | Conv1dAsConv2d, factor: int) -> None:
         super().__init__()
-        inner = conv.conv if isinstance(conv, Conv1dAsConv2d) else conv
-        if isinstance(inner, (nn.ConvTranspose1d, nn.ConvTranspose2d)) or inner.groups != 1:
-            raise ValueError("only ungrouped convolutions are supported")
-        k, d, pad, stride = inner.kernel_size[-1], inner.dilation[-1], inner.padding[-1], inner.stride[-1]
-        if d != 1 or stride != 1 or k % 2 == 0 or pad != (k - 1) // 2 or inner.padding_mode != "zeros":
-            raise ValueError(f"needs an undilated odd-kernel stride-1 'same' conv, got k={k}, d={d}")
-        if factor < 2:
-            raise ValueError(f"factor must be >= 2, got {factor}")
+        inner, k, pad = _same_conv(conv, factor)
         f, cin, cout = factor, inner.in_channels, inner.out_channels
         self.factor, self.pad = f, pad
         w = inner.weight.detach().reshape(cout, cin, k)
