@@ -98,10 +98,8 @@ VARIANTS: dict[str, dict] = {
     "tf32_compile_poly": dict(precision="fp32", tf32=True, preset="compile"),
     "bf16_compile_poly": dict(precision="bf16", tf32=True, preset="compile"),
     # + cuDNN's benchmark tries every algorithm per shape (torch's default: the first 10)
-    # the preset with / without the narrow undilated resblock convs in folded or phase form
-    # (vaefix_pl.speed.NARROW_CONV_FORMS, or the rule --narrow-from derives from a conv_shapes.py JSON)
-    "tf32_compile_narrow": dict(precision="fp32", tf32=True, preset="compile", narrow=True),
-    "bf16_compile_narrow": dict(precision="bf16", tf32=True, preset="compile", narrow=True),
+    # the preset without the narrow undilated resblock convs in folded or phase form (the preset uses
+    # vaefix_pl.speed.NARROW_CONV_FORMS, or the rule --narrow-from derives from a conv_shapes.py JSON)
     "tf32_compile_plain": dict(precision="fp32", tf32=True, preset="compile", narrow=False),
     "bf16_compile_plain": dict(precision="bf16", tf32=True, preset="compile", narrow=False),
     "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, preset="compile", benchmark_limit=0),

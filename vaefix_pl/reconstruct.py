@@ -399,7 +399,7 @@ class Reconstructor(nn.Module):
     def _rows(idx: Tensor, device: torch.device) -> slice | Tensor:
         """CPU row indices -> a slice when they are consecutive (no gather/scatter copies), else a
         device index tensor (copied without waiting for the device)."""
-        if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1 and bool((idx.diff() == 1).all()):
+        if len(idx) and bool((idx.diff() == 1).all()):
             return slice(int(idx[0]), int(idx[-1]) + 1)
         return idx.to(device, non_blocking=True)
 

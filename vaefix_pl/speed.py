@@ -230,7 +230,7 @@ class FoldedConv1d(nn.Module):
         f, cin, cout = factor, inner.in_channels, inner.out_channels
         left, right = folded_taps(k, pad, f)
         assert left == right  # floor((p + F - 1) / F) == ceil(p / F): a 'same' conv stays symmetric
-        self.factor, self.left, self.right = f, left, right
+        self.factor, self.reach = f, left
         w = inner.weight.detach().reshape(cout, cin, k)
         folded = torch.zeros(f, cout, f, cin, left + right + 1, dtype=w.dtype, device=w.device)
         for r in range(f):
@@ -248,7 +248,7 @@ class FoldedConv1d(nn.Module):
         self.conv.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        return folded_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.left, self.right)
+        return folded_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.reach)
 
 
 def _like(w: Tensor, x: Tensor) -> Tensor:
@@ -257,10 +257,8 @@ def _like(w: Tensor, x: Tensor) -> Tensor:
     return w if w.dtype == x.dtype else w.to(x.dtype)
 
 
-def _folded_conv1d(
-    x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int
-) -> Tensor:
-    """``(B, C, L)`` -> ``(B, C', L)`` with strides ``(L C', 1, C')``; ``weight`` ``(F C', F C, 1, k')``."""
+def _folded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, reach: int) -> Tensor:
+    """``(B, C, L)`` -> ``(B, C', L)`` with strides ``(L C', 1, C')``; ``weight`` ``(F C', F C, 1, 2 reach + 1)``."""
     b, c, n = x.shape
     f = factor
     q = -(-n // f)
@@ -269,7 +267,7 @@ def _folded_conv1d(
         xt = nn.functional.pad(xt, (0, 0, 0, q * f - n))
     xf = xt.reshape(b, q, f * c).transpose(1, 2).unsqueeze(2)  # (B, F C, 1, L/F), NHWC memory
     weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
-    y = nn.functional.conv2d(xf, weight, bias, padding=(0, left)).squeeze(2)  # (B, F C', L/F)
+    y = nn.functional.conv2d(xf, weight, bias, padding=(0, reach)).squeeze(2)  # (B, F C', L/F)
     y = y.transpose(1, 2).reshape(b, q * f, -1)
     if q * f != n:
         y = y[:, :n].contiguous()
@@ -277,37 +275,19 @@ def _folded_conv1d(
 
 
 # A custom op, so that torch.compile keeps it whole and hands it its input with the eager strides
-# (channels-last): the fold is then a free view. Traced as plain view/conv ops, Inductor chose its own
-# layout for the producer and copied the largest activations of the vocoder around every folded conv.
+# (channels-last): the fold is then a free view. Traced as plain view/conv ops, Inductor is free to
+# pick another layout for the producer and copy it; the one bf16 run traced that way lost (not profiled).
 @torch.library.custom_op("vaefix::folded_conv1d", mutates_args=())
-def folded_conv1d(
-    x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int
-) -> Tensor:
+def folded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, reach: int) -> Tensor:
     """Functional form of :class:`FoldedConv1d` (a ``torch.library`` custom op)."""
-    return _folded_conv1d(x, weight, bias, factor, left, right)
+    return _folded_conv1d(x, weight, bias, factor, reach)
 
 
 @folded_conv1d.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, left: int, right: int) -> Tensor:
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, reach: int) -> Tensor:
     b, _, n = x.shape
     cout = weight.shape[0] // factor
     return x.new_empty_strided((b, cout, n), (n * cout, 1, cout))
-
-
-def fold_narrow_convs(module: nn.Module, factor_for) -> nn.Module:
-    """Replace (in place) undilated stride-1 :class:`Conv1dAsConv2d` convolutions by :class:`FoldedConv1d`
-    where ``factor_for(in_channels, out_channels, kernel_size) -> int`` returns a factor >= 2."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, Conv1dAsConv2d) and type(child.conv) is nn.Conv2d:
-            inner = child.conv
-            k, d, s = inner.kernel_size[-1], inner.dilation[-1], inner.stride[-1]
-            if d == 1 and s == 1 and k % 2 == 1 and inner.padding[-1] == (k - 1) // 2 and inner.groups == 1:
-                f = int(factor_for(inner.in_channels, inner.out_channels, k))
-                if f >= 2:
-                    setattr(module, name, FoldedConv1d(child, f))
-        elif not isinstance(child, (FoldedConv1d, PolyphaseConv1d)):
-            fold_narrow_convs(child, factor_for)
-    return module
 
 
 class PhaseConv1d(nn.Module):

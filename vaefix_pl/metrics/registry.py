@@ -115,11 +115,10 @@ class MetricContext:
         self.estimate = estimate
         # Validated once on the host: a CUDA ``lengths`` is read back once here, and every metric gets
         # the CPU copy, so scoring queues its kernels without waiting for the GPU.
-        host = None if lengths is None else torch.as_tensor(lengths).detach()
-        if host is not None and host.device.type != "cpu":
-            host = host.cpu()
-        self.lengths = F._lengths(reference, host)  # (B,) on the device
-        self.host_lengths = host if host is None else host.long().reshape(-1)
+        self.host_lengths = (
+            None if lengths is None else torch.as_tensor(lengths).detach().cpu().long().reshape(-1)
+        )
+        self.lengths = F._lengths(reference, self.host_lengths)  # (B,) on the device
         self.sample_rate = int(sample_rate)
         self.cache: dict[str, Any] = {}
 
