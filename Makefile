@@ -9,17 +9,22 @@ OUT ?= demo_out
 MODEL ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-gpu lint bench clean
+.PHONY: install lock demo test test-gpu lint bench clean
 
-$(STAMP): pyproject.toml
+# Every package at the exact version in constraints.txt, the verified torch/torchaudio pair included
+# (torchaudio's compiled ops load only on the torch they were built for). Ranges stay in pyproject.toml.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torchaudio's compiled ops need the matching torch build: install the pair together.
-	$(PY) -m pip install --quiet "torch==2.11.*" "torchaudio==2.11.*"
-	$(PY) -m pip install --quiet -e ".[metrics,test,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[metrics,test,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve constraints.txt from pyproject.toml's ranges with uv (universal: one file for every
+# platform and Python >= 3.10). Then run `make test` from a clean clone before committing it.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra metrics --extra test --extra dev \
+		--python-version 3.10 --universal --no-header --annotation-style line -o constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/vaefix demo --out $(OUT) $(if $(MODEL),--model $(MODEL))
