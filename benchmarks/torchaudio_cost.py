@@ -57,6 +57,8 @@ TEXT = (
 
 
 # ================================================================================= replacements (ported)
+# resample_sinc_hann and griffin_lim_port follow torchaudio's code (BSD 2-Clause License, Copyright (c)
+# 2017 Facebook Inc. (Soumith Chintala)); a copy in the package must carry that notice.
 def mel_fbanks_numpy(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> np.ndarray:
     """Slaney-scale, Slaney-normalised triangular mel basis ``(n_freqs, n_mels)``, float64."""
     f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
