@@ -10,9 +10,9 @@ import torch
 from signals import formant_pulses, harmonic
 from torch import nn
 
-from vaefix_pl.frontend import HOP, LogMelFrontend, normalize_level, slaney_mel_basis
-from vaefix_pl.probes import PROBE_NAMES, probe_signals
-from vaefix_pl.vocoders import (
+from vaefix_pl.core.frontend import HOP, LogMelFrontend, normalize_level, slaney_mel_basis
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.vocoders.hifigan import (
     GriffinLimVocoder,
     VocoderAdapter,
     VocoderError,

@@ -20,7 +20,7 @@ import scipy.fft
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import SAMPLE_RATE, LogMelFrontend, valid_mask
+from vaefix_pl.core.frontend import SAMPLE_RATE, LogMelFrontend, valid_mask
 
 __all__ = [
     "MRSTFT_RESOLUTIONS",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
 from vaefix_pl.metrics.perceptual import PERCEPTUAL_METRICS

@@ -1,6 +1,6 @@
 """Figures and one self-contained ``report.html`` per run folder (``vaefix report OUT_DIR``).
 
-Reads what :class:`~vaefix_pl.writer.ReconstructionWriter` or ``vaefix diagnose`` left in a folder
+Reads what :class:`~vaefix_pl.lightning.writer.ReconstructionWriter` or ``vaefix diagnose`` left in a folder
 (``metrics.csv``, ``summary.json``, ``<id>.original.wav`` / ``.recon.wav`` / ``.post.wav``, and from
 ``vaefix diagnose`` also ``<id>.ceiling.wav`` and ``diagnosis.json``) and writes:
 
@@ -43,7 +43,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vaefix_pl.frontend import F_MAX, F_MIN, HOP, N_MELS, SAMPLE_RATE, LogMelFrontend, normalize_level
+from vaefix_pl.core.frontend import F_MAX, F_MIN, HOP, N_MELS, SAMPLE_RATE, LogMelFrontend, normalize_level
 
 DEFAULT_EMBED_AUDIO_CLIPS = 12
 DEFAULT_MAX_FIGURES = 100
@@ -581,7 +581,7 @@ def _player(src: str, label: str) -> str:
 def _clip_warnings(row: Mapping[str, Any], diag: Mapping[str, Any] | None) -> list[dict[str, str]]:
     if diag is not None:
         return list(diag.get("warnings", []))
-    from vaefix_pl.diagnose import row_warnings
+    from vaefix_pl.diagnose.decompose import row_warnings
 
     return [w.to_dict() for w in row_warnings(dict(row))]
 
@@ -604,7 +604,7 @@ def _verdict_table(diag: Mapping[str, Any] | None) -> str:
     """The per-stage verdict lines of a diagnose run as a small table (status badge, numbers)."""
     if not diag or not diag.get("verdict"):
         return ""
-    from vaefix_pl.diagnose import STAGES
+    from vaefix_pl.diagnose.decompose import STAGES
 
     v = diag["verdict"]
     rows = []

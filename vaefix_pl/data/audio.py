@@ -19,7 +19,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
 
 AUDIO_EXTENSIONS: tuple[str, ...] = tuple(
     sorted({"." + ext.lower() for ext in sf.available_formats()} | {".wav", ".flac", ".ogg", ".mp3", ".opus"})

@@ -44,7 +44,7 @@ def safe_output_path(root: str | os.PathLike, name: str) -> Path:
 
     Checked lexically on the normalised path (``..`` folded), so ids like ``../../x`` or ``/etc/x``
     raise :class:`UnsafePathError` instead of writing elsewhere. Links the user placed inside ``root``
-    are theirs to follow. The data module already makes ids safe (:func:`vaefix_pl.data.safe_id`); this
+    are theirs to follow. The data module already makes ids safe (:func:`vaefix_pl.data.inputs.safe_id`); this
     is the writer's own guard for ids from anywhere else.
     """
     if not name or os.path.isabs(name) or "\x00" in name:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vaefix_pl.frontend import HOP, N_MELS, SAMPLE_RATE
+from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE
 
 DEFAULT_SOURCE = "cvssp/audioldm2"
 Precision = Literal["fp32", "bf16", "fp16"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
 
 
 class ClipsPerSecondProgressBar(TQDMProgressBar):

@@ -13,7 +13,7 @@ Adapters:
   diffusers-format AudioLDM2 folder, a vocoder folder itself, or a hub id in the local HF cache). The
   default vocoder and the fixed baseline.
 * :class:`GriffinLimVocoder`: weight-free floor. torchaudio ``InverseMelScale`` (with exactly the
-  front-end's Slaney basis, :func:`vaefix_pl.frontend.slaney_mel_basis`) + ``GriffinLim`` (n_fft 1024, hop
+  front-end's Slaney basis, :func:`vaefix_pl.core.frontend.slaney_mel_basis`) + ``GriffinLim`` (n_fft 1024, hop
   160, periodic Hann, magnitude), its output placed on the same timeline as the HiFi-GAN's for the
   chosen framing (see the class docstring).
 * :func:`load_user_vocoder` / :func:`vocoder_from_config`: a user's module from ``class_path`` +
@@ -38,7 +38,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from vaefix_pl.frontend import (
+from vaefix_pl.core.frontend import (
     FRAMINGS,
     HOP,
     N_FFT,
@@ -141,8 +141,8 @@ def _first_param(module: Any) -> Tensor | None:
 
 def _probe_mel(frames: int, batch: int, framing: Framing, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(batch, frames, 64)`` log-mel of real probe signals (chirp, speech-like, ...) at the trained level."""
-    from vaefix_pl.frontend import normalize_level
-    from vaefix_pl.probes import PROBE_NAMES, probe_signals
+    from vaefix_pl.core.frontend import normalize_level
+    from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
 
     seconds = (frames + 8) * HOP / SAMPLE_RATE
     signals = probe_signals(seconds=seconds)
@@ -339,7 +339,7 @@ def _vocoder_folder(source: str | os.PathLike, allow_download: bool) -> Path:
     path = Path(source).expanduser()
     if (path / "config.json").is_file() and not (path / "vocoder").is_dir():
         return path
-    from vaefix_pl.models import resolve_source
+    from vaefix_pl.core.models import resolve_source
 
     return resolve_source(source, allow_download=allow_download) / "vocoder"
 
@@ -366,7 +366,7 @@ def load_hifigan(
     """
     from transformers import SpeechT5HifiGan
 
-    from vaefix_pl.models import DEFAULT_SOURCE, VOCODER_WEIGHTS
+    from vaefix_pl.core.models import DEFAULT_SOURCE, VOCODER_WEIGHTS
 
     folder = _vocoder_folder(source or DEFAULT_SOURCE, allow_download)
     cfg_path = folder / "config.json"
@@ -396,14 +396,14 @@ class GriffinLimVocoder(nn.Module):
 
     Exactly our mel definition inverted: ``exp`` of the log-mel (floor ``1e-5`` stays ``1e-5``), torchaudio
     ``InverseMelScale`` (non-negative least squares via ``lstsq`` + ReLU) whose filter bank is replaced by
-    the front-end's own Slaney basis (:func:`vaefix_pl.frontend.slaney_mel_basis`, magnitude not power),
+    the front-end's own Slaney basis (:func:`vaefix_pl.core.frontend.slaney_mel_basis`, magnitude not power),
     then torchaudio's fast Griffin-Lim (n_fft = win = 1024, hop 160, periodic Hann, ``power=1``).
 
     Timeline: torchaudio's Griffin-Lim centres STFT frame ``j`` on output sample ``160 j``. Frame ``k`` of
     the mel is centred on input sample ``160 k`` (``"tacotron"``) or ``160 k + 80`` (``"hifigan"``), so the
     mel is edge-padded by ``pre`` frames in front (0 / 1) and one frame behind, and the output is cut at
     ``160 pre - offset`` (0 / 80) for ``T*160`` samples: output sample ``n`` lies on the input's sample
-    ``n``, the same timeline as :class:`~vaefix_pl.reconstruct.Reconstructor`'s vocoder output (sample
+    ``n``, the same timeline as :class:`~vaefix_pl.core.reconstruct.Reconstructor`'s vocoder output (sample
     ``n`` from frame ``n // 160``).
 
     Args:

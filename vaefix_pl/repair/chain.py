@@ -34,7 +34,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from vaefix_pl.frontend import LOG_MEL_FLOOR, SAMPLE_RATE, TRAINED_LOG_MEL_RANGE, valid_mask
+from vaefix_pl.core.frontend import LOG_MEL_FLOOR, SAMPLE_RATE, TRAINED_LOG_MEL_RANGE, valid_mask
 
 MelMode = Literal["guard", "standardize", "minmax", "none"]
 MEL_MODES: tuple[str, ...] = ("guard", "standardize", "minmax", "none")

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import LOG_MEL_CEIL, LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE, valid_mask
+from vaefix_pl.core.frontend import LOG_MEL_CEIL, LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE, valid_mask
 
 #: Spread below which an item counts as constant (the seed's ``[-4.000, -4.000]`` symptom).
 CONSTANT_STD = 1e-6

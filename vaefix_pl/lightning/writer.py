@@ -37,9 +37,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vaefix_pl.audio import write_wav
-from vaefix_pl.frontend import SAMPLE_RATE
-from vaefix_pl.io_utils import (
+from vaefix_pl.data.audio import write_wav
+from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.runs.files import (
     UnsafePathError,
     atomic_write_text,
     jsonable,
@@ -284,7 +284,7 @@ class ReconstructionWriter(BasePredictionWriter):
         write_audio: write the WAV files (off: metrics only).
         io_workers: threads writing WAV files.
         perceptual_workers: processes for PESQ/STOI (``None``: up to 4, fewer on small machines).
-        report: write ``report.html`` at the end (needs :mod:`vaefix_pl.report`).
+        report: write ``report.html`` at the end (needs :mod:`vaefix_pl.report.html`).
         overwrite: recompute every input, even those an earlier run into ``output_dir`` completed.
         strict: mark the run as failed when any input failed (``vaefix`` then exits with code 1;
             :attr:`failed` is set either way).
@@ -626,7 +626,7 @@ class ReconstructionWriter(BasePredictionWriter):
         self.failed = summary["n_failed"] > 0
         self._finalized = True
         if self.report:
-            from vaefix_pl.report import write_report
+            from vaefix_pl.report.html import write_report
 
             write_report(self.output_dir)
         return summary

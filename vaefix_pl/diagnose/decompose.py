@@ -7,7 +7,7 @@ Three tools, all pure tensor code except the two command-line entry points at th
   (a) ``vocoder_ceiling`` -- the vocoder on the *true* log-mel of the input (what the vocoder alone loses),
   (b) ``vae_roundtrip`` -- mel -> VAE -> mel, no vocoder: the decoded mel's L1 distance to the true mel,
   (c) ``pipeline`` -- the full pipeline (front-end, VAE, vocoder),
-  (d) ``repaired`` -- the full pipeline plus a :class:`~vaefix_pl.postprocess.PostProcessChain` (when given).
+  (d) ``repaired`` -- the full pipeline plus a :class:`~vaefix_pl.repair.chain.PostProcessChain` (when given).
 
   With the same waveform metrics on (a), (c), (d) side by side, ``c - a`` is what the VAE costs and
   ``d - c`` what the repair chain adds or removes.
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import (
+from vaefix_pl.core.frontend import (
     HOP,
     LOG_MEL_CEIL,
     LOG_MEL_FLOOR,
@@ -50,7 +50,7 @@ from vaefix_pl.frontend import (
     normalize_level,
     valid_mask,
 )
-from vaefix_pl.health import mel_health, tensor_health
+from vaefix_pl.core.health import mel_health, tensor_health
 
 #: Stages of the decomposition, in order, with their display titles.
 STAGES: dict[str, str] = {
@@ -271,7 +271,7 @@ class Decomposition:
         warnings: per item, the :class:`HealthWarning` list of every stage.
         audio: ``"original"``, ``"ceiling"``, ``"recon"`` and (with a chain) ``"post"``: ``(B, N)`` float32 at
             the input's level, zero beyond each length.
-        output: the pipeline's :class:`~vaefix_pl.reconstruct.ReconstructionOutput`.
+        output: the pipeline's :class:`~vaefix_pl.core.reconstruct.ReconstructionOutput`.
         mel_mode: the chain's ``mel_mode`` (``None`` without a chain).
     """
 
@@ -369,11 +369,11 @@ def decompose(
     """Stage-wise decomposition of one batch (see the module docstring for stages (a)-(d)).
 
     Args:
-        rec: a :class:`~vaefix_pl.reconstruct.Reconstructor`.
+        rec: a :class:`~vaefix_pl.core.reconstruct.Reconstructor`.
         waveform: ``(B, N)`` float at 16 kHz; ``lengths``: ``(B,)`` valid samples (``None``: all ``N``).
-        chain: an optional :class:`~vaefix_pl.postprocess.PostProcessChain` for stage (d); its mel step runs
+        chain: an optional :class:`~vaefix_pl.repair.chain.PostProcessChain` for stage (d); its mel step runs
             on the decoded mel and the vocoder is re-run on the result only when that step changed it, as
-            :class:`~vaefix_pl.module.ReconstructionModule` does.
+            :class:`~vaefix_pl.lightning.module.ReconstructionModule` does.
         metrics: waveform metric names for stages (a), (c), (d) (default: those of
             :data:`DEFAULT_STAGE_METRICS` that :mod:`vaefix_pl.metrics` provides).
         ids: item names (default ``item0``, ``item1``, ...).
@@ -1337,9 +1337,9 @@ def _load_inputs(
     audio: Sequence[str], seconds: float | None
 ) -> tuple[list[tuple[str, str | None, Tensor]], list[dict[str, Any]]]:
     """``([(id, path, (N,) waveform)], failed rows)`` for files/folders/manifests, or the probe set."""
-    from vaefix_pl.audio import AudioReadError, load_audio
-    from vaefix_pl.data import discover_inputs
-    from vaefix_pl.probes import probe_signals
+    from vaefix_pl.data.audio import AudioReadError, load_audio
+    from vaefix_pl.data.inputs import discover_inputs
+    from vaefix_pl.core.probes import probe_signals
 
     items: list[tuple[str, str | None, Tensor]] = []
     failed: list[dict[str, Any]] = []
@@ -1381,7 +1381,7 @@ def run_diagnosis(
 
     Returns ``(rows, items_json)``: the ``metrics.csv`` rows and one :meth:`Decomposition.item` per clip.
     """
-    from vaefix_pl.audio import write_wav
+    from vaefix_pl.data.audio import write_wav
 
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
@@ -1403,7 +1403,7 @@ def run_diagnosis(
 
 def _write_tables(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, Any]], extra: dict) -> dict:
     """``metrics.csv``, ``errors.csv``, ``summary.json``, ``summary.md`` in the writer's format."""
-    from vaefix_pl.writer import write_run_tables
+    from vaefix_pl.lightning.writer import write_run_tables
 
     return write_run_tables(out, rows + failed, extra, title="vaefix diagnose")
 
@@ -1455,8 +1455,8 @@ def diagnose_main(argv: Sequence[str]) -> int:
     writes the WAVs of every stage, ``metrics.csv``, ``summary.json``, ``diagnosis.json``, figures and
     ``report.html``. Exit code 0, or 1 when no clip could be diagnosed."""
     args = _diagnose_parser().parse_args(list(argv))
-    from vaefix_pl.cli import resolve_demo_model
-    from vaefix_pl.reconstruct import Reconstructor
+    from vaefix_pl.cli.commands import resolve_demo_model
+    from vaefix_pl.core.reconstruct import Reconstructor
 
     t0 = time.perf_counter()
     source, real = resolve_demo_model(args.model)
@@ -1471,7 +1471,7 @@ def diagnose_main(argv: Sequence[str]) -> int:
     )
     chain = None
     if args.seed_repair:
-        from vaefix_pl.postprocess import PostProcessChain
+        from vaefix_pl.repair.chain import PostProcessChain
 
         chain = PostProcessChain.seed_final().to(device)
     items, failed = _load_inputs(args.audio, args.seconds)
@@ -1498,7 +1498,7 @@ def diagnose_main(argv: Sequence[str]) -> int:
         failed,
         {"timing": {"wall_s": wall, "audio_s": audio_s}, "settings": settings},
     )
-    from vaefix_pl.io_utils import atomic_write_text, jsonable
+    from vaefix_pl.runs.files import atomic_write_text, jsonable
 
     atomic_write_text(
         out / "diagnosis.json", json.dumps(jsonable({"settings": settings, "items": details}), indent=2)
@@ -1508,7 +1508,7 @@ def diagnose_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(jsonable(details), indent=2))
     if not args.no_report:
-        from vaefix_pl.report import write_report
+        from vaefix_pl.report.html import write_report
 
         kwargs = {} if args.embed_audio is None else {"embed_audio_clips": args.embed_audio}
         report = write_report(out, **kwargs)
@@ -1542,7 +1542,7 @@ def diagnose_mel_main(argv: Sequence[str]) -> int:
     mel = load_mel(args.mel, key=args.key)
     audio = None
     if args.audio:
-        from vaefix_pl.audio import load_audio
+        from vaefix_pl.data.audio import load_audio
 
         audio = load_audio(args.audio)
     with warnings.catch_warnings():

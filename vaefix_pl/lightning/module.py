@@ -1,9 +1,9 @@
 """``ReconstructionModule``: the frozen AudioLDM2 VAE + vocoder in a LightningModule's ``predict_step``.
 
-Thin by design: the pipeline is :class:`~vaefix_pl.reconstruct.Reconstructor`, the repair chain
-:class:`~vaefix_pl.postprocess.PostProcessChain`, the scores :mod:`vaefix_pl.metrics`; this class only
+Thin by design: the pipeline is :class:`~vaefix_pl.core.reconstruct.Reconstructor`, the repair chain
+:class:`~vaefix_pl.repair.chain.PostProcessChain`, the scores :mod:`vaefix_pl.metrics`; this class only
 wires them to Lightning. ``predict_step`` runs no collectives (ranks may get one batch less) and does
-no I/O: :class:`~vaefix_pl.writer.ReconstructionWriter` writes what it returns.
+no I/O: :class:`~vaefix_pl.lightning.writer.ReconstructionWriter` writes what it returns.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vaefix_pl.models import DEFAULT_SOURCE, normalize_precision
-from vaefix_pl.reconstruct import SPEED_PRESETS, ItemOutOfMemoryError, Reconstructor
+from vaefix_pl.core.models import DEFAULT_SOURCE, normalize_precision
+from vaefix_pl.core.reconstruct import SPEED_PRESETS, ItemOutOfMemoryError, Reconstructor
 
 SPEEDS = tuple(SPEED_PRESETS)
 
@@ -40,15 +40,15 @@ class ReconstructionModule(L.LightningModule):
             static shapes and frozen weights, an NHWC VAE, zero-padded 1-channel convs, matmul
             attention and polyphase dilated convs (fastest for fixed-length clips, e.g.
             ``seconds: 10.24``; the first batch compiles for one to two minutes); ``"none"`` runs the
-            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.reconstruct.SPEED_PRESETS``;
+            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.reconstruct.SPEED_PRESETS``;
             measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
             the window, ``mel`` is the whole item's log-mel and ``mel_hat`` the windows' decoded mels
-            blended over each overlap (see :class:`~vaefix_pl.reconstruct.ReconstructionOutput`).
+            blended over each overlap (see :class:`~vaefix_pl.core.reconstruct.ReconstructionOutput`).
         window_seconds: items longer than this (with ``AudioDataModule(seconds=None)``) run in
             overlapping windows of this length, joined by a crossfade: memory is bounded by the window
-            sub-batch, not by the file length (:mod:`vaefix_pl.windowing`). ``None``: every item whole.
+            sub-batch, not by the file length (:mod:`vaefix_pl.core.windowing`). ``None``: every item whole.
         window_overlap_seconds: overlap of neighbouring windows (rounded up to 40 ms; at most half the
             window).
         max_windows: most windows (and short items) run through the models at once; ``None``: the
@@ -57,8 +57,8 @@ class ReconstructionModule(L.LightningModule):
             measured correlation 1.000 with HiFi-GAN and Griffin-Lim) or ``"equal_power"``.
 
     CUDA out of memory inside the models: the sub-batch is retried in halves down to one item (see
-    :class:`~vaefix_pl.reconstruct.Reconstructor`) with a warning naming the size that fit; one item that
-    does not fit raises :class:`~vaefix_pl.reconstruct.ItemOutOfMemoryError` naming its id.
+    :class:`~vaefix_pl.core.reconstruct.Reconstructor`) with a warning naming the size that fit; one item that
+    does not fit raises :class:`~vaefix_pl.core.reconstruct.ItemOutOfMemoryError` naming its id.
     """
 
     def __init__(
@@ -99,7 +99,7 @@ class ReconstructionModule(L.LightningModule):
         self._optimized = False
         self.chain = None
         if postprocess is not None:
-            from vaefix_pl.postprocess import PostProcessChain
+            from vaefix_pl.repair.chain import PostProcessChain
 
             self.chain = PostProcessChain(**postprocess)
 

@@ -31,7 +31,7 @@ DEMO_TINY_DIR = Path(os.environ.get("VAEFIX_CACHE", Path.home() / ".cache" / "va
 def _lightning_cli(args: Sequence[str], run: bool = True):
     from lightning.pytorch.cli import LightningCLI
 
-    from vaefix_pl.writer import ReconstructionWriter
+    from vaefix_pl.lightning.writer import ReconstructionWriter
 
     class VaefixCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -50,9 +50,9 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
 
 
 def _make(cli_class, args: Sequence[str]):
-    from vaefix_pl.data import AudioDataModule
-    from vaefix_pl.module import ReconstructionModule
-    from vaefix_pl.progress import ClipsPerSecondProgressBar
+    from vaefix_pl.data.inputs import AudioDataModule
+    from vaefix_pl.lightning.module import ReconstructionModule
+    from vaefix_pl.lightning.progress import ClipsPerSecondProgressBar
 
     return cli_class(
         ReconstructionModule,
@@ -96,7 +96,7 @@ def predict_main(argv: Sequence[str]) -> int:
 
 
 def _writer(trainer):
-    from vaefix_pl.writer import ReconstructionWriter
+    from vaefix_pl.lightning.writer import ReconstructionWriter
 
     for cb in trainer.callbacks:
         if isinstance(cb, ReconstructionWriter):
@@ -219,7 +219,7 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
         if value is not None:
             args.append(f"{flag}={value}")
     if ns.seed_repair:
-        from vaefix_pl.postprocess import SEED_FINAL_SETTINGS
+        from vaefix_pl.repair.chain import SEED_FINAL_SETTINGS
 
         args.append("--model.postprocess=" + json.dumps(SEED_FINAL_SETTINGS))
     if ns.perceptual:
@@ -243,7 +243,7 @@ def reconstruct_main(argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------- demo
 def resolve_demo_model(model: str | None) -> tuple[str, bool]:
     """``(source, is_real)``: the given/cached real AudioLDM2 weights, else freshly written tiny models."""
-    from vaefix_pl.models import DEFAULT_SOURCE, ModelNotFoundError, resolve_source
+    from vaefix_pl.core.models import DEFAULT_SOURCE, ModelNotFoundError, resolve_source
 
     try:
         return str(resolve_source(model or DEFAULT_SOURCE)), True
@@ -280,7 +280,7 @@ def demo_main(argv: Sequence[str]) -> int:
     if args.devices:
         cli_args += ["--devices", args.devices]
     try:
-        import vaefix_pl.report  # noqa: F401
+        import vaefix_pl.report.html  # noqa: F401
 
         cli_args.append("--report")
     except ImportError:
@@ -296,13 +296,13 @@ def demo_main(argv: Sequence[str]) -> int:
 #: subcommand -> "module:function" taking argv and returning an exit code. Resolved on use, so each
 #: subcommand imports only what it needs and lives beside the code it drives.
 COMMANDS: dict[str, str] = {
-    "reconstruct": "vaefix_pl.cli:reconstruct_main",
-    "predict": "vaefix_pl.cli:predict_main",
-    "demo": "vaefix_pl.cli:demo_main",
-    "export-mels": "vaefix_pl.baseline:export_main",
-    "diagnose": "vaefix_pl.diagnose:diagnose_main",
-    "diagnose-mel": "vaefix_pl.diagnose:diagnose_mel_main",
-    "report": "vaefix_pl.report:report_main",
+    "reconstruct": "vaefix_pl.cli.commands:reconstruct_main",
+    "predict": "vaefix_pl.cli.commands:predict_main",
+    "demo": "vaefix_pl.cli.commands:demo_main",
+    "export-mels": "vaefix_pl.finetune.baseline:export_main",
+    "diagnose": "vaefix_pl.diagnose.decompose:diagnose_main",
+    "diagnose-mel": "vaefix_pl.diagnose.decompose:diagnose_mel_main",
+    "report": "vaefix_pl.report.html:report_main",
 }
 
 

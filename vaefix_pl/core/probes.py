@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
 
 PROBE_NAMES: tuple[str, ...] = (
     "vibrato_tone",

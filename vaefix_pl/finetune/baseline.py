@@ -16,7 +16,7 @@ Alignment convention (both framings)
 ------------------------------------
 Mel frame ``k`` pairs with waveform samples ``[160 k, 160 k + 160)``: the vocoder's output sample ``n``
 belongs to frame ``n // 160``, and that output timeline *is* the input's timeline (the
-:class:`~vaefix_pl.reconstruct.Reconstructor` compares vocoder sample ``n`` with input sample ``n``). A
+:class:`~vaefix_pl.core.reconstruct.Reconstructor` compares vocoder sample ``n`` with input sample ``n``). A
 segment of frames ``[s, s + S)`` therefore comes with samples ``[160 s, 160 (s + S))``, in both framings.
 
 What the framing changes is where frame ``k``'s 1024-sample analysis window sits on that timeline:
@@ -72,8 +72,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vaefix_pl.frontend import FRAMINGS, HOP, LOG_MEL_FLOOR, N_MELS, SAMPLE_RATE, Framing
-from vaefix_pl.io_utils import atomic_write_bytes, jsonable
+from vaefix_pl.core.frontend import FRAMINGS, HOP, LOG_MEL_FLOOR, N_MELS, SAMPLE_RATE, Framing
+from vaefix_pl.runs.files import atomic_write_bytes, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +295,8 @@ def _model_id(model: Any) -> str | None:
 class MelExportWriter(BasePredictionWriter):
     """Write decoded mels, true mels and normalised waveforms of a ``trainer.predict`` run as an export.
 
-    Works with :class:`~vaefix_pl.module.ReconstructionModule` built with ``return_mels=True`` (alone or
-    beside a :class:`~vaefix_pl.writer.ReconstructionWriter`); see the module docstring for the layout,
+    Works with :class:`~vaefix_pl.lightning.module.ReconstructionModule` built with ``return_mels=True`` (alone or
+    beside a :class:`~vaefix_pl.lightning.writer.ReconstructionWriter`); see the module docstring for the layout,
     the alignment convention and the crash-safety rules. Ids already in the export are skipped, so a
     rerun over the same inputs resumes; each rank writes its own shards and part file, rank 0 folds them
     into ``manifest.jsonl`` after a barrier at the end.
@@ -492,7 +492,7 @@ class MelExportWriter(BasePredictionWriter):
                 "settings": self.settings,
                 "world_size": trainer.world_size,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "alignment": "mel frame k <-> waveform samples [160k, 160k+160) (see vaefix_pl.baseline)",
+                "alignment": "mel frame k <-> waveform samples [160k, 160k+160) (see vaefix_pl.finetune.baseline)",
             }
             atomic_write_bytes(self.output_dir / EXPORT_INFO, json.dumps(jsonable(info), indent=2).encode())
         trainer.strategy.barrier("vaefix_mel_export_done")  # the manifest is final on every rank
@@ -548,10 +548,10 @@ def export_mels(
     The vocoder is not run (export needs only the VAE). Returns a summary dict (``clips``,
     ``exported``, ``skipped``, ``failed``, ``manifest``); under DDP the counts are complete on rank 0.
     """
-    from vaefix_pl.data import AudioDataModule
-    from vaefix_pl.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision, resolve_source
-    from vaefix_pl.module import ReconstructionModule
-    from vaefix_pl.reconstruct import Reconstructor
+    from vaefix_pl.data.inputs import AudioDataModule
+    from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision, resolve_source
+    from vaefix_pl.lightning.module import ReconstructionModule
+    from vaefix_pl.core.reconstruct import Reconstructor
 
     out = Path(output_dir)
     source = str(resolve_source(model or DEFAULT_SOURCE, allow_download=allow_download).resolve())
@@ -979,7 +979,7 @@ def score_vocoder(
     restored), in its parameters' dtype. Perceptual scores are NaN where unscorable (reasons dropped).
     """
     from vaefix_pl.metrics import compute_metrics, perceptual_scores
-    from vaefix_pl.vocoders import vocode
+    from vaefix_pl.vocoders.hifigan import vocode
 
     dev = torch.device(device)
     param = next((p for p in vocoder.parameters()), None) if isinstance(vocoder, nn.Module) else None
@@ -1055,9 +1055,9 @@ class FixedDecoderBaseline(Callback):
             the training data) — or pass ``dataset``: a :class:`DecodedMelDataset` of full clips.
         vocoder: how to find the current vocoder: an attribute path of the LightningModule (default
             ``"vocoder"``, dots allowed: ``"model.generator"``), a function ``pl_module -> vocoder``, or
-            the vocoder module itself. It must follow :class:`vaefix_pl.vocoders.Vocoder` (``(B, T, 64)``
+            the vocoder module itself. It must follow :class:`vaefix_pl.vocoders.hifigan.Vocoder` (``(B, T, 64)``
             -> ``(B, T*160)``; a ``(B, 1, N)`` output or a short tail is accepted).
-        baseline: the fixed vocoder (any :func:`vaefix_pl.vocoders.load_vocoder` spec): ``None`` = the
+        baseline: the fixed vocoder (any :func:`vaefix_pl.vocoders.hifigan.load_vocoder` spec): ``None`` = the
             HiFi-GAN of ``model`` (default: the export's model folder), ``"griffinlim"``, a folder, a
             YAML config, a module.
         model: model folder / hub id for the default baseline (overrides the export's).
@@ -1066,7 +1066,7 @@ class FixedDecoderBaseline(Callback):
         num_audio_examples / audio_dir: how many clips to write, and where (default
             ``<trainer.log_dir>/fixed_decoder_baseline``, else ``<default_root_dir>/fixed_decoder_baseline``).
         every_n_validations: evaluate at every n-th validation run.
-        check: run :func:`vaefix_pl.vocoders.check_vocoder` on the current vocoder at fit start.
+        check: run :func:`vaefix_pl.vocoders.hifigan.check_vocoder` on the current vocoder at fit start.
     """
 
     def __init__(
@@ -1171,7 +1171,7 @@ class FixedDecoderBaseline(Callback):
         return self.vocoder(pl_module)
 
     def _baseline_vocoder(self, device: torch.device) -> Any:
-        from vaefix_pl.vocoders import load_vocoder
+        from vaefix_pl.vocoders.hifigan import load_vocoder
 
         source = self.model or self.dataset.settings.get("model")
         return load_vocoder(self.baseline_spec, source=source, framing=self.dataset.framing, device=device)
@@ -1252,7 +1252,7 @@ class FixedDecoderBaseline(Callback):
         log_tag: str,
     ) -> None:
         """WAV files under ``out_dir/folder`` and, for loggers with ``experiment.add_audio``, audio entries."""
-        from vaefix_pl.audio import write_wav
+        from vaefix_pl.data.audio import write_wav
 
         for clip_id in ids:
             if clip_id not in audio:
@@ -1267,7 +1267,7 @@ class FixedDecoderBaseline(Callback):
     # ---------------------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.check:
-            from vaefix_pl.vocoders import check_vocoder
+            from vaefix_pl.vocoders.hifigan import check_vocoder
 
             check_vocoder(
                 self.current_vocoder(pl_module), framing=self.dataset.framing, device=pl_module.device,

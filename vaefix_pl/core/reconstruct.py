@@ -14,8 +14,8 @@ Framing: the padded waveform has ``L * 160`` samples; the front-end makes ``L`` 
 vocoder returns ``L * 160`` samples and each item is cut back to its own length.
 
 Long items (``window_seconds``): an item longer than the window (default off here; 10.24 s in
-:class:`~vaefix_pl.module.ReconstructionModule`) is cut into overlapping windows
-(:mod:`vaefix_pl.windowing`), so memory is bounded by the window sub-batch, not by the file length.
+:class:`~vaefix_pl.lightning.module.ReconstructionModule`) is cut into overlapping windows
+(:mod:`vaefix_pl.core.windowing`), so memory is bounded by the window sub-batch, not by the file length.
 Two passes, both over sub-batches of at most ``max_windows`` windows:
 
 1. each window's log-mel is cut from the whole item's log-mel (computed per window from the samples
@@ -45,10 +45,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vaefix_pl.frontend import HOP, LOG_MEL_FLOOR, Framing, LogMelFrontend, normalize_level, valid_mask
-from vaefix_pl.health import mel_health, repair_mel, repair_waveform
-from vaefix_pl.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision
-from vaefix_pl.windowing import (
+from vaefix_pl.core.frontend import HOP, LOG_MEL_FLOOR, Framing, LogMelFrontend, normalize_level, valid_mask
+from vaefix_pl.core.health import mel_health, repair_mel, repair_waveform
+from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision
+from vaefix_pl.core.windowing import (
     CROSSFADES,
     MEL_CONTEXT,
     WindowPlan,
@@ -69,7 +69,7 @@ MelTransform = Callable[[Tensor, Tensor], Tensor]
 class ItemOutOfMemoryError(RuntimeError):
     """CUDA ran out of memory on a single item (or a single window of a long item).
 
-    ``rows``: the batch rows involved. :class:`~vaefix_pl.module.ReconstructionModule` re-raises it with
+    ``rows``: the batch rows involved. :class:`~vaefix_pl.lightning.module.ReconstructionModule` re-raises it with
     the items' ids.
     """
 
@@ -165,7 +165,7 @@ class Reconstructor(nn.Module):
             the window).
         max_windows: most items or windows run through the models at once (``None``: a batch's item
             count for windows, a whole length group for short items, as before).
-        crossfade: ``"equal_gain"`` (default) or ``"equal_power"``; see :mod:`vaefix_pl.windowing`.
+        crossfade: ``"equal_gain"`` (default) or ``"equal_power"``; see :mod:`vaefix_pl.core.windowing`.
     """
 
     def __init__(
@@ -254,7 +254,7 @@ class Reconstructor(nn.Module):
         Args:
             channels_last: store the VAE's 2-D activations NHWC.
             vocoder_channels_last: run the vocoder's 1-D convolutions as channels-last ``(1, k)``
-                2-D convolutions (:mod:`vaefix_pl.speed`): same math, no NCHW<->NHWC transposes.
+                2-D convolutions (:mod:`vaefix_pl.core.speed`): same math, no NCHW<->NHWC transposes.
             cudnn_benchmark: let cuDNN time its algorithms per shape (pays off when clip lengths
                 repeat, as with ``pad_frames_to=1024``).
             compile: ``True`` or a ``torch.compile`` mode: compile the VAE encoder/decoder and the
@@ -267,12 +267,12 @@ class Reconstructor(nn.Module):
                 plain ``AttnProcessor`` (batched matmuls + softmax): SDPA has no flash kernel for head
                 dim 512 and its memory-efficient float32 kernel does not use tensor cores.
             polyphase_dilated: run the vocoder's dilated convolutions as undilated ones on the
-                polyphase view of their input (:class:`vaefix_pl.speed.PolyphaseConv1d`, exact): cuDNN's
+                polyphase view of their input (:class:`vaefix_pl.core.speed.PolyphaseConv1d`, exact): cuDNN's
                 dilated kernels ran at about half the rate of undilated ones on an H100.
             narrow_convs: run the vocoder's undilated resblock convolutions whose ``(channels, kernel)``
-                :data:`vaefix_pl.speed.NARROW_CONV_FORMS` lists for this precision (or the given dict)
-                in the listed exact form: on the time-folded input (:class:`~vaefix_pl.speed.FoldedConv1d`)
-                or with the output phases as channels (:class:`~vaefix_pl.speed.PhaseConv1d`). cuDNN runs
+                :data:`vaefix_pl.core.speed.NARROW_CONV_FORMS` lists for this precision (or the given dict)
+                in the listed exact form: on the time-folded input (:class:`~vaefix_pl.core.speed.FoldedConv1d`)
+                or with the output phases as channels (:class:`~vaefix_pl.core.speed.PhaseConv1d`). cuDNN runs
                 32-64-channel convolutions over long signals far below its wide-conv rate. Needs
                 ``vocoder_channels_last``; not applied to the fp16 vocoder (not measured).
             cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
@@ -282,22 +282,22 @@ class Reconstructor(nn.Module):
             self.vae.to(memory_format=torch.channels_last)
             self._channels_last = True
         if vocoder_channels_last:
-            from vaefix_pl.speed import conv1d_channels_last
+            from vaefix_pl.core.speed import conv1d_channels_last
 
             conv1d_channels_last(self.vocoder)
         if polyphase_dilated:
-            from vaefix_pl.speed import polyphase_dilated_convs
+            from vaefix_pl.core.speed import polyphase_dilated_convs
 
             polyphase_dilated_convs(self.vocoder)
         if narrow_convs and self.precision != "fp16":
-            from vaefix_pl.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
+            from vaefix_pl.core.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
 
             table = narrow_convs if isinstance(narrow_convs, dict) else NARROW_CONV_FORMS[self.precision]
             rewrite_narrow_convs(
                 self.vocoder, lambda cin, cout, k: table.get((cin, k)) if cin == cout else None
             )
         if pad_narrow_convs:
-            from vaefix_pl.speed import pad_narrow_convs as pad
+            from vaefix_pl.core.speed import pad_narrow_convs as pad
 
             pad(self.vae, channels_last=self._channels_last)
             pad(self.vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions
@@ -362,7 +362,7 @@ class Reconstructor(nn.Module):
     def canonical_frames(self, lengths: Tensor) -> Tensor:
         """``(B,)`` canonical frame count of each item (a function of its own length only).
 
-        Windowed items: the frames their windows span (see :func:`vaefix_pl.windowing.planned_frames`).
+        Windowed items: the frames their windows span (see :func:`vaefix_pl.core.windowing.planned_frames`).
         """
         m = self.pad_frames_to
         frames = self.covered_frames(lengths)

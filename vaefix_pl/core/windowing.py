@@ -35,7 +35,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import HOP, SAMPLE_RATE
+from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 
 Crossfade = Literal["equal_gain", "equal_power"]
 CROSSFADES: tuple[str, ...] = ("equal_gain", "equal_power")

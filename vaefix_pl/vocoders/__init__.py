@@ -1,0 +1,1 @@
+"""vocoders layer (see docs/ARCHITECTURE.md)."""
