@@ -31,14 +31,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import seed_oracle  # noqa: E402
 from timing import time_device  # noqa: E402
 
-from vaefix_pl.repair.chain import (  # noqa: E402
-    PostProcessChain,
-    bandpass,
-    fade,
-    normalize_mel,
-    repair_outliers,
-    soft_compress,
-)
+from vaefix_pl.repair.chain import PostProcessChain, fade, normalize_mel, repair_outliers, soft_compress  # noqa: E402
+from vaefix_pl.repair.dsp import bandpass  # noqa: E402
 
 SR = 16000
 

@@ -352,7 +352,7 @@ def main() -> None:
     args = p.parse_args()
     global DEVICE
     if args.narrow_from:
-        from vaefix_pl import speed
+        from vaefix_pl.core import speed
 
         conv_rows = json.loads(Path(args.narrow_from).read_text())
         for key, dt in (("bf16", "bfloat16"), ("fp32", "float32")):

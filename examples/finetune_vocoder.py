@@ -29,8 +29,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from vaefix_pl.finetune.baseline import DecodedMelDataModule, FixedDecoderBaseline, export_mels
 from vaefix_pl.core.frontend import LogMelFrontend
+from vaefix_pl.export.dataset import DecodedMelDataModule
+from vaefix_pl.export.writer import export_mels
+from vaefix_pl.finetune.baseline import FixedDecoderBaseline
 from vaefix_pl.vocoders.hifigan import load_hifigan
 
 

@@ -21,23 +21,19 @@ from safetensors import safe_open
 from signals import formant_pulses, harmonic
 from torch.utils.data import DataLoader
 
-from vaefix_pl.finetune.baseline import (
-    MANIFEST,
-    DecodedMelDataset,
-    ExportSettingsError,
-    FixedDecoderBaseline,
-    MelExportWriter,
-    collate_decoded_mels,
-    export_mels,
-    frame_centre,
-    read_manifest,
-    score_vocoder,
-    segment_samples,
-    split_ids,
-)
 from vaefix_pl.cli.commands import main as vaefix
 from vaefix_pl.core.frontend import HOP, LOG_MEL_FLOOR, LogMelFrontend, normalize_level
 from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.export.dataset import DecodedMelDataset, collate_decoded_mels, split_ids
+from vaefix_pl.export.layout import (
+    MANIFEST,
+    ExportSettingsError,
+    frame_centre,
+    read_manifest,
+    segment_samples,
+)
+from vaefix_pl.export.writer import MelExportWriter, export_mels
+from vaefix_pl.finetune.baseline import FixedDecoderBaseline, score_vocoder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_SECONDS = 1.28  # 128 frames; with pad_frames_to=128 the VAE sees exactly the clip

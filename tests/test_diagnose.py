@@ -15,23 +15,16 @@ import pytest
 import torch
 from signals import chirp, formant_pulses, harmonic
 
-from vaefix_pl.diagnose.decompose import (
-    MISTAKES,
-    decompose,
-    diagnose_main,
-    diagnose_mel,
-    diagnose_mel_main,
-    format_verdicts,
-    health_warnings,
-    load_mel,
-    masked_mel_error,
-    stage_health,
-)
+from vaefix_pl.cli.diagnose import diagnose_main, diagnose_mel_main
 from vaefix_pl.core.frontend import LOG_MEL_FLOOR, LogMelFrontend
 from vaefix_pl.core.health import repair_mel
+from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.diagnose.decompose import decompose, format_verdicts, masked_mel_error
+from vaefix_pl.diagnose.health import health_warnings, stage_health
+from vaefix_pl.diagnose.mel import diagnose_mel
+from vaefix_pl.diagnose.mistakes import MISTAKES, load_mel
 from vaefix_pl.metrics import compute_metrics
 from vaefix_pl.repair.chain import PostProcessChain
-from vaefix_pl.core.reconstruct import Reconstructor
 
 SR = 16000
 METRICS = ["mel_distance", "snr", "clicks_added_per_s"]

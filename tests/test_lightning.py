@@ -90,7 +90,7 @@ def test_trainer_predict_writes_audio_metrics_and_summary(tmp_path, tiny_model_d
 
 
 def test_post_processing_writes_and_scores_post_audio(tmp_path, tiny_model_dir):
-    from vaefix_pl.repair.chain import SEED_FINAL_SETTINGS
+    from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
 
     out = tmp_path / "out"
     trainer = L.Trainer(

@@ -24,18 +24,15 @@ import seed_oracle as oracle  # noqa: E402
 
 from vaefix_pl.core.frontend import LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE  # noqa: E402
 from vaefix_pl.repair.chain import (  # noqa: E402
-    SEED_FINAL_SETTINGS,
     PostProcessChain,
-    bandpass,
-    default_padlen,
-    design_bandpass,
     fade,
     median_filter,
     normalize_mel,
     repair_outliers,
     soft_compress,
-    sosfiltfilt,
 )
+from vaefix_pl.repair.config import SEED_FINAL_SETTINGS  # noqa: E402
+from vaefix_pl.repair.dsp import bandpass, default_padlen, design_bandpass, sosfiltfilt  # noqa: E402
 
 SR = 16000
 DEVICES = [
@@ -346,7 +343,7 @@ def test_edge_handling_matters():
 def test_cascade_block_matrices_match_sosfilt():
     """The matmul form's block maps, against scipy.signal.sosfilt with a random entering state: the
     block's output is u @ T + z @ G and its end state u @ E + z @ P (DF2T states, SciPy's layout)."""
-    from vaefix_pl.repair.chain import _cascade_matrices
+    from vaefix_pl.repair.dsp import _cascade_matrices
 
     rng = np.random.default_rng(11)
     sos = design_bandpass()

@@ -17,12 +17,12 @@ import soundfile as sf
 import torch
 from signals import formant_pulses, harmonic, noise, tone
 
-from vaefix_pl.data.audio import unreadable_reason
 from vaefix_pl.cli.commands import main as vaefix
-from vaefix_pl.data.inputs import discover_inputs, safe_id
-from vaefix_pl.runs.files import UnsafePathError, safe_output_path
 from vaefix_pl.core.models import ModelNotFoundError, load_audioldm2
+from vaefix_pl.data.audio import unreadable_reason
+from vaefix_pl.data.inputs import discover_inputs, safe_id
 from vaefix_pl.lightning.writer import ReconstructionWriter
+from vaefix_pl.runs.files import UnsafePathError, safe_output_path
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 SIX_TONES = (300.0, 700.0, 1100.0, 1900.0, 3100.0, 5300.0)  # Hz, one per channel of the 6-channel file

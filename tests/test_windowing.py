@@ -14,7 +14,6 @@ from signals import chirp, formant_pulses, harmonic, noise
 from torch import nn
 
 from vaefix_pl.core.frontend import HOP, LogMelFrontend, normalize_level
-from vaefix_pl.metrics.clicks import added_clicks, detect_clicks
 from vaefix_pl.core.reconstruct import Reconstructor
 from vaefix_pl.core.windowing import (
     MEL_CONTEXT,
@@ -28,6 +27,7 @@ from vaefix_pl.core.windowing import (
     planned_frames,
     window_geometry,
 )
+from vaefix_pl.metrics.clicks import added_clicks, detect_clicks
 
 W, OV = 1024, 100
 H = W - OV

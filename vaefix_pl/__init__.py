@@ -28,12 +28,12 @@ _LAZY: dict[str, str] = {
     "ReconstructionModule": "vaefix_pl.lightning.module",
     "ReconstructionWriter": "vaefix_pl.lightning.writer",
     # vocoder fine-tuning baseline
-    "DecodedMelDataset": "vaefix_pl.finetune.baseline",
-    "DecodedMelDataModule": "vaefix_pl.finetune.baseline",
+    "DecodedMelDataset": "vaefix_pl.export.dataset",
+    "DecodedMelDataModule": "vaefix_pl.export.dataset",
     "FixedDecoderBaseline": "vaefix_pl.finetune.baseline",
-    "MelExportWriter": "vaefix_pl.finetune.baseline",
-    "export_mels": "vaefix_pl.finetune.baseline",
-    "collate_decoded_mels": "vaefix_pl.finetune.baseline",
+    "MelExportWriter": "vaefix_pl.export.writer",
+    "export_mels": "vaefix_pl.export.writer",
+    "collate_decoded_mels": "vaefix_pl.export.dataset",
     "GriffinLimVocoder": "vaefix_pl.vocoders.hifigan",
     "VocoderError": "vaefix_pl.vocoders.hifigan",
     "check_vocoder": "vaefix_pl.vocoders.hifigan",
@@ -41,7 +41,7 @@ _LAZY: dict[str, str] = {
     "load_vocoder": "vaefix_pl.vocoders.hifigan",
     # diagnosis and report
     "decompose": "vaefix_pl.diagnose.decompose",
-    "diagnose_mel": "vaefix_pl.diagnose.decompose",
+    "diagnose_mel": "vaefix_pl.diagnose.mel",
     "write_report": "vaefix_pl.report.html",
 }
 
@@ -62,22 +62,24 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from vaefix_pl.data.audio import load_audio
-    from vaefix_pl.finetune.baseline import (
-        DecodedMelDataModule,
-        DecodedMelDataset,
-        FixedDecoderBaseline,
-        MelExportWriter,
-        collate_decoded_mels,
-        export_mels,
-    )
-    from vaefix_pl.data.inputs import AudioDataModule, probe_signals
-    from vaefix_pl.diagnose.decompose import decompose, diagnose_mel
     from vaefix_pl.core.frontend import LogMelFrontend, normalize_level
     from vaefix_pl.core.models import AudioLDM2Models, load_audioldm2
-    from vaefix_pl.lightning.module import ReconstructionModule
-    from vaefix_pl.repair.chain import PostProcessChain
     from vaefix_pl.core.reconstruct import ReconstructionOutput, Reconstructor
-    from vaefix_pl.report.html import write_report
-    from vaefix_pl.vocoders.hifigan import GriffinLimVocoder, VocoderError, check_vocoder, load_hifigan, load_vocoder
+    from vaefix_pl.data.audio import load_audio
+    from vaefix_pl.data.inputs import AudioDataModule, probe_signals
+    from vaefix_pl.diagnose.decompose import decompose
+    from vaefix_pl.diagnose.mel import diagnose_mel
+    from vaefix_pl.export.dataset import DecodedMelDataModule, DecodedMelDataset, collate_decoded_mels
+    from vaefix_pl.export.writer import MelExportWriter, export_mels
+    from vaefix_pl.finetune.baseline import FixedDecoderBaseline
+    from vaefix_pl.lightning.module import ReconstructionModule
     from vaefix_pl.lightning.writer import ReconstructionWriter
+    from vaefix_pl.repair.chain import PostProcessChain
+    from vaefix_pl.report.html import write_report
+    from vaefix_pl.vocoders.hifigan import (
+        GriffinLimVocoder,
+        VocoderError,
+        check_vocoder,
+        load_hifigan,
+        load_vocoder,
+    )

@@ -84,6 +84,10 @@ def predict_main(argv: Sequence[str]) -> int:
     writer = _writer(cli.trainer)
     if not cli.trainer.is_global_zero or writer is None:
         return 0
+    if writer.report:  # a step after predict: the writer (lightning layer) does not import the report
+        from vaefix_pl.report.html import write_report
+
+        write_report(writer.output_dir)
     print_summary(writer.output_dir)
     if writer.strict and writer.failed:
         n = (writer.summary or {}).get("n_failed", "some")
@@ -219,7 +223,7 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
         if value is not None:
             args.append(f"{flag}={value}")
     if ns.seed_repair:
-        from vaefix_pl.repair.chain import SEED_FINAL_SETTINGS
+        from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
 
         args.append("--model.postprocess=" + json.dumps(SEED_FINAL_SETTINGS))
     if ns.perceptual:
@@ -242,30 +246,29 @@ def reconstruct_main(argv: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------------------------- demo
 def resolve_demo_model(model: str | None) -> tuple[str, bool]:
-    """``(source, is_real)``: the given/cached real AudioLDM2 weights, else freshly written tiny models."""
-    from vaefix_pl.core.models import DEFAULT_SOURCE, ModelNotFoundError, resolve_source
+    """``(source, is_real)``: the given/cached real AudioLDM2 weights, else freshly written tiny models
+    (with a banner saying so loudly)."""
+    from vaefix_pl.core.models import resolve_model
 
-    try:
-        return str(resolve_source(model or DEFAULT_SOURCE)), True
-    except ModelNotFoundError as exc:
-        if model is not None:
-            raise
+    def tiny_models(exc: Exception) -> Path:
+        from vaefix_pl.testing import write_tiny_audioldm2
+
+        if not (DEMO_TINY_DIR / "vae" / "config.json").is_file():
+            write_tiny_audioldm2(DEMO_TINY_DIR, seed=0)
         reason = str(exc).splitlines()[0]
-    from vaefix_pl.testing import write_tiny_audioldm2
+        print(
+            "=" * 100
+            + f"\nREAL AudioLDM2 WEIGHTS NOT FOUND ({reason})\n"
+            + f"Using TINY RANDOM-WEIGHT models from {DEMO_TINY_DIR}: the pipeline, metrics and files are real,\n"
+            + "but the audio is NOT a meaningful reconstruction. For the real thing run\n"
+            + "    huggingface-cli download cvssp/audioldm2 --include 'vae/*' 'vocoder/*'\n"
+            + "or pass --model /path/to/audioldm2 (a diffusers folder with vae/ and vocoder/).\n"
+            + "=" * 100,
+            flush=True,
+        )
+        return DEMO_TINY_DIR
 
-    if not (DEMO_TINY_DIR / "vae" / "config.json").is_file():
-        write_tiny_audioldm2(DEMO_TINY_DIR, seed=0)
-    print(
-        "=" * 100
-        + f"\nREAL AudioLDM2 WEIGHTS NOT FOUND ({reason})\n"
-        + f"Using TINY RANDOM-WEIGHT models from {DEMO_TINY_DIR}: the pipeline, metrics and files are real,\n"
-        + "but the audio is NOT a meaningful reconstruction. For the real thing run\n"
-        + "    huggingface-cli download cvssp/audioldm2 --include 'vae/*' 'vocoder/*'\n"
-        + "or pass --model /path/to/audioldm2 (a diffusers folder with vae/ and vocoder/).\n"
-        + "=" * 100,
-        flush=True,
-    )
-    return str(DEMO_TINY_DIR), False
+    return resolve_model(model, fallback=tiny_models)
 
 
 def demo_main(argv: Sequence[str]) -> int:
@@ -299,10 +302,10 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "vaefix_pl.cli.commands:reconstruct_main",
     "predict": "vaefix_pl.cli.commands:predict_main",
     "demo": "vaefix_pl.cli.commands:demo_main",
-    "export-mels": "vaefix_pl.finetune.baseline:export_main",
-    "diagnose": "vaefix_pl.diagnose.decompose:diagnose_main",
-    "diagnose-mel": "vaefix_pl.diagnose.decompose:diagnose_mel_main",
-    "report": "vaefix_pl.report.html:report_main",
+    "export-mels": "vaefix_pl.cli.export:export_main",
+    "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
+    "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
+    "report": "vaefix_pl.cli.report:report_main",
 }
 
 

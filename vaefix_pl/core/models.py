@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +30,36 @@ _PRECISION_ALIASES = {
     "bf16-mixed": "bf16", "bfloat16": "bf16", "bf16-true": "bf16",
     "16": "fp16", "16-mixed": "fp16", "float16": "fp16", "fp16-mixed": "fp16",
 }  # fmt: skip
+
+# cvssp/audioldm2 vae/config.json (architecture fields).
+FULL_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 1,
+    "out_channels": 1,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [128, 256, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 8,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.4110932946205139,
+    "force_upcast": True,
+}
+
+# cvssp/audioldm2 vocoder/config.json (SpeechT5HifiGanConfig fields).
+FULL_VOCODER_CONFIG: dict[str, Any] = {
+    "model_in_dim": 64,
+    "sampling_rate": 16000,
+    "upsample_initial_channel": 1024,
+    "upsample_rates": [5, 4, 2, 2, 2],
+    "upsample_kernel_sizes": [16, 16, 8, 4, 4],
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "initializer_range": 0.01,
+    "leaky_relu_slope": 0.1,
+    "normalize_before": False,  # the config class defaults to True: AudioLDM2 sets it False
+}
 
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 VOCODER_WEIGHTS = "model.safetensors"
@@ -246,3 +276,29 @@ def load_audioldm2(
         source=str(source),
         path=path,
     )
+
+
+def is_full_size(rec: Any) -> bool:
+    """True when ``rec.vae`` and ``rec.vocoder`` have AudioLDM2's full-size architecture (not tiny test models)."""
+    vae = list(getattr(rec.vae.config, "block_out_channels", []))
+    voc = getattr(getattr(rec.vocoder, "config", None), "upsample_initial_channel", None)
+    return (
+        vae == FULL_VAE_CONFIG["block_out_channels"]
+        and voc == FULL_VOCODER_CONFIG["upsample_initial_channel"]
+    )
+
+
+def resolve_model(
+    model: str | None, fallback: Callable[[ModelNotFoundError], str | os.PathLike] | None = None
+) -> tuple[str, bool]:
+    """``(path, is_real)``: the given or cached AudioLDM2 weights (``True``); when ``model`` is ``None``
+    and none are found, ``(fallback(error), False)``. Quiet: printing a banner is the caller's (CLI) job.
+
+    Raises :class:`ModelNotFoundError` when ``model`` was given, or no fallback, and nothing is found.
+    """
+    try:
+        return str(resolve_source(model or DEFAULT_SOURCE)), True
+    except ModelNotFoundError as exc:
+        if model is not None or fallback is None:
+            raise
+        return str(fallback(exc)), False

@@ -19,16 +19,13 @@ so ``metrics.csv`` holds every input exactly once. ``overwrite=True`` redoes eve
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import platform
-import re
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,8 +34,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vaefix_pl.data.audio import write_wav
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.data.audio import write_wav
 from vaefix_pl.runs.files import (
     UnsafePathError,
     atomic_write_text,
@@ -46,16 +43,18 @@ from vaefix_pl.runs.files import (
     remove_temp_files,
     safe_output_path,
 )
+from vaefix_pl.runs.partlog import PARTS, append_jsonl
+from vaefix_pl.runs.tables import (
+    AUDIO_TAGS,
+    PREVIOUS,
+    is_complete,
+    merge_parts,
+    previous_rows,
+    write_run_tables,
+    writer_part_files,
+)
 
 log = logging.getLogger(__name__)
-
-PARTS = ".parts"
-PREVIOUS = "previous.jsonl"
-AUDIO_TAGS = ("original", "recon", "post")
-ERROR_COLUMNS = ("id", "path", "stage", "reason")
-_RANK_PART = re.compile(r"rank\d+\.jsonl")
-#: metrics.csv columns that stay strings when an earlier run's table is read back
-_TEXT_COLUMNS = {"id", "path", "error", "error_stage"}
 
 
 def _value(x: Any) -> Any:
@@ -100,178 +99,6 @@ def _stage_to_host(prediction: dict[str, Any]) -> dict[str, Any]:
     return staged
 
 
-def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
-    skip = {"id", "path", "seconds", "error", "error_stage", "rank"}
-    cols: list[str] = []
-    for r in rows:
-        for k, v in r.items():
-            if k in skip or k.startswith("health_") or k.endswith("_error") or k in cols:
-                continue
-            if isinstance(v, (int, float)) or v is None:
-                cols.append(k)
-    return cols
-
-
-def merge_parts(parts: Sequence[Path], rows: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Merge the ranks' JSON lines into one row per id, sorted by id.
-
-    ``rows`` (e.g. an earlier ``metrics.csv``) come first, then ``parts`` in the given order. An item
-    record replaces any earlier row of its id (the newest record wins, so a rerun's result replaces an
-    old failure and a late write error replaces its item's scores); perceptual records join the row of
-    their item.
-    """
-    by_id: dict[str, dict[str, Any]] = {r["id"]: dict(r) for r in rows}
-    for part in parts:
-        with open(part, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from a killed rank
-                    log.warning("%s: skipping a partial line", part)
-                    continue
-                kind = rec.pop("kind", "item")
-                if kind == "perceptual":
-                    row = by_id.setdefault(rec["id"], {"id": rec["id"]})
-                    prefix = "" if rec.pop("tag", "recon") == "recon" else "post_"
-                    for k, v in rec.items():
-                        if k != "id":
-                            row[prefix + k] = v
-                else:
-                    by_id[rec["id"]] = rec
-    return [by_id[k] for k in sorted(by_id)]
-
-
-def _cell(text: str) -> Any:
-    """A ``metrics.csv`` cell back as a Python value: ``""`` -> None, else int, float or the string."""
-    if text == "":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.csv`` written by :func:`write_run_tables`, numbers as numbers ([] if absent)."""
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            return [
-                {
-                    k: (v if k in _TEXT_COLUMNS else _cell(v))
-                    for k, v in r.items()
-                    if k is not None and v is not None
-                }
-                for r in csv.DictReader(fh)
-                if r.get("id")
-            ]
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        log.warning("%s: cannot read the earlier results (%s); their items are recomputed", path, exc)
-        return []
-
-
-def part_files(out_dir: Path) -> list[Path]:
-    """This writer's part files in merge order: ``previous.jsonl`` first, then ``rank<k>.jsonl``."""
-    folder = out_dir / PARTS
-    if not folder.is_dir():
-        return []
-    ranks = sorted(f for f in folder.iterdir() if _RANK_PART.fullmatch(f.name))
-    prev = folder / PREVIOUS
-    return ([prev] if prev.is_file() else []) + ranks
-
-
-def previous_rows(out_dir: Path) -> list[dict[str, Any]]:
-    """What earlier runs into ``out_dir`` recorded: ``metrics.csv`` overlaid with leftover part files."""
-    return merge_parts(part_files(out_dir), read_metrics_csv(out_dir / "metrics.csv"))
-
-
-def is_complete(
-    row: dict[str, Any], out_dir: Path, tags: Sequence[str], required: Sequence[str] = ()
-) -> bool:
-    """True when ``row`` records a success, every ``<id>.<tag>.wav`` exists and ``required`` keys are set
-    (e.g. perceptual scores that arrive after the item's row)."""
-    if row.get("error") or any(k not in row for k in required):
-        return False
-    try:
-        return all(safe_output_path(out_dir, f"{row['id']}.{tag}.wav").is_file() for tag in tags)
-    except UnsafePathError:
-        return False
-
-
-def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "path", "seconds")) -> str:
-    cols = [c for c in first if any(c in r for r in rows)]
-    for r in rows:
-        cols.extend(k for k in r if k not in cols)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-    return buf.getvalue()
-
-
-#: health columns counted in ``summary.json`` (``items_with_<name>``) when a run has them.
-_HEALTH_COUNTS = {
-    "nonfinite_mel_hat": "health_mel_hat_nonfinite",
-    "nonfinite_output": "health_output_nonfinite",
-    "constant_mel_hat": "health_mel_hat_constant",
-    "faults": "health_faults",
-    "warnings": "health_warnings",
-}
-
-
-def write_run_tables(
-    out_dir: Path, rows: Sequence[dict[str, Any]], extra: dict[str, Any], title: str
-) -> dict:
-    """Write a run's ``metrics.csv`` (one row per id, failed ones with their ``error``), ``errors.csv``,
-    ``summary.json`` (per metric mean/std/median/95 % CI/n, failures, health counts, ``extra``) and
-    ``summary.md``, each atomically. Used by the writer and by ``vaefix diagnose``."""
-    from vaefix_pl.metrics import summarize, summary_markdown
-
-    rows = sorted(rows, key=lambda r: r["id"])
-    failed = [r for r in rows if r.get("error")]
-    ok_rows = [r for r in rows if not r.get("error")]
-    summary_metrics = summarize(ok_rows, metric_columns(ok_rows))
-    summary = {
-        "n_inputs": len(rows),
-        "n_ok": len(ok_rows),
-        "n_failed": len(failed),
-        "failed": [
-            {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage"), "reason": r["error"]}
-            for r in failed
-        ],
-        "metrics": summary_metrics,
-        "health": {
-            f"items_with_{name}": sum(1 for r in ok_rows if (r.get(col) or 0) > 0)
-            for name, col in _HEALTH_COUNTS.items()
-            if any(col in r for r in ok_rows)
-        },
-        **extra,
-    }
-    errors = [
-        {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage") or "", "reason": r["error"]}
-        for r in failed
-    ]
-    atomic_write_text(out_dir / "metrics.csv", rows_to_csv(rows))
-    atomic_write_text(
-        out_dir / "errors.csv",
-        rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
-    )
-    atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2))
-    atomic_write_text(
-        out_dir / "summary.md",
-        summary_markdown(summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"),
-    )
-    return summary
-
-
 class ReconstructionWriter(BasePredictionWriter):
     """Write audio and metric rows per batch; merge ``metrics.csv``/``summary.json`` on rank 0 at the end.
 
@@ -284,7 +111,8 @@ class ReconstructionWriter(BasePredictionWriter):
         write_audio: write the WAV files (off: metrics only).
         io_workers: threads writing WAV files.
         perceptual_workers: processes for PESQ/STOI (``None``: up to 4, fewer on small machines).
-        report: write ``report.html`` at the end (needs :mod:`vaefix_pl.report.html`).
+        report: ask for ``report.html`` after the run: the ``vaefix`` CLI writes it once ``predict`` returns
+            (library callers: ``vaefix_pl.write_report(output_dir)``); the writer itself writes no report.
         overwrite: recompute every input, even those an earlier run into ``output_dir`` completed.
         strict: mark the run as failed when any input failed (``vaefix`` then exits with code 1;
             :attr:`failed` is set either way).
@@ -383,7 +211,7 @@ class ReconstructionWriter(BasePredictionWriter):
         parts.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(jsonable(r)) + "\n" for r in self._carry)
         atomic_write_text(parts / PREVIOUS, text)
-        for f in part_files(self.output_dir):
+        for f in writer_part_files(self.output_dir):
             if f.name != PREVIOUS:
                 f.unlink(missing_ok=True)
 
@@ -411,9 +239,7 @@ class ReconstructionWriter(BasePredictionWriter):
 
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
         assert self._part is not None
-        for rec in records:
-            self._part.write(json.dumps(jsonable(rec)) + "\n")
-        self._part.flush()
+        append_jsonl(self._part, records)
 
     def write_on_batch_end(
         self,
@@ -578,7 +404,7 @@ class ReconstructionWriter(BasePredictionWriter):
     def finalize(self, pl_module: L.LightningModule | None = None, trainer: L.Trainer | None = None) -> dict:
         """Merge the parts into ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``."""
 
-        parts = part_files(self.output_dir)
+        parts = writer_part_files(self.output_dir)
         rows = merge_parts(parts)
         if self._input_ids is not None:
             rows = [r for r in rows if r["id"] in self._input_ids]
@@ -625,8 +451,4 @@ class ReconstructionWriter(BasePredictionWriter):
         self.summary = summary
         self.failed = summary["n_failed"] > 0
         self._finalized = True
-        if self.report:
-            from vaefix_pl.report.html import write_report
-
-            write_report(self.output_dir)
         return summary

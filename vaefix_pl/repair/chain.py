@@ -20,46 +20,24 @@ Waveforms are ``(B, N)`` with ``lengths (B,)`` valid sample counts; mels are ``(
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from typing import Any
 
-import numpy as np
-import scipy.signal
 import torch
-import torchaudio
 from torch import Tensor, nn
 
-from vaefix_pl.core.frontend import LOG_MEL_FLOOR, SAMPLE_RATE, TRAINED_LOG_MEL_RANGE, valid_mask
-
-MelMode = Literal["guard", "standardize", "minmax", "none"]
-MEL_MODES: tuple[str, ...] = ("guard", "standardize", "minmax", "none")
-
-#: Block length (samples) of the matmul form of the band-pass when ``block_size="auto"`` (see
-#: :func:`sosfiltfilt`). Measured: 5.6x faster than torchaudio's sequential ``lfilter`` on 2 CPU cores
-#: (16 x 10.24 s, float64), and see docs/PERFORMANCE.md for the GPU.
-DEFAULT_BLOCK_SIZE = 128
-
-BlockSize = int | Literal["auto"] | None
-
-
-def _full_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
-    if x.ndim != 2:
-        raise ValueError(f"waveform must be (B, N), got shape {tuple(x.shape)}")
-    b, n = x.shape
-    if lengths is None:
-        return torch.full((b,), n, dtype=torch.long, device=x.device)
-    lengths = torch.as_tensor(lengths, device=x.device).long()
-    if lengths.shape != (b,):
-        raise ValueError(f"lengths must be ({b},), got shape {tuple(lengths.shape)}")
-    if bool(((lengths < 0) | (lengths > n)).any()):
-        raise ValueError(f"lengths must lie in [0, {n}], got {lengths.tolist()}")
-    return lengths
-
+from vaefix_pl.core.frontend import LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE, valid_mask
+from vaefix_pl.core.lengths import full_lengths
+from vaefix_pl.repair.config import (
+    MEL_MODES,
+    SEED_FINAL,
+    MelMode,
+    RepairConfig,
+    describe,
+)
+from vaefix_pl.repair.dsp import bandpass, design_bandpass
 
 # --------------------------------------------------------------------------------------------------
 # 1. mel normalisation
@@ -173,7 +151,7 @@ def median_filter(x: Tensor, lengths: Tensor | None = None, size: int = 5) -> Te
     """
     if size < 1 or size % 2 == 0:
         raise ValueError(f"size must be a positive odd integer, got {size}")
-    lengths = _full_lengths(x, lengths)
+    lengths = full_lengths(x, lengths)
     b, n = x.shape
     h = size // 2
     # Padded copy (B, N + 2h): the middle is x; the h samples before each item's start and after its
@@ -200,7 +178,7 @@ def repair_outliers(x: Tensor, lengths: Tensor | None = None, k: float = 3.0, si
     """
     if size < 1 or size % 2 == 0:
         raise ValueError(f"size must be a positive odd integer, got {size}")
-    lengths = _full_lengths(x, lengths)
+    lengths = full_lengths(x, lengths)
     mask = valid_mask(lengths, x.shape[1])
     count = lengths.clamp(min=1).to(torch.float64)[:, None]
     x64 = x.to(torch.float64)
@@ -230,7 +208,7 @@ def fade(x: Tensor, lengths: Tensor | None = None, fade_samples: int = 1024) -> 
     Items with ``f == 0`` (``L < 8``) are left as they are (the seed's NumPy code would fail on them:
     ``audio[-0:]`` is the whole clip). ``(B, N)`` -> ``(B, N)``, padded samples 0.
     """
-    lengths = _full_lengths(x, lengths)
+    lengths = full_lengths(x, lengths)
     b, n = x.shape
     out = x * valid_mask(lengths, n)
     width = min(int(fade_samples), n // 8)  # no item's fade is longer (f <= L // 8 <= N // 8)
@@ -256,326 +234,6 @@ def fade(x: Tensor, lengths: Tensor | None = None, fade_samples: int = 1024) -> 
     out.scatter_(1, pos, (out.gather(1, pos).to(torch.float64) * tail).to(x.dtype))
     return out
 
-
-# --------------------------------------------------------------------------------------------------
-# 4. zero-phase band-pass (sosfiltfilt on torchaudio)
-# --------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=32)
-def _design_cached(
-    sample_rate: float, low_hz: float, high_hz: float, order: int, ripple_db: float, stop_db: float
-) -> np.ndarray:
-    nyq = sample_rate / 2
-    if not 0 < low_hz < high_hz < nyq:
-        raise ValueError(f"need 0 < low_hz < high_hz < {nyq} Hz, got {low_hz}, {high_hz}")
-    sos = scipy.signal.ellip(
-        order, ripple_db, stop_db, [low_hz / nyq, high_hz / nyq], btype="band", output="sos"
-    )
-    sos = np.ascontiguousarray(sos, dtype=np.float64)
-    sos.setflags(write=False)
-    return sos
-
-
-def design_bandpass(
-    sample_rate: float = SAMPLE_RATE,
-    low_hz: float = 60.0,
-    high_hz: float = 7000.0,
-    order: int = 5,
-    ripple_db: float = 1.0,
-    stop_db: float = 60.0,
-) -> np.ndarray:
-    """The seed's elliptic band-pass as second-order sections ``(n_sections, 6)`` (float64, cached).
-
-    ``scipy.signal.ellip(order, ripple_db, stop_db, [low, high] / nyquist, btype="band", output="sos")``.
-    The seed designed the same filter as one transfer function ``(b, a)``; a 10th-order polynomial is
-    numerically fragile (badly so in float32), sections are not.
-    """
-    sos = _design_cached(
-        float(sample_rate), float(low_hz), float(high_hz), int(order), float(ripple_db), float(stop_db)
-    )
-    return sos.copy()  # writable: SciPy's sosfilt refuses read-only coefficient arrays
-
-
-def default_padlen(sos: np.ndarray) -> int:
-    """``scipy.signal.sosfiltfilt``'s default edge extension (samples at each end).
-
-    From SciPy's source: ``ntaps = 2 * n_sections + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum())``
-    and ``padlen = 3 * ntaps`` (33 for the seed's filter, equal to ``filtfilt``'s ``3 * max(len(a), len(b))``).
-    """
-    sos = np.asarray(sos)
-    ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
-    return 3 * ntaps
-
-
-class _RowPlan:
-    """Constants of the whole-row path (``block_size=None``): each section's coefficients, its
-    zero-input responses to the unit DF2T states over ``length`` samples, and ``sosfilt_zi``."""
-
-    def __init__(self, sos: np.ndarray, length: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.n_sections = len(sos)
-        self.dtype = dtype
-        self.b = torch.tensor(sos[:, :3], dtype=dtype, device=device)
-        self.a = torch.tensor(sos[:, 3:], dtype=dtype, device=device)
-        # Zero-input responses to the DF2T states (1, 0) and (0, 1) (SciPy's sosfilt state convention).
-        g = np.empty((len(sos), 2, length))
-        zeros = np.zeros(length)
-        for j, s in enumerate(sos):
-            for k in range(2):
-                zi = np.zeros((1, 2))
-                zi[0, k] = 1.0
-                g[j, k] = scipy.signal.sosfilt(s[None, :].copy(), zeros, zi=zi)[0]
-        self.g = torch.tensor(g, dtype=dtype, device=device)
-        self.zi = torch.tensor(scipy.signal.sosfilt_zi(sos), dtype=torch.float64, device=device)
-
-
-def _cascade_matrices(sos: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
-    """The whole cascade over one block of ``m`` samples as linear maps (float64), in row-vector form.
-
-    The state is every section's DF2T state ``(z0, z1)`` (SciPy's ``sosfilt`` convention), flattened to
-    ``S = 2 * n_sections``. Returns ``T (m, m)`` (zero-state output of the block's input: ``y = u @ T``),
-    ``E (m, S)`` (end state from the input), ``G (S, m)`` (zero-input output of the entering state) and
-    ``P (S, S)`` (end state from the entering state). Built by running the DF2T recursion once on
-    ``m + S`` unit excitations at a time (all linear, so this is exact to float64 rounding).
-    """
-    n_sec = len(sos)
-    s_dim = 2 * n_sec
-    k = m + s_dim
-    z = np.zeros((n_sec, 2, k))
-    for j in range(n_sec):
-        z[j, 0, m + 2 * j] = 1.0
-        z[j, 1, m + 2 * j + 1] = 1.0
-    y = np.empty((m, k))
-    for t in range(m):
-        v = np.zeros(k)
-        v[t] = 1.0
-        for j, (b0, b1, b2, _, a1, a2) in enumerate(sos):
-            out = b0 * v + z[j, 0]
-            z[j, 0] = b1 * v - a1 * out + z[j, 1]
-            z[j, 1] = b2 * v - a2 * out
-            v = out
-        y[t] = v
-    zf = z.reshape(s_dim, k)
-    return y[:, :m].T.copy(), zf[:, :m].T.copy(), y[:, m:].T.copy(), zf[:, m:].T.copy()
-
-
-class _BlockPlan:
-    """Per-(sections, block length, device, dtype) constants of the block-parallel cascade: the block
-    maps of :func:`_cascade_matrices`, the transition over ``block * 2**k`` samples for the scan, and
-    the flattened ``sosfilt_zi``."""
-
-    def __init__(self, sos: np.ndarray, block: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.block = block
-        self.dtype = dtype
-        t, e, g, p = _cascade_matrices(sos, block)
-        self.t = torch.tensor(t, dtype=dtype, device=device)
-        self.e = torch.tensor(e, dtype=dtype, device=device)
-        self.g = torch.tensor(g, dtype=dtype, device=device)
-        # powers[k] = P^(2^k); with every pole inside the unit circle they decay to 0, 40 is plenty.
-        powers = np.zeros((40, *p.shape))
-        for i in range(40):
-            powers[i] = p
-            p = p @ p
-        self.powers = torch.tensor(powers, dtype=dtype, device=device)
-        self.zi = torch.tensor(scipy.signal.sosfilt_zi(sos).reshape(-1), dtype=dtype, device=device)
-
-
-_PLANS: OrderedDict[tuple[Any, ...], _RowPlan | _BlockPlan] = OrderedDict()
-_MAX_PLANS = 16  # a row plan holds (n_sections, 2, length) responses: 13 MB for a 10 s row in float64
-
-
-def _plan(kind: type, sos: np.ndarray, size: int, device: torch.device, dtype: torch.dtype) -> Any:
-    key = (kind.__name__, sos.tobytes(), sos.shape, size, str(device), dtype)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _PLANS[key] = kind(sos, size, device, dtype)
-        while len(_PLANS) > _MAX_PLANS:
-            _PLANS.popitem(last=False)
-    _PLANS.move_to_end(key)
-    return plan
-
-
-@contextlib.contextmanager
-def _exact_matmul(dtype: torch.dtype) -> Iterator[None]:
-    """float32 matmuls at full precision (no TF32) inside, whatever the run set globally."""
-    if dtype != torch.float32:
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def _cascade_rows(u: Tensor, x0: Tensor, plan: _RowPlan) -> Tensor:
-    """``scipy.signal.sosfilt(sos, u, zi=sosfilt_zi(sos) * x0)`` for every row of ``u (B, W)``, one
-    sequential ``torchaudio.functional.lfilter`` per section (it takes no initial state, so the state's
-    zero-input response ``zi[0] g_1 + zi[1] g_2`` is added to its zero-state output: all linear)."""
-    x0 = x0.to(torch.float64)[:, None]
-    for j in range(plan.n_sections):
-        v = torchaudio.functional.lfilter(u, plan.a[j], plan.b[j], clamp=False)
-        z = (plan.zi[j][None, :] * x0).to(plan.dtype)
-        u = torch.addcmul(torch.addcmul(v, z[:, 0:1], plan.g[j, 0]), z[:, 1:2], plan.g[j, 1])
-    return u
-
-
-def _cascade_blocked(u: Tensor, x0: Tensor, plan: _BlockPlan) -> Tensor:
-    """The same as :func:`_cascade_rows` for ``u (B, C*M)``, as matmuls instead of a recursion.
-
-    Hand-written because no library runs an IIR in parallel over time: torchaudio's ``lfilter`` is
-    one sequential thread per row on the GPU. Each row is cut into ``C`` blocks of ``M`` samples
-    (``B*C`` rows); the whole cascade over a block from zero state is one ``(M, M)`` matmul with the
-    cascade's impulse-response Toeplitz matrix; the state entering each block follows from a log-depth
-    scan ``z_{c+1} = z_c P + u_c E`` and adds its zero-input response ``z_c G``. Everything is linear,
-    so this equals one sequential pass to rounding; the matmuls run on tensor cores (float64 DMMA on
-    an H100), about 2M flops a sample per pass.
-    """
-    m = plan.block
-    bsz, w = u.shape
-    c = w // m
-    with _exact_matmul(plan.dtype):
-        ub = u.reshape(bsz, c, m)
-        y = ub @ plan.t  # (B, C, M) zero-state outputs
-        z0 = plan.zi[None, None, :] * x0.to(plan.dtype)[:, None, None]  # (B, 1, S)
-        if c > 1:
-            ends = ub[:, :-1] @ plan.e  # (B, C-1, S) end states of the zero-state runs
-            z = torch.cat((z0, ends), dim=1)  # q_0 = s0, q_c = e_{c-1}
-            d, k = 1, 0
-            while d < c:  # inclusive Hillis-Steele scan: z_c <- z_c + z_{c-d} P^d
-                z = torch.cat((z[:, :d], z[:, d:] + z[:, :-d] @ plan.powers[k]), dim=1)
-                d, k = 2 * d, k + 1
-        else:
-            z = z0
-        y = y + z @ plan.g
-    return y.reshape(bsz, w)
-
-
-def sosfiltfilt(
-    x: Tensor,
-    sos: np.ndarray,
-    lengths: Tensor | None = None,
-    padlen: int | None = None,
-    block_size: BlockSize = "auto",
-    compute_dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """``scipy.signal.sosfiltfilt(sos, x_b[:L_b], padtype="odd", padlen=padlen)`` for every item.
-
-    ``(B, N)`` -> ``(B, N)`` in the input's dtype, padded samples 0. Each item's valid span gets its own
-    odd extension of ``padlen`` samples (default: SciPy's, :func:`default_padlen`), a forward pass from
-    the state ``sosfilt_zi * first extended sample``, a backward pass from ``sosfilt_zi * last forward
-    output``, and is cropped back, independently of its batch-mates (gathers, no per-item loops).
-
-    Items with ``L <= padlen`` (SciPy raises on those) are returned unfiltered, with a warning naming them.
-
-    ``compute_dtype``: the filter runs in float64 by default whatever the input dtype. With poles at
-    radius 0.9983 (the 60 Hz edge), float32 is off by ~1e-4 on a peak-0.5 tone and the seed's tolerance
-    is not met; float64 costs little (on an H100 the blocked path's matmuls run on float64 tensor
-    cores). With ``compute_dtype=torch.float32`` on a GPU and ``block_size=None``, also switch cuDNN's
-    TF32 off: torchaudio runs the numerator as a conv1d (the blocked path forces full-precision matmuls).
-
-    ``block_size``: rows are cut into blocks of this many samples and the whole cascade runs as matmuls
-    (:func:`_cascade_blocked`); ``None`` runs each row through torchaudio's sequential ``lfilter``, one
-    section at a time (:func:`_cascade_rows`); ``"auto"``: :data:`DEFAULT_BLOCK_SIZE`. The matmuls
-    cost ~4M flops a sample against ~20 for the recursion, but they run in parallel and on tensor
-    cores, the recursion one dependent step at a time.
-    """
-    # Autocast off: lfilter's conv1d and the matmuls must not drop to half precision.
-    with torch.autocast(x.device.type, enabled=False):
-        return _sosfiltfilt(x, sos, lengths, padlen, block_size, compute_dtype)
-
-
-def _sosfiltfilt(
-    x: Tensor,
-    sos: np.ndarray,
-    lengths: Tensor | None,
-    padlen: int | None,
-    block_size: BlockSize,
-    compute_dtype: torch.dtype,
-) -> Tensor:
-    lengths = _full_lengths(x, lengths)
-    sos = np.asarray(sos, dtype=np.float64)
-    p = default_padlen(sos) if padlen is None else int(padlen)
-    b, n = x.shape
-    too_short = lengths <= p
-    if bool(too_short.any()):
-        bad = torch.nonzero(too_short & (lengths > 0)).flatten().tolist()
-        if bad:
-            warnings.warn(
-                f"sosfiltfilt: items {bad} have <= padlen={p} samples; left unfiltered",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    ln = torch.where(too_short, torch.zeros_like(lengths), lengths)  # filtered lengths (0: skipped)
-    if n == 0 or int(ln.max()) == 0:
-        return x * valid_mask(lengths, n)
-
-    xc = x.to(compute_dtype)
-    lext = ln + 2 * p  # extended length per item
-    w = int(lext.max())
-    if block_size == "auto":
-        block_size = DEFAULT_BLOCK_SIZE
-    if block_size is None:
-        # One block per row, rounded up to whole 4096s so that batches of similar lengths share a plan
-        # (the zeros appended after each item's end cannot reach back into it: the filter is causal).
-        m = -(-w // 4096) * 4096
-    elif int(block_size) >= 2:
-        m = int(block_size)
-    else:
-        raise ValueError(f"block_size must be 'auto', None or >= 2, got {block_size!r}")
-    w = -(-w // m) * m  # round up to whole blocks
-    if block_size is None:
-        plan = _plan(_RowPlan, sos, m, x.device, compute_dtype)
-        cascade = _cascade_rows
-    else:
-        plan = _plan(_BlockPlan, sos, m, x.device, compute_dtype)
-        cascade = _cascade_blocked
-
-    # Odd extension, left-aligned: e[k] = 2 x[0] - x[p - k] (k < p), x[k - p], 2 x[L-1] - x[2L + p - 2 - k].
-    k = torch.arange(w, device=x.device)[None, :]
-    lc = ln[:, None]
-    left, right, inside = k < p, k >= p + lc, k < lc + 2 * p
-    src = torch.where(left, p - k, torch.where(right, 2 * lc + p - 2 - k, k - p)).clamp(0, max(n - 1, 0))
-    vals = xc.gather(1, src)
-    first = xc[:, :1]
-    last = xc.gather(1, (lc - 1).clamp(min=0))
-    ext = torch.where(left, 2 * first - vals, torch.where(right, 2 * last - vals, vals))
-    ext = torch.where(inside, ext, 0.0)
-
-    fwd = cascade(ext, ext[:, 0], plan)
-    # Reverse each item's own extended span: rev[k] = fwd[Lext - 1 - k].
-    rev_src = (lext[:, None] - 1 - k).clamp(min=0)
-    rev = torch.where(inside, fwd.gather(1, rev_src), 0.0)
-    bwd = cascade(rev, rev[:, 0], plan)
-    # Output sample i = reversed-back sample p + i = bwd[Lext - 1 - p - i] = bwd[L + p - 1 - i].
-    i = torch.arange(n, device=x.device)[None, :]
-    out_src = (lc + p - 1 - i).clamp(min=0)
-    out = bwd.gather(1, out_src).to(x.dtype)
-    out = torch.where(too_short[:, None], x, out)
-    return out * valid_mask(lengths, n)
-
-
-def bandpass(
-    x: Tensor,
-    lengths: Tensor | None = None,
-    sample_rate: float = SAMPLE_RATE,
-    low_hz: float = 60.0,
-    high_hz: float = 7000.0,
-    order: int = 5,
-    ripple_db: float = 1.0,
-    stop_db: float = 60.0,
-    block_size: BlockSize = "auto",
-    compute_dtype: torch.dtype = torch.float64,
-) -> Tensor:
-    """Seed's zero-phase elliptic band-pass (``ellip(5, 1, 60, [60, 7000] Hz)``), ``(B, N)`` -> ``(B, N)``.
-
-    Equals ``scipy.signal.sosfiltfilt(design_bandpass(...), item)`` per item; see :func:`sosfiltfilt`.
-    """
-    sos = design_bandpass(sample_rate, low_hz, high_hz, order, ripple_db, stop_db)
-    return sosfiltfilt(x, sos, lengths, block_size=block_size, compute_dtype=compute_dtype)
-
-
 # --------------------------------------------------------------------------------------------------
 # 5. soft compression
 # --------------------------------------------------------------------------------------------------
@@ -588,7 +246,7 @@ def soft_compress(
     mag = x.abs()
     out = torch.where(mag > threshold, torch.sign(x) * (threshold + (mag - threshold) * ratio), x)
     if lengths is not None:
-        out = out * valid_mask(_full_lengths(x, lengths), x.shape[1])
+        out = out * valid_mask(full_lengths(x, lengths), x.shape[1])
     return out
 
 
@@ -608,58 +266,16 @@ class PostProcessChain(nn.Module):
     :meth:`seed_final` gives the seed's final run.
     """
 
-    def __init__(
-        self,
-        mel_mode: MelMode = "guard",
-        target_mean: float = -5.0,
-        target_std: float = 5.0,
-        target_range: tuple[float, float] = (-10.0, 10.0),
-        guard_range: tuple[float, float] = TRAINED_LOG_MEL_RANGE,
-        outliers: bool = True,
-        outlier_k: float = 3.0,
-        outlier_size: int = 5,
-        fade: bool = True,
-        fade_samples: int = 1024,
-        bandpass: bool = True,
-        low_hz: float = 60.0,
-        high_hz: float = 7000.0,
-        order: int = 5,
-        ripple_db: float = 1.0,
-        stop_db: float = 60.0,
-        compress: bool = True,
-        threshold: float = 0.7,
-        ratio: float = 0.3,
-        sample_rate: int = SAMPLE_RATE,
-        block_size: BlockSize = "auto",
-    ) -> None:
+    def __init__(self, config: RepairConfig | None = None, **settings: Any) -> None:
+        """``config`` and/or any :class:`~vaefix_pl.repair.config.RepairConfig` field as a keyword
+        (``PostProcessChain(**chain.describe())`` rebuilds a chain)."""
         super().__init__()
-        if mel_mode not in MEL_MODES:
-            raise ValueError(f"mel_mode must be one of {MEL_MODES}, got {mel_mode!r}")
-        if outlier_size < 1 or outlier_size % 2 == 0:
-            raise ValueError(f"outlier_size must be a positive odd integer, got {outlier_size}")
-        self.mel_mode = mel_mode
-        self.target_mean = float(target_mean)
-        self.target_std = float(target_std)
-        self.target_range = (float(target_range[0]), float(target_range[1]))
-        self.guard_range = (float(guard_range[0]), float(guard_range[1]))
-        self.outliers = bool(outliers)
-        self.outlier_k = float(outlier_k)
-        self.outlier_size = int(outlier_size)
-        self.fade = bool(fade)
-        self.fade_samples = int(fade_samples)
-        self.bandpass = bool(bandpass)
-        self.low_hz = float(low_hz)
-        self.high_hz = float(high_hz)
-        self.order = int(order)
-        self.ripple_db = float(ripple_db)
-        self.stop_db = float(stop_db)
-        self.compress = bool(compress)
-        self.threshold = float(threshold)
-        self.ratio = float(ratio)
-        self.sample_rate = int(sample_rate)
-        if block_size not in (None, "auto") and int(block_size) < 2:
-            raise ValueError(f"block_size must be 'auto', None or >= 2, got {block_size!r}")
-        self.block_size: BlockSize = block_size if block_size in (None, "auto") else int(block_size)
+        config = config or RepairConfig()
+        if settings:
+            config = replace(config, **settings)
+        self.config = config
+        for f in fields(config):
+            setattr(self, f.name, getattr(config, f.name))
         if self.bandpass:
             design_bandpass(
                 self.sample_rate, self.low_hz, self.high_hz, self.order, self.ripple_db, self.stop_db
@@ -667,37 +283,16 @@ class PostProcessChain(nn.Module):
 
     @classmethod
     def seed_final(cls, **overrides: Any) -> PostProcessChain:
-        """The seed's final run (``SEED_FINAL_SETTINGS``): every stage on at the seed's values, and the
-        mel min-max normalised to ``(-8, 2)``: the seed's final report gives the HiFiGAN input range as
-        ``[-8.000, 2.000]``, which is exactly what ``simple_safe_normalize(target_range=(-8, 2))`` yields.
+        """The seed's final run (:data:`~vaefix_pl.repair.config.SEED_FINAL`): every stage on at the
+        seed's values, and the mel min-max normalised to ``(-8, 2)``: the seed's final report gives the
+        HiFiGAN input range as ``[-8.000, 2.000]``, which is exactly what
+        ``simple_safe_normalize(target_range=(-8, 2))`` yields.
         """
-        return cls(**{**SEED_FINAL_SETTINGS, **overrides})
+        return cls(SEED_FINAL, **overrides)
 
     def describe(self) -> dict[str, Any]:
         """Settings as a plain dict (for run summaries); ``PostProcessChain(**chain.describe())`` rebuilds it."""
-        return {
-            "mel_mode": self.mel_mode,
-            "target_mean": self.target_mean,
-            "target_std": self.target_std,
-            "target_range": list(self.target_range),
-            "guard_range": list(self.guard_range),
-            "outliers": self.outliers,
-            "outlier_k": self.outlier_k,
-            "outlier_size": self.outlier_size,
-            "fade": self.fade,
-            "fade_samples": self.fade_samples,
-            "bandpass": self.bandpass,
-            "low_hz": self.low_hz,
-            "high_hz": self.high_hz,
-            "order": self.order,
-            "ripple_db": self.ripple_db,
-            "stop_db": self.stop_db,
-            "compress": self.compress,
-            "threshold": self.threshold,
-            "ratio": self.ratio,
-            "sample_rate": self.sample_rate,
-            "block_size": self.block_size,
-        }
+        return describe(self)
 
     def extra_repr(self) -> str:
         stages = [f"mel={self.mel_mode}"]
@@ -722,7 +317,7 @@ class PostProcessChain(nn.Module):
 
     def forward(self, waveform: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, N)`` waveform (and ``(B,)`` valid lengths) -> ``(B, N)``; padded samples 0."""
-        lengths = _full_lengths(waveform, lengths)
+        lengths = full_lengths(waveform, lengths)
         x = waveform * valid_mask(lengths, waveform.shape[1])
         if self.outliers:
             x = repair_outliers(x, lengths, k=self.outlier_k, size=self.outlier_size)
@@ -743,26 +338,3 @@ class PostProcessChain(nn.Module):
         if self.compress:
             x = soft_compress(x, self.threshold, self.ratio, lengths)
         return x
-
-
-#: The seed's final settings (``vae_final_noise_fix.py``): all waveform stages at the seed's values, and
-#: the mel min-max normalised to (-8, 2), the HiFiGAN input range its final run reports.
-SEED_FINAL_SETTINGS: dict[str, Any] = {
-    "mel_mode": "minmax",
-    "target_range": (-8.0, 2.0),
-    "outliers": True,
-    "outlier_k": 3.0,
-    "outlier_size": 5,
-    "fade": True,
-    "fade_samples": 1024,
-    "bandpass": True,
-    "low_hz": 60.0,
-    "high_hz": 7000.0,
-    "order": 5,
-    "ripple_db": 1.0,
-    "stop_db": 60.0,
-    "compress": True,
-    "threshold": 0.7,
-    "ratio": 0.3,
-    "sample_rate": SAMPLE_RATE,
-}
