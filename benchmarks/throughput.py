@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the seed's NumPy chain lives in tests
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing import time_device  # noqa: E402
 
+from vaefix_pl.core.config import SPEED_PRESETS
 from vaefix_pl.core.probes import probe_signals  # noqa: E402
-from vaefix_pl.core.reconstruct import SPEED_PRESETS, Reconstructor  # noqa: E402
+from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 DEVICE = "cuda"

@@ -476,7 +476,8 @@ def test_baseline_callback_logs_baseline_current_and_delta(tmp_path, tiny_model_
 
 
 def test_baseline_callback_with_griffin_lim_baseline_and_clear_errors(tmp_path, tiny_model_dir, probe_export):
-    from vaefix_pl.vocoders.hifigan import GriffinLimVocoder, load_hifigan
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
+    from vaefix_pl.vocoders.hifigan import load_hifigan
 
     export, framing = probe_export
     val = DecodedMelDataset(export, None, split="val", max_items=1)
@@ -495,7 +496,7 @@ def test_baseline_callback_with_griffin_lim_baseline_and_clear_errors(tmp_path, 
 
 def test_score_vocoder_scores_each_clip_as_if_alone():
     from vaefix_pl.metrics import compute_metrics
-    from vaefix_pl.vocoders.hifigan import GriffinLimVocoder
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
 
     gl = GriffinLimVocoder("tacotron", n_iter=8)
     frontend = LogMelFrontend("tacotron")

@@ -249,7 +249,7 @@ def long_speech() -> torch.Tensor:
 def test_no_excess_clicks_near_window_boundaries(tiny_model_dir, long_speech, vocoder):
     """Clicks within +/-50 ms of the fades (start, middle, end) are no more frequent than elsewhere,
     and the same measurement does flag clicks put at the boundaries on purpose."""
-    from vaefix_pl.vocoders.hifigan import GriffinLimVocoder
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
 
     base = Reconstructor.from_pretrained(str(tiny_model_dir))
     voc = base.vocoder if vocoder == "hifigan" else GriffinLimVocoder("tacotron", n_iter=16)

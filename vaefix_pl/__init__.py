@@ -34,11 +34,11 @@ _LAZY: dict[str, str] = {
     "MelExportWriter": "vaefix_pl.export.writer",
     "export_mels": "vaefix_pl.export.writer",
     "collate_decoded_mels": "vaefix_pl.export.dataset",
-    "GriffinLimVocoder": "vaefix_pl.vocoders.hifigan",
-    "VocoderError": "vaefix_pl.vocoders.hifigan",
-    "check_vocoder": "vaefix_pl.vocoders.hifigan",
+    "GriffinLimVocoder": "vaefix_pl.vocoders.griffinlim",
+    "VocoderError": "vaefix_pl.vocoders.base",
+    "check_vocoder": "vaefix_pl.vocoders.base",
     "load_hifigan": "vaefix_pl.vocoders.hifigan",
-    "load_vocoder": "vaefix_pl.vocoders.hifigan",
+    "load_vocoder": "vaefix_pl.vocoders.loading",
     # diagnosis and report
     "decompose": "vaefix_pl.diagnose.decompose",
     "diagnose_mel": "vaefix_pl.diagnose.mel",
@@ -76,10 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from vaefix_pl.lightning.writer import ReconstructionWriter
     from vaefix_pl.repair.chain import PostProcessChain
     from vaefix_pl.report.html import write_report
-    from vaefix_pl.vocoders.hifigan import (
-        GriffinLimVocoder,
-        VocoderError,
-        check_vocoder,
-        load_hifigan,
-        load_vocoder,
-    )
+    from vaefix_pl.vocoders.base import VocoderError, check_vocoder
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
+    from vaefix_pl.vocoders.hifigan import load_hifigan
+    from vaefix_pl.vocoders.loading import load_vocoder

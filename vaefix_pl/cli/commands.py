@@ -24,6 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vaefix_pl.core.config import SPEEDS
+from vaefix_pl.core.frontend import FRAMINGS
+from vaefix_pl.core.models import PRECISIONS
+from vaefix_pl.core.windowing import CROSSFADES
+
 DEMO_TINY_DIR = Path(os.environ.get("VAEFIX_CACHE", Path.home() / ".cache" / "vaefix")) / "tiny-audioldm2"
 
 
@@ -160,11 +165,11 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument("--out", default="outputs/reconstruct", help="output folder")
     p.add_argument("--devices", default=None, help="number of devices (GPUs) or 'auto'")
     p.add_argument("--accelerator", default=None, help="cpu, gpu or auto")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--framing", default=None, choices=["tacotron", "hifigan"])
+    p.add_argument("--precision", default=None, choices=PRECISIONS)
+    p.add_argument("--framing", default=None, choices=FRAMINGS)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--speed", default=None, choices=["none", "auto", "compile"], help="GPU speed preset")
+    p.add_argument("--speed", default=None, choices=SPEEDS, help="GPU speed preset")
     p.add_argument(
         "--window-seconds",
         default=None,
@@ -172,7 +177,7 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     )
     p.add_argument("--window-overlap-seconds", type=float, default=None, help="window overlap (default 1.0)")
     p.add_argument("--max-windows", type=int, default=None, help="windows per model call (bounds memory)")
-    p.add_argument("--crossfade", default=None, choices=["equal_gain", "equal_power"])
+    p.add_argument("--crossfade", default=None, choices=CROSSFADES)
     p.add_argument("--config", action="append", default=[], help="YAML config(s), as for `vaefix predict`")
     p.add_argument(
         "--seed-repair", action="store_true", help="turn the seed's repair chain on (<id>.post.wav)"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaefix_pl.core.models import is_full_size
+from vaefix_pl.core.frontend import FRAMINGS
+from vaefix_pl.core.models import PRECISIONS, is_full_size
 from vaefix_pl.diagnose.mel import diagnose_mel
 from vaefix_pl.diagnose.mistakes import load_mel
 from vaefix_pl.diagnose.run import _load_inputs, _write_tables, run_diagnosis
@@ -37,8 +38,8 @@ def _diagnose_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seconds", type=float, default=None, help="crop each file (probe set: length, default 4)"
     )
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--framing", default="tacotron", choices=["tacotron", "hifigan"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--framing", default="tacotron", choices=FRAMINGS)
     p.add_argument("--pad-frames-to", type=int, default=1024, help="canonical length multiple (frames)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -132,7 +133,7 @@ def diagnose_mel_main(argv: Sequence[str]) -> int:
     p.add_argument("mel", help=".npy, .npz, .pt or .pth file (a tensor or a dict holding one)")
     p.add_argument("--audio", default=None, help="the audio file the mel was computed from")
     p.add_argument("--key", default=None, help="which entry of a dict/npz file holds the mel")
-    p.add_argument("--framing", default="tacotron", choices=["tacotron", "hifigan"])
+    p.add_argument("--framing", default="tacotron", choices=FRAMINGS)
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--save-corrected", default=None, help="write the corrected (1, 1, T, 64) mel here (.npy/.pt)"

@@ -6,7 +6,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from vaefix_pl.core.config import LATENT_MODES
 from vaefix_pl.core.frontend import FRAMINGS
+from vaefix_pl.core.models import PRECISIONS
 from vaefix_pl.export.layout import ERRORS
 from vaefix_pl.export.writer import export_mels
 
@@ -22,15 +24,15 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
-    p.add_argument("--framing", default="tacotron", choices=list(FRAMINGS))
+    p.add_argument("--framing", default="tacotron", choices=FRAMINGS)
     p.add_argument("--shard-size", type=int, default=64, help="clips per safetensors shard (per rank)")
     p.add_argument("--devices", default="1", help="number of devices (GPUs); >1 runs DDP")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--latent-mode", default="mode", choices=["mode", "sample"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--latent-mode", default="mode", choices=LATENT_MODES)
     p.add_argument("--seed", type=int, default=0, help="latent noise seed for --latent-mode sample")
     p.add_argument("--pad-frames-to", type=int, default=1024, help="canonical length multiple (frames)")
     p.add_argument("--probe-seconds", type=float, default=4.0, help="length of each probe signal")

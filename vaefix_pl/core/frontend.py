@@ -16,7 +16,7 @@ Two framings exist upstream; both are supported and they differ by half a hop (8
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torchaudio
@@ -38,7 +38,7 @@ LOG_MEL_CEIL = 2.8139
 TRAINED_LOG_MEL_RANGE = (LOG_MEL_FLOOR, LOG_MEL_CEIL)
 
 Framing = Literal["tacotron", "hifigan"]
-FRAMINGS: tuple[str, ...] = ("tacotron", "hifigan")
+FRAMINGS: tuple[str, ...] = get_args(Framing)
 
 
 def _check_framing(framing: str) -> None:

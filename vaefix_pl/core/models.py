@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE
 
 DEFAULT_SOURCE = "cvssp/audioldm2"
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 _PRECISION_ALIASES = {
     "32": "fp32", "32-true": "fp32", "float32": "fp32", "tf32": "fp32",
     "bf16-mixed": "bf16", "bfloat16": "bf16", "bf16-true": "bf16",

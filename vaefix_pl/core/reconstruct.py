@@ -38,18 +38,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vaefix_pl.core.frontend import HOP, LOG_MEL_FLOOR, Framing, LogMelFrontend, normalize_level, valid_mask
+from vaefix_pl.core.config import ReconstructorConfig
+from vaefix_pl.core.frontend import HOP, LOG_MEL_FLOOR, LogMelFrontend, normalize_level, valid_mask
 from vaefix_pl.core.health import mel_health, repair_mel, repair_waveform
-from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision
+from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2
 from vaefix_pl.core.windowing import (
-    CROSSFADES,
     MEL_CONTEXT,
     WindowPlan,
     crossfade_weights,
@@ -62,7 +63,6 @@ from vaefix_pl.core.windowing import (
 
 log = logging.getLogger(__name__)
 
-LATENT_MODES = ("mode", "sample")
 MelTransform = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -127,25 +127,6 @@ def _scale_rows(x: Tensor, scale: Tensor, block: int = 1 << 20) -> Tensor:
     return out
 
 
-#: ``ReconstructionModule(speed=...)`` -> :meth:`Reconstructor.optimize` settings (on CUDA). Every
-#: rewrite is exact; each was kept because it measured faster on an H100 (docs/PERFORMANCE.md).
-SPEED_PRESETS: dict[str, dict[str, Any]] = {
-    "none": {"vocoder_channels_last": False, "cudnn_benchmark": False},
-    "auto": {"vocoder_channels_last": True, "cudnn_benchmark": True},
-    "compile": {
-        "channels_last": True,
-        "vocoder_channels_last": True,
-        "cudnn_benchmark": True,
-        "compile": True,
-        "freeze": True,
-        "pad_narrow_convs": True,
-        "attention_math": True,
-        "polyphase_dilated": True,
-        "narrow_convs": True,
-    },
-}
-
-
 class Reconstructor(nn.Module):
     """AudioLDM2 reconstruction: ``rec(waveform (B, N), lengths (B,)) -> ReconstructionOutput``.
 
@@ -173,66 +154,58 @@ class Reconstructor(nn.Module):
         vae: nn.Module,
         vocoder: nn.Module,
         scaling_factor: float | None = None,
-        framing: Framing = "tacotron",
-        latent_mode: str = "mode",
-        seed: int = 0,
-        precision: str = "fp32",
-        pad_frames_to: int = 1024,
-        window_seconds: float | None = None,
-        window_overlap_seconds: float = 1.0,
-        max_windows: int | None = None,
-        crossfade: str = "equal_gain",
+        config: ReconstructorConfig | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        if crossfade not in CROSSFADES:
-            raise ValueError(f"crossfade must be one of {CROSSFADES}, got {crossfade!r}")
-        if max_windows is not None and int(max_windows) < 1:
-            raise ValueError(f"max_windows must be >= 1 or None, got {max_windows}")
-        if latent_mode not in LATENT_MODES:
-            raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {latent_mode!r}")
-        if pad_frames_to < 4 or pad_frames_to % 4:
-            raise ValueError(
-                f"pad_frames_to must be a positive multiple of 4 (VAE down factor), got {pad_frames_to}"
-            )
+        config = config or ReconstructorConfig()
+        if settings:
+            config = replace(config, **settings)
+        self.config = config
         self.vae = vae
         self.vocoder = vocoder
         if scaling_factor is None:
             scaling_factor = float(vae.config.scaling_factor)
         self.scaling_factor = float(scaling_factor)
-        self.frontend = LogMelFrontend(framing)
-        self.framing = framing
-        self.latent_mode = latent_mode
-        self.seed = int(seed)
-        self.precision = normalize_precision(precision)
-        self.pad_frames_to = int(pad_frames_to)
-        self.window_seconds = None if window_seconds is None else float(window_seconds)
-        self.window_overlap_seconds = float(window_overlap_seconds)
+        self.frontend = LogMelFrontend(config.framing)
+        self.framing = config.framing
+        self.latent_mode = config.latent_mode
+        self.seed = int(config.seed)
+        self.precision = config.precision
+        self.pad_frames_to = int(config.pad_frames_to)
+        self.window_seconds = None if config.window_seconds is None else float(config.window_seconds)
+        self.window_overlap_seconds = float(config.window_overlap_seconds)
         self.window_frames: int | None = None
         self.overlap_frames = 0
         if self.window_seconds is not None:
             self.window_frames, self.overlap_frames = window_geometry(
                 self.window_seconds, self.window_overlap_seconds
             )
-        self.max_windows = None if max_windows is None else int(max_windows)
-        self.crossfade = crossfade
+        self.max_windows = None if config.max_windows is None else int(config.max_windows)
+        self.crossfade = config.crossfade
         #: Sub-batch size that fit after a CUDA out-of-memory retry (kept for the rest of the run).
         self.oom_cap: int | None = None
         self._channels_last = False
 
     @classmethod
+    def from_config(cls, config: ReconstructorConfig, device: torch.device | str | None = None) -> Reconstructor:
+        """Load ``config.model`` with :func:`vaefix_pl.load_audioldm2` and wrap it."""
+        models = load_audioldm2(
+            config.model, precision=config.precision, device=device, allow_download=config.allow_download
+        )
+        rec = cls(models.vae, models.vocoder, models.scaling_factor, replace(config, precision=models.precision))
+        return rec.to(device) if device is not None else rec
+
+    @classmethod
     def from_pretrained(
         cls,
-        source: str = DEFAULT_SOURCE,
+        source: str | os.PathLike = DEFAULT_SOURCE,
         *,
-        precision: str = "fp32",
         device: torch.device | str | None = None,
-        allow_download: bool = False,
-        **kwargs,
+        **settings: Any,
     ) -> Reconstructor:
-        """Load the models with :func:`vaefix_pl.load_audioldm2` and wrap them."""
-        models = load_audioldm2(source, precision=precision, device=device, allow_download=allow_download)
-        rec = cls(models.vae, models.vocoder, models.scaling_factor, precision=models.precision, **kwargs)
-        return rec.to(device) if device is not None else rec
+        """:meth:`from_config` with ``model=source`` and any :class:`ReconstructorConfig` field as a keyword."""
+        return cls.from_config(ReconstructorConfig(model=str(source), **settings), device)
 
     def optimize(
         self,
@@ -332,20 +305,15 @@ class Reconstructor(nn.Module):
         )
 
     def settings(self) -> dict:
-        """Plain-type settings, for run summaries."""
+        """Plain-type settings, for run summaries: the config's reconstruction fields (as applied) and the
+        scaling factor and window geometry derived from them."""
+        skip = {"model", "allow_download", "speed"}  # where the models came from / how they run, not what
+        out = {k: getattr(self, k) for k in ReconstructorConfig.names() if k not in skip}
         return {
-            "framing": self.framing,
-            "latent_mode": self.latent_mode,
-            "seed": self.seed,
-            "precision": self.precision,
-            "pad_frames_to": self.pad_frames_to,
+            **out,
             "scaling_factor": self.scaling_factor,
-            "window_seconds": self.window_seconds,
-            "window_overlap_seconds": self.window_overlap_seconds,
             "window_frames": self.window_frames,
             "overlap_frames": self.overlap_frames,
-            "max_windows": self.max_windows,
-            "crossfade": self.crossfade,
         }
 
     # ----------------------------------------------------------------------------------- lengths

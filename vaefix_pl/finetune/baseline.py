@@ -105,7 +105,7 @@ def score_vocoder(
     restored), in its parameters' dtype. Perceptual scores are NaN where unscorable (reasons dropped).
     """
     from vaefix_pl.metrics import compute_metrics, perceptual_scores
-    from vaefix_pl.vocoders.hifigan import vocode
+    from vaefix_pl.vocoders.base import vocode
 
     dev = torch.device(device)
     param = next((p for p in vocoder.parameters()), None) if isinstance(vocoder, nn.Module) else None
@@ -297,7 +297,7 @@ class FixedDecoderBaseline(Callback):
         return self.vocoder(pl_module)
 
     def _baseline_vocoder(self, device: torch.device) -> Any:
-        from vaefix_pl.vocoders.hifigan import load_vocoder
+        from vaefix_pl.vocoders.loading import load_vocoder
 
         source = self.model or self.dataset.settings.get("model")
         return load_vocoder(self.baseline_spec, source=source, framing=self.dataset.framing, device=device)
@@ -393,7 +393,7 @@ class FixedDecoderBaseline(Callback):
     # ---------------------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.check:
-            from vaefix_pl.vocoders.hifigan import check_vocoder
+            from vaefix_pl.vocoders.base import check_vocoder
 
             check_vocoder(
                 self.current_vocoder(pl_module), framing=self.dataset.framing, device=pl_module.device,

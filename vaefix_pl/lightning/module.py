@@ -8,16 +8,20 @@ no I/O: :class:`~vaefix_pl.lightning.writer.ReconstructionWriter` writes what it
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from dataclasses import fields, replace
+from typing import Any, get_type_hints
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.parsing import save_hyperparameters
 from torch import Tensor
 
-from vaefix_pl.core.models import DEFAULT_SOURCE, normalize_precision
-from vaefix_pl.core.reconstruct import SPEED_PRESETS, ItemOutOfMemoryError, Reconstructor
+from vaefix_pl.core.config import SPEED_PRESETS, ReconstructorConfig
+from vaefix_pl.core.reconstruct import ItemOutOfMemoryError, Reconstructor
 
-SPEEDS = tuple(SPEED_PRESETS)
+#: The module's defaults where they differ from ReconstructorConfig's: long items run in 10.24 s windows.
+MODULE_DEFAULTS: dict[str, Any] = {"window_seconds": 10.24}
 
 
 class ReconstructionModule(L.LightningModule):
@@ -40,7 +44,7 @@ class ReconstructionModule(L.LightningModule):
             static shapes and frozen weights, an NHWC VAE, zero-padded 1-channel convs, matmul
             attention and polyphase dilated convs (fastest for fixed-length clips, e.g.
             ``seconds: 10.24``; the first batch compiles for one to two minutes); ``"none"`` runs the
-            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.reconstruct.SPEED_PRESETS``;
+            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.config.SPEED_PRESETS``;
             measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
@@ -63,29 +67,29 @@ class ReconstructionModule(L.LightningModule):
 
     def __init__(
         self,
-        model: str = DEFAULT_SOURCE,
-        precision: str = "fp32",
-        framing: str = "tacotron",
-        latent_mode: str = "mode",
-        seed: int = 0,
-        pad_frames_to: int = 1024,
-        allow_download: bool = False,
         postprocess: dict[str, Any] | None = None,
         metrics: list[str] | None = None,
         perceptual: list[str] | None = None,
-        speed: str = "auto",
         return_mels: bool = False,
-        window_seconds: float | None = 10.24,
-        window_overlap_seconds: float = 1.0,
-        max_windows: int | None = None,
-        crossfade: str = "equal_gain",
+        **settings: Any,
     ) -> None:
+        # the pipeline settings are ReconstructorConfig's fields; __signature__ (below) shows them flat to
+        # LightningCLI / YAML (`model: {model: ..., precision: ...}`) with this module's defaults
         super().__init__()
-        self.save_hyperparameters()
-        self.model_source = model
-        self.precision_name = normalize_precision(precision)
-        if speed not in SPEEDS:
-            raise ValueError(f"speed must be one of {SPEEDS}, got {speed!r}")
+        self.config = ReconstructorConfig(**{**MODULE_DEFAULTS, **settings})
+        # Lightning's save_hyperparameters() reads __init__'s frame, which holds **settings, not the fields
+        save_hyperparameters(
+            self,
+            given_hparams={
+                **self.config.to_dict(),
+                "postprocess": postprocess,
+                "metrics": metrics,
+                "perceptual": perceptual,
+                "return_mels": return_mels,
+            }
+        )
+        self.model_source = self.config.model
+        self.precision_name = self.config.precision
         from vaefix_pl.metrics import DEFAULT_METRICS, available_metrics, split_metric_names
 
         requested = list(DEFAULT_METRICS if metrics is None else metrics) + list(perceptual or [])
@@ -107,20 +111,7 @@ class ReconstructionModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.reconstructor is not None:
             return
-        hp = self.hparams
-        self.reconstructor = Reconstructor.from_pretrained(
-            hp.model,
-            precision=hp.precision,
-            allow_download=hp.allow_download,
-            framing=hp.framing,
-            latent_mode=hp.latent_mode,
-            seed=hp.seed,
-            pad_frames_to=hp.pad_frames_to,
-            window_seconds=hp.window_seconds,
-            window_overlap_seconds=hp.window_overlap_seconds,
-            max_windows=hp.max_windows,
-            crossfade=hp.crossfade,
-        )
+        self.reconstructor = Reconstructor.from_config(self.config)
 
     def on_predict_start(self) -> None:
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
@@ -133,15 +124,10 @@ class ReconstructionModule(L.LightningModule):
     @classmethod
     def from_reconstructor(cls, reconstructor: Reconstructor, **kwargs: Any) -> ReconstructionModule:
         """Wrap an already built :class:`Reconstructor` (e.g. custom or in-memory models)."""
-        settings = reconstructor.settings()
-        kwargs.setdefault("precision", settings["precision"])
-        kwargs.setdefault("framing", settings["framing"])
-        kwargs.setdefault("latent_mode", settings["latent_mode"])
-        kwargs.setdefault("pad_frames_to", settings["pad_frames_to"])
-        for key in ("window_seconds", "window_overlap_seconds", "max_windows", "crossfade"):
-            kwargs.setdefault(key, settings[key])
-        kwargs.setdefault("speed", "none")  # the caller decides how the given reconstructor is optimized
-        module = cls(model=kwargs.pop("model", "<in-memory>"), **kwargs)
+        # the reconstructor's own settings, unless given; where the models came from is not known
+        config = replace(reconstructor.config, model="<in-memory>", allow_download=False, speed="none")
+        kwargs = {**config.to_dict(), **kwargs}  # speed "none": the caller decides how it is optimized
+        module = cls(**kwargs)
         module.reconstructor = reconstructor
         return module
 
@@ -211,3 +197,29 @@ class ReconstructionModule(L.LightningModule):
                 "gain": rec.gain,
             }
         return result
+
+
+def _module_signature() -> inspect.Signature:
+    """``__init__``'s signature as LightningCLI reads it: the module's own arguments, then every
+    :class:`ReconstructorConfig` field (with :data:`MODULE_DEFAULTS`), flat."""
+    own = list(inspect.signature(ReconstructionModule.__init__).parameters.values())
+    hints = get_type_hints(ReconstructorConfig)
+    pipeline = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=MODULE_DEFAULTS.get(f.name, f.default),
+            annotation=hints[f.name],
+        )
+        for f in fields(ReconstructorConfig)
+    ]
+    own_hints = get_type_hints(ReconstructionModule.__init__)
+    mine = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints.get(p.name, p.annotation))
+        for p in own[1:]
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    return inspect.Signature([own[0], *pipeline, *mine])
+
+
+ReconstructionModule.__init__.__signature__ = _module_signature()  # type: ignore[attr-defined]
