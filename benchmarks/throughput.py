@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the seed's NumPy chain lives in tests
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing import time_device  # noqa: E402
 
-from vaefix_pl.core.config import SPEED_PRESETS
+from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
 from vaefix_pl.core.probes import probe_signals  # noqa: E402
-from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
+from vaefix_pl.core.reconstruct import Reconstructor
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 DEVICE = "cuda"
@@ -353,11 +353,13 @@ def main() -> None:
     args = p.parse_args()
     global DEVICE
     if args.narrow_from:
+        from narrow_rule import narrow_rule_from_rows
+
         from vaefix_pl.core import speed
 
         conv_rows = json.loads(Path(args.narrow_from).read_text())
         for key, dt in (("bf16", "bfloat16"), ("fp32", "float32")):
-            speed.NARROW_CONV_FORMS[key] = speed.narrow_rule_from_rows(conv_rows, dt)
+            speed.NARROW_CONV_FORMS[key] = narrow_rule_from_rows(conv_rows, dt)
         print("narrow conv forms from", args.narrow_from, speed.NARROW_CONV_FORMS, flush=True)
     if args.smoke:
         DEVICE = "cpu"

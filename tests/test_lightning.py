@@ -386,7 +386,7 @@ def test_long_file_runs_in_windows_through_the_trainer(tmp_path, tiny_model_dir)
 
 
 def test_out_of_memory_on_one_item_names_its_id(tiny_model_dir, monkeypatch):
-    from vaefix_pl.core.reconstruct import ItemOutOfMemoryError
+    from vaefix_pl.core.output import ItemOutOfMemoryError
 
     module = ReconstructionModule(model=str(tiny_model_dir), metrics=[])
     module.configure_model()

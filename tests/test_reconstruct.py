@@ -339,7 +339,7 @@ def test_out_of_memory_halves_the_sub_batch_and_gives_the_same_result(
 
 
 def test_out_of_memory_on_one_item_names_the_rows_and_what_to_try(monkeypatch, tiny_model_dir):
-    from vaefix_pl.core.reconstruct import ItemOutOfMemoryError
+    from vaefix_pl.core.output import ItemOutOfMemoryError
 
     rec = Reconstructor.from_pretrained(str(tiny_model_dir))
     _oom_above(monkeypatch, rec, 0)

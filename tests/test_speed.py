@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,7 +133,8 @@ def test_narrow_conv_forms_are_the_same_function(form):
 
 
 def test_narrow_rule_keeps_only_measured_wins():
-    from vaefix_pl.core.speed import narrow_rule_from_rows
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from narrow_rule import narrow_rule_from_rows
 
     def row(c, k, d, variant, ms, dtype="bfloat16"):
         return {"dtype": dtype, "C": c, "k": k, "d": d, "variant": variant, "ms": ms}

@@ -18,7 +18,7 @@ _LAZY: dict[str, str] = {
     "load_audioldm2": "vaefix_pl.core.models",
     "AudioLDM2Models": "vaefix_pl.core.models",
     "Reconstructor": "vaefix_pl.core.reconstruct",
-    "ReconstructionOutput": "vaefix_pl.core.reconstruct",
+    "ReconstructionOutput": "vaefix_pl.core.output",
     "load_audio": "vaefix_pl.data.audio",
     "probe_signals": "vaefix_pl.data.inputs",
     # repair chain
@@ -64,7 +64,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from vaefix_pl.core.frontend import LogMelFrontend, normalize_level
     from vaefix_pl.core.models import AudioLDM2Models, load_audioldm2
-    from vaefix_pl.core.reconstruct import ReconstructionOutput, Reconstructor
+    from vaefix_pl.core.output import ReconstructionOutput
+    from vaefix_pl.core.reconstruct import Reconstructor
     from vaefix_pl.data.audio import load_audio
     from vaefix_pl.data.inputs import AudioDataModule, probe_signals
     from vaefix_pl.diagnose.decompose import decompose

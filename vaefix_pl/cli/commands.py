@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vaefix_pl.cli.common import inputs_parser
 from vaefix_pl.core.config import SPEEDS
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS
@@ -157,8 +158,7 @@ def print_summary(out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------- reconstruct
 def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Reconstruct audio through AudioLDM2's VAE + vocoder.")
-    p.add_argument("audio", nargs="*", help="files, folders or manifests (none: the built-in probe set)")
+    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.")
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vaefix_pl.cli.common import inputs_parser
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS, is_full_size
 from vaefix_pl.diagnose.mel import diagnose_mel
@@ -21,12 +22,11 @@ from vaefix_pl.diagnose.run import _load_inputs, _write_tables, run_diagnosis
 
 
 def _diagnose_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vaefix diagnose",
-        description="Stage-wise diagnosis of AudioLDM2 reconstruction: (a) vocoder on the true mel, (b) VAE round "
+    p = inputs_parser(
+        "vaefix diagnose",
+        "Stage-wise diagnosis of AudioLDM2 reconstruction: (a) vocoder on the true mel, (b) VAE round "
         "trip, (c) full pipeline, (d) + repair chain; numeric health per stage; figures and report.html.",
     )
-    p.add_argument("audio", nargs="*", help="files, folders or manifests (none: the built-in probe set)")
     p.add_argument(
         "--model",
         default=None,
@@ -163,4 +163,3 @@ def diagnose_mel_main(argv: Sequence[str]) -> int:
                 torch.save(verdict.corrected, target)
             print(f"wrote {target}")
     return 0 if verdict.ok else 1
-

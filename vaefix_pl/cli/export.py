@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from vaefix_pl.cli.common import inputs_parser
 from vaefix_pl.core.config import LATENT_MODES
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS
@@ -14,12 +15,11 @@ from vaefix_pl.export.writer import export_mels
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vaefix export-mels",
-        description="Export AudioLDM2 VAE-decoded mels, true mels and level-normalised waveforms for "
+    p = inputs_parser(
+        "vaefix export-mels",
+        "Export AudioLDM2 VAE-decoded mels, true mels and level-normalised waveforms for "
         "vocoder fine-tuning (sharded safetensors + manifest.jsonl; resumable; DDP-safe).",
     )
-    p.add_argument("audio", nargs="*", help="files, folders or manifests (none: the built-in probe set)")
     p.add_argument("--out", required=True, help="export folder (rerun the same command to resume)")
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
@@ -60,4 +60,3 @@ def export_main(argv: Sequence[str]) -> int:
         if summary["failed"]:
             print(f"  failures listed in {Path(summary['output_dir']) / ERRORS}")
     return 0
-

@@ -35,5 +35,3 @@ def report_main(argv: Sequence[str]) -> int:
     )
     print(f"wrote {path}")
     return 0
-
-

@@ -363,7 +363,7 @@ NARROW_FORMS = ("fold2", "fold4", "phase2", "phase4")
 #: ``(channels, kernel) -> form`` for :func:`rewrite_narrow_convs`, per compute dtype ("bf16";
 #: "fp32" is fp32 with cuDNN's default TF32 convolutions). From ``benchmarks/conv_shapes.py --batch 64
 #: --channels 32,64,256 --dilations 1 --variants w,fold2,fold4,pout2,pout4`` on an H100, 2026-11-25
-#: (:func:`narrow_rule_from_rows`; raw rows in ``benchmarks/results/2026-11-25_h100_conv_shapes_b64_pout.json``).
+#: (``benchmarks/narrow_rule.py``; raw rows in ``benchmarks/results/2026-11-25_h100_conv_shapes_b64_pout.json``).
 #: Shapes not listed run as plain convs. TF32 (256, 11): cuDNN ran it at 163 TFLOP/s (11.6 ms per 64 clips).
 #: bf16 is empty on purpose: the per-shape wins (5 shapes, 6.4 ms per 64 clips in isolation) did not
 #: survive in the compiled pipeline: 1,840x folded and 1,824x phase form against 1,865x plain.
@@ -374,26 +374,6 @@ NARROW_CONV_FORMS: dict[str, dict[tuple[int, int], str]] = {
         (32, 3): "fold2", (32, 7): "phase4", (32, 11): "phase4",
     },
 }  # fmt: skip
-
-
-def narrow_rule_from_rows(rows: list[dict], dtype: str, min_gain: float = 1.05) -> dict[tuple[int, int], str]:
-    """``(channels, kernel) -> form`` from ``conv_shapes.py`` rows of one dtype ("bfloat16"/"float32"):
-    the fastest ``foldF``/``poutF`` variant of each undilated shape, kept only when it beats the plain
-    conv by ``min_gain``."""
-    best: dict[tuple[int, int], tuple[float, str]] = {}
-    plain: dict[tuple[int, int], float] = {}
-    for r in rows:
-        if r["dtype"] != dtype or r["d"] != 1:
-            continue
-        key = (int(r["C"]), int(r["k"]))
-        name = r["variant"]
-        if name == "w":
-            plain[key] = r["ms"]
-        elif name.startswith(("fold", "pout")):
-            form = name.replace("pout", "phase")
-            if key not in best or r["ms"] < best[key][0]:
-                best[key] = (r["ms"], form)
-    return {key: form for key, (ms, form) in best.items() if key in plain and plain[key] >= min_gain * ms}
 
 
 def rewrite_narrow_convs(module: nn.Module, form_for) -> nn.Module:

@@ -235,12 +235,8 @@ class AudioDataset(Dataset):
         min_samples: int = 1,
     ) -> None:
         self.entries = list(entries)
-        self.seconds = seconds
-        self.offset = offset
-        self.sample_rate = sample_rate
-        self.channel = channel
-        self.probe_seconds = probe_seconds
-        self.min_samples = min_samples
+        self.seconds, self.offset, self.sample_rate = seconds, offset, sample_rate
+        self.channel, self.probe_seconds, self.min_samples = channel, probe_seconds, min_samples
         self._probes: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -337,15 +333,8 @@ class AudioDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.inputs = inputs
-        self.seconds = seconds
-        self.offset = offset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.sort_by_duration = sort_by_duration
-        self.channel = channel
-        self.probe_seconds = probe_seconds
-        self.pin_memory = pin_memory
+        for name, value in self.hparams.items():  # every argument is also a plain attribute
+            setattr(self, name, value)
         self.dataset: AudioDataset | None = None
         self._all_ids: list[str] = []
 

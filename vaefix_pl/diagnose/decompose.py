@@ -256,16 +256,8 @@ def decompose(
                         f"{float(clicks[i]):.2f} added clicks per second that the input does not explain",
                     )
                 )
-    return Decomposition(
-        ids=list(ids) if ids is not None else [f"item{i}" for i in range(b)],
-        lengths=lengths,
-        metrics=stage_metrics,
-        health=health,
-        warnings=item_warnings,
-        audio=audio,
-        output=out,
-        mel_mode=mel_mode,
-    )
+    ids = list(ids) if ids is not None else [f"item{i}" for i in range(b)]
+    return Decomposition(ids, lengths, stage_metrics, health, item_warnings, audio, out, mel_mode)
 
 
 def _health_of(

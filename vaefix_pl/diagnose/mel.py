@@ -248,16 +248,7 @@ def diagnose_mel(
             )
 
     corrected = _corrected(x, findings, fit)
-    return MelVerdict(
-        findings=findings,
-        shape=tuple(raw.shape),
-        dtype=dtype,
-        layout=layout,
-        stats=stats,
-        checks=checks,
-        fit=fit,
-        corrected=corrected,
-    )
+    return MelVerdict(findings, tuple(raw.shape), dtype, layout, stats, checks, fit, corrected)
 
 
 def _resample_time(u: np.ndarray, t: int) -> np.ndarray:

@@ -120,15 +120,9 @@ class MelExportWriter(BasePredictionWriter):
         self._part = open(part, "a", encoding="utf-8")
 
     def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: dict[str, Any],
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Any], *batch_info: Any
     ) -> None:
+        """One batch's clips into the buffer (``batch_info``: Lightning's batch indices, batch, index)."""
         errors = [
             {"kind": "error", "id": e["id"], "path": e["path"], "reason": e["reason"]}
             for e in prediction.get("errors", [])

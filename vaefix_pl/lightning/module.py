@@ -18,7 +18,8 @@ from lightning.pytorch.utilities.parsing import save_hyperparameters
 from torch import Tensor
 
 from vaefix_pl.core.config import SPEED_PRESETS, ReconstructorConfig
-from vaefix_pl.core.reconstruct import ItemOutOfMemoryError, Reconstructor
+from vaefix_pl.core.output import ItemOutOfMemoryError
+from vaefix_pl.core.reconstruct import Reconstructor
 
 #: The module's defaults where they differ from ReconstructorConfig's: long items run in 10.24 s windows.
 MODULE_DEFAULTS: dict[str, Any] = {"window_seconds": 10.24}

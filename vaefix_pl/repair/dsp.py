@@ -328,20 +328,16 @@ def _sosfiltfilt(
 def bandpass(
     x: Tensor,
     lengths: Tensor | None = None,
-    sample_rate: float = SAMPLE_RATE,
-    low_hz: float = 60.0,
-    high_hz: float = 7000.0,
-    order: int = 5,
-    ripple_db: float = 1.0,
-    stop_db: float = 60.0,
     block_size: BlockSize = "auto",
     compute_dtype: torch.dtype = torch.float64,
+    **design: Any,
 ) -> Tensor:
-    """Seed's zero-phase elliptic band-pass (``ellip(5, 1, 60, [60, 7000] Hz)``), ``(B, N)`` -> ``(B, N)``.
+    """Seed's zero-phase elliptic band-pass (``ellip(5, 1, 60, [60, 7000] Hz)``), ``(B, N)`` -> ``(B, N)``;
+    ``design``: :func:`design_bandpass`'s keywords (``sample_rate``, ``low_hz``, ``high_hz``, ``order``, ...).
 
     Equals ``scipy.signal.sosfiltfilt(design_bandpass(...), item)`` per item; see :func:`sosfiltfilt`.
     """
-    sos = design_bandpass(sample_rate, low_hz, high_hz, order, ripple_db, stop_db)
+    sos = design_bandpass(**design)
     return sosfiltfilt(x, sos, lengths, block_size=block_size, compute_dtype=compute_dtype)
 
 

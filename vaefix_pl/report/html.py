@@ -38,6 +38,7 @@ from urllib.parse import quote
 import numpy as np
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS
 from vaefix_pl.report.figures import clip_clicks, clip_figure, figure_png
 from vaefix_pl.runs.tables import read_metrics_csv
 
@@ -52,12 +53,7 @@ AUDIO_TAGS: dict[str, str] = {
 #: Columns shown before "all columns" is ticked (when present).
 HEADLINE_COLUMNS: tuple[str, ...] = (
     "seconds",
-    "mel_distance",
-    "mrstft_distance",
-    "lsd",
-    "snr",
-    "si_sdr",
-    "clicks_added_per_s",
+    *DEFAULT_STAGE_METRICS,
     "ceiling_mel_distance",
     "vae_mel_l1",
     "post_mel_distance",
