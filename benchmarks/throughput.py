@@ -33,7 +33,7 @@ from timing import time_device  # noqa: E402
 
 from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
 from vaefix_pl.core.probes import probe_signals  # noqa: E402
-from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 DEVICE = "cuda"
