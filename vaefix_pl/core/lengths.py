@@ -20,5 +20,3 @@ def full_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
     if bool(((lengths < 0) | (lengths > n)).any()):
         raise ValueError(f"lengths must lie in [0, {n}], got {lengths.tolist()}")
     return lengths
-
-

@@ -68,4 +68,3 @@ def _scale_rows(x: Tensor, scale: Tensor, block: int = 1 << 20) -> Tensor:
     for s in range(0, x.shape[-1], block):
         out[:, s : s + block] = (x[:, s : s + block].double() * scale).float()
     return out
-

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MelTransform = Callable[[Tensor, Tensor], Tensor]
 
+
 class Reconstructor(nn.Module):
     """AudioLDM2 reconstruction: ``rec(waveform (B, N), lengths (B,)) -> ReconstructionOutput``.
 
@@ -126,12 +127,16 @@ class Reconstructor(nn.Module):
         self._channels_last = False
 
     @classmethod
-    def from_config(cls, config: ReconstructorConfig, device: torch.device | str | None = None) -> Reconstructor:
+    def from_config(
+        cls, config: ReconstructorConfig, device: torch.device | str | None = None
+    ) -> Reconstructor:
         """Load ``config.model`` with :func:`vaefix_pl.load_audioldm2` and wrap it."""
         models = load_audioldm2(
             config.model, precision=config.precision, device=device, allow_download=config.allow_download
         )
-        rec = cls(models.vae, models.vocoder, models.scaling_factor, replace(config, precision=models.precision))
+        rec = cls(
+            models.vae, models.vocoder, models.scaling_factor, replace(config, precision=models.precision)
+        )
         return rec.to(device) if device is not None else rec
 
     @classmethod

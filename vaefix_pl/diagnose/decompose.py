@@ -383,7 +383,3 @@ def format_verdicts(d: Decomposition, i: int) -> str:
         out.append(f"    ! {w}")
     out.append(f"  verdict: {v['overall']}")
     return "\n".join(out)
-
-
-
-

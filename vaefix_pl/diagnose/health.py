@@ -162,6 +162,7 @@ def health_warnings(stage: str, h: dict[str, Any], mel_mode: str | None = None) 
         )
     return out
 
+
 # ----------------------------------------------------------------------------------------------------------
 # warnings from a metrics.csv row (what the report shows for runs made by the writer)
 # ----------------------------------------------------------------------------------------------------------
@@ -203,4 +204,3 @@ def row_warnings(row: dict[str, Any]) -> list[HealthWarning]:
         except ValueError:
             pass
     return out
-

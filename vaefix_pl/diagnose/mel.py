@@ -281,4 +281,3 @@ def _corrected(x: Tensor, findings: Sequence[MelFinding], fit: dict[str, Any]) -
     if "not_level_normalized" in names and fit.get("intercept") is not None:
         y = (y - fit["intercept"]).clamp(min=LOG_MEL_FLOOR)
     return y.float()[None, None]
-

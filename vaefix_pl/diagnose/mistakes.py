@@ -460,4 +460,3 @@ def _frame_rate_findings(frames: int, n_samples: int) -> list[MelFinding]:
     if hop != HOP:
         out.append(MelFinding("wrong_hop", "high", f"{ratio}: matches hop {hop} at {sr} Hz"))
     return out
-

@@ -81,4 +81,3 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, 
     from vaefix_pl.runs.tables import write_run_tables
 
     return write_run_tables(out, rows + failed, extra, title="vaefix diagnose")
-

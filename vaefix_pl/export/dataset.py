@@ -300,4 +300,3 @@ class DecodedMelDataModule(L.LightningDataModule):
         self.setup("validate")
         assert self.val_set is not None
         return self._loader(self.val_set, self.hparams.val_batch_size, shuffle=False)
-

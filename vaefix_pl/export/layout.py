@@ -1,4 +1,56 @@
-"""The decoded-mel export's folder layout and its alignment convention: manifest, part files, shards, settings that must agree on resume (see :mod:`vaefix_pl.export.writer` for the layout in full)."""
+"""Decoded-mel export for vocoder fine-tuning: layout, alignment convention and resume (``export/``), with
+``DecodedMelDataset`` and the ``FixedDecoderBaseline`` callback (``finetune/``) built on it.
+
+Users fine-tune vocoders on what AudioLDM2's frozen VAE decodes. This module gives them the data and the
+yardstick:
+
+* **Export** (:func:`export_mels`, ``vaefix export-mels``, or :class:`MelExportWriter` added to any
+  ``trainer.predict`` run of a ``ReconstructionModule(return_mels=True)``): per clip the VAE-decoded mel
+  ``mel_hat`` ``(F, 64)``, the ground-truth mel ``mel`` ``(F, 64)`` (natural log, the VAE's input) and the
+  level-normalised ``waveform`` ``(N,)`` the mels were computed from (DC removed, peak 0.5: the level the
+  VAE and vocoder were trained at), with ``F = ceil(N / 160)``.
+* **Data** (:class:`DecodedMelDataset`): aligned random segments for training, full clips for validation.
+* **Yardstick** (:class:`FixedDecoderBaseline`): a Lightning callback that scores the user's current
+  vocoder and the frozen AudioLDM2 HiFi-GAN on the same held-out decoded mels and logs both and the delta.
+
+Alignment convention (both framings)
+------------------------------------
+Mel frame ``k`` pairs with waveform samples ``[160 k, 160 k + 160)``: the vocoder's output sample ``n``
+belongs to frame ``n // 160``, and that output timeline *is* the input's timeline (the
+:class:`~vaefix_pl.core.reconstruct.Reconstructor` compares vocoder sample ``n`` with input sample ``n``). A
+segment of frames ``[s, s + S)`` therefore comes with samples ``[160 s, 160 (s + S))``, in both framings.
+
+What the framing changes is where frame ``k``'s 1024-sample analysis window sits on that timeline:
+
+* ``"hifigan"``: centred on sample ``160 k + 80``, the middle of the frame's block (HiFi-GAN's own
+  convention);
+* ``"tacotron"`` (AudioLDM2's inference framing): centred on sample ``160 k``, the *first* sample of the
+  block. A vocoder that emits each block centred on its frame's analysis centre comes out 80 samples
+  late on this timeline; one trained on a tacotron export learns to emit block ``k`` just after the
+  centre of frame ``k``, which is what lines its output up with the input in AudioLDM2's own pipeline.
+
+Equivalently: the same front-end applied to a segment's ``S * 160`` samples reproduces the segment's
+``S`` frames (``"tacotron"`` makes ``S + 1`` frames, the last, centred on the segment's end, is dropped,
+exactly as the Reconstructor drops frame ``L`` of an ``L * 160``-sample clip) everywhere except the
+frames whose windows reach past the segment's edges (4 frames at each end). The tests check exactly this.
+See :func:`segment_samples` and :func:`frame_centre`.
+
+Export layout
+-------------
+``<out>/shards/shard-r<rank>-<run>-<k>.safetensors`` hold the tensors under the keys
+``<id>/mel_hat``, ``<id>/mel``, ``<id>/waveform`` (float32); ``<out>/manifest.jsonl`` has one JSON line per
+clip: ``id``, ``path`` (source file, ``null`` for probes), ``frames`` (F), ``samples`` (N), ``shard``
+(relative path), ``keys``, ``gain`` (``normalised = (x - mean) * gain``), ``health`` (decoded-mel health
+before repair) and ``settings`` (framing, model, scaling factor, latent mode, precision, pad_frames_to,
+seconds, ...). ``<out>/export.json`` summarises the export; ``<out>/errors.jsonl`` lists clips that failed.
+
+Crash safety and resume: a shard is written to a temporary file, fsynced and renamed into place, and
+only then are its clips appended (and fsynced) to the rank's own part file ``<out>/.parts/*.jsonl``; at the
+end rank 0 folds the parts into ``manifest.jsonl`` (atomically). A shard is thus referenced only once it is
+complete. A new run first folds leftover parts of an interrupted run, deletes shards and temporary
+files nothing references, and skips every id already in the manifest: each clip is exported exactly
+once, also under DDP (each rank writes its own shards and part file). One export run per folder at a time.
+"""
 
 from __future__ import annotations
 
@@ -197,4 +249,3 @@ def _model_id(model: Any) -> str | None:
         return None
     p = Path(str(model)).expanduser()
     return str(p.resolve()) if p.exists() else str(model)
-

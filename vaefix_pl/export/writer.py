@@ -348,4 +348,3 @@ def export_mels(
         is_global_zero=trainer.is_global_zero,
     )
     return summary
-

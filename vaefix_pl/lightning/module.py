@@ -87,7 +87,7 @@ class ReconstructionModule(L.LightningModule):
                 "metrics": metrics,
                 "perceptual": perceptual,
                 "return_mels": return_mels,
-            }
+            },
         )
         self.model_source = self.config.model
         self.precision_name = self.config.precision

@@ -234,6 +234,7 @@ def fade(x: Tensor, lengths: Tensor | None = None, fade_samples: int = 1024) -> 
     out.scatter_(1, pos, (out.gather(1, pos).to(torch.float64) * tail).to(x.dtype))
     return out
 
+
 # --------------------------------------------------------------------------------------------------
 # 5. soft compression
 # --------------------------------------------------------------------------------------------------

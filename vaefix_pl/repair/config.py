@@ -17,7 +17,12 @@ MelMode = Literal["guard", "standardize", "minmax", "none"]
 MEL_MODES: tuple[str, ...] = get_args(MelMode)
 
 #: field type (as written below) -> how a value given in YAML/JSON is made that type
-_COERCE = {"float": float, "int": int, "bool": bool, "tuple[float, float]": lambda v: (float(v[0]), float(v[1]))}
+_COERCE = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "tuple[float, float]": lambda v: (float(v[0]), float(v[1])),
+}
 
 
 @dataclass(frozen=True)

@@ -339,5 +339,3 @@ def bandpass(
     """
     sos = design_bandpass(**design)
     return sosfiltfilt(x, sos, lengths, block_size=block_size, compute_dtype=compute_dtype)
-
-

@@ -184,5 +184,3 @@ def clip_clicks(original: np.ndarray, recon: np.ndarray) -> np.ndarray:
     ref = torch.as_tensor(original[:n]).float()[None]
     est = torch.as_tensor(recon[:n]).float()[None]
     return added_clicks(ref, est, torch.tensor([n]))[0].cpu().numpy()
-
-

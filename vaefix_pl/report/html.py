@@ -559,5 +559,3 @@ def write_report(
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, target)
     return target
-
-

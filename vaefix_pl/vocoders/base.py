@@ -279,5 +279,3 @@ def vocode(vocoder: VocoderLike, mel: Tensor, name: str = "vocoder") -> Tensor:
             f"{name} returned {shape} for a {tuple(mel.shape)} mel; expected ({mel.shape[0]}, {mel.shape[1] * HOP})"
         )
     return out.float()
-
-

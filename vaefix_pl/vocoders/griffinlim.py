@@ -86,4 +86,3 @@ class GriffinLimVocoder(nn.Module):
             )  # fmt: skip
         start = HOP * self._pre - self._offset
         return y[:, start : start + t * HOP]
-

@@ -73,5 +73,3 @@ def load_hifigan(
     model.requires_grad_(trainable)
     vocoder = VocoderAdapter(model).train(trainable)  # trims the T*160 + 32 samples of its transposed convs
     return vocoder.to(device) if device is not None else vocoder
-
-

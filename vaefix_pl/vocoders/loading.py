@@ -22,7 +22,6 @@ GRIFFIN_LIM_NAMES = ("griffinlim", "griffin-lim", "griffin_lim", "gl")
 HIFIGAN_NAMES = ("hifigan", "hifi-gan", "speecht5hifigan", "default")
 
 
-
 # ---------------------------------------------------------------------------------------- user modules
 def _import(class_path: str) -> Any:
     module_name, _, attr = class_path.rpartition(".")
