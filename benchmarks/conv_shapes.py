@@ -3,14 +3,14 @@
 For every HiFi-GAN resblock shape of the AudioLDM2 vocoder (channels C at length L for a 1024-frame
 clip, kernels 3/7/11, dilations 1/3/5) it times, with cuDNN benchmark on and CUDA events:
 
-* ``w``: the 1-D conv as a channels-last ``(1, k)`` 2-D conv (what ``vaefix_pl.speed`` runs today);
+* ``w``: the 1-D conv as a channels-last ``(1, k)`` 2-D conv (what ``vaefix_pl.core.speed`` runs today);
 * ``h``: the same as a ``(k, 1)`` conv on ``(B, C, L, 1)`` (same memory, other kernel choices);
 * ``poly``: for dilation ``d > 1``, the undilated ``(k, 1)`` conv on the polyphase view
   ``(B, C, ceil(L/d), d)`` (``t = q d + r``; a zero-copy view of channels-last memory when ``d | L``).
 
 and prints achieved TFLOP/s per shape and dtype, so a rewrite is kept only where it measures faster.
 
-* ``foldF``: for dilation 1, :class:`vaefix_pl.speed.FoldedConv1d` (``F`` samples folded into channels);
+* ``foldF``: for dilation 1, :class:`vaefix_pl.core.speed.FoldedConv1d` (``F`` samples folded into channels);
 * ``poutF``: for dilation 1, a stride-``F`` conv with kernel ``F + k - 1`` whose ``F C`` outputs are the
   ``F`` output phases (reads the input in place; fewer extra FLOPs than folding the input).
 
@@ -43,7 +43,7 @@ def _variants(x, w, c, k, d, batch, length, names):
     """name -> callable for one shape (``x`` ``(B, C, 1, L)`` NHWC, ``w`` ``(C, C, 1, k)``)."""
     from torch import nn
 
-    from vaefix_pl.speed import Conv1dAsConv2d, FoldedConv1d
+    from vaefix_pl.core.speed import Conv1dAsConv2d, FoldedConv1d
 
     pad = d * (k - 1) // 2
     out = {"w": lambda: F.conv2d(x, w, padding=(0, pad), dilation=(1, d))}

@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from throughput import CLIP_N, CLIP_S, count_flops, cuda_time, make_inputs  # noqa: E402
 
-from vaefix_pl.probes import probe_signals  # noqa: E402
-from vaefix_pl.reconstruct import SPEED_PRESETS, Reconstructor  # noqa: E402
+from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
+from vaefix_pl.core.probes import probe_signals  # noqa: E402
+from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 SPECTRAL = ["mel_distance", "mrstft_distance", "lsd", "lag", "snr"]

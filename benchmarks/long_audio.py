@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vaefix_pl.reconstruct import Reconstructor  # noqa: E402
+from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs, tiny_configs  # noqa: E402
 
 SR = 16000

@@ -31,14 +31,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import seed_oracle  # noqa: E402
 from timing import time_device  # noqa: E402
 
-from vaefix_pl.postprocess import (  # noqa: E402
-    PostProcessChain,
-    bandpass,
-    fade,
-    normalize_mel,
-    repair_outliers,
-    soft_compress,
-)
+from vaefix_pl.repair.chain import PostProcessChain, fade, normalize_mel, repair_outliers, soft_compress  # noqa: E402
+from vaefix_pl.repair.dsp import bandpass  # noqa: E402
 
 SR = 16000
 
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         default="auto,64,256,512,1024,none",
         help="band-pass block sizes to time, the first also for the chain ('none': one block per row, "
         "torchaudio's plain sequential lfilter per section; an integer: the matmul form over blocks of "
-        "that many samples; 'auto': vaefix_pl.postprocess.DEFAULT_BLOCK_SIZE)",
+        "that many samples; 'auto': vaefix_pl.repair.chain.DEFAULT_BLOCK_SIZE)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

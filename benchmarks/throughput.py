@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the seed's NumPy chain lives in tests
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing import time_device  # noqa: E402
 
-from vaefix_pl.probes import probe_signals  # noqa: E402
-from vaefix_pl.reconstruct import SPEED_PRESETS, Reconstructor  # noqa: E402
+from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
+from vaefix_pl.core.probes import probe_signals  # noqa: E402
+from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
 
 DEVICE = "cuda"
@@ -56,7 +57,7 @@ VARIANTS: dict[str, dict] = {
     # VAE activations NHWC
     "tf32_cl": dict(precision="fp32", tf32=True, channels_last=True, cudnn_benchmark=True),
     "bf16_cl": dict(precision="bf16", tf32=True, channels_last=True, cudnn_benchmark=True),
-    # vocoder convolutions as channels-last (1, k) Conv2d (vaefix_pl.speed)
+    # vocoder convolutions as channels-last (1, k) Conv2d (vaefix_pl.core.speed)
     "tf32_vcl": dict(precision="fp32", tf32=True, vocoder_cl=True, cudnn_benchmark=True),
     "bf16_vcl": dict(precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True),
     # + torch.compile (static shapes), VAE layout as named
@@ -91,7 +92,7 @@ VARIANTS: dict[str, dict] = {
     # ReconstructionModule(speed="compile"): + NHWC VAE, zero-padded 1-channel convs, matmul attention
     "tf32_compile": dict(precision="fp32", tf32=True, **_COMPILE),
     "bf16_compile": dict(precision="bf16", tf32=True, **_COMPILE),
-    # + the vocoder's dilated convs as undilated convs on the polyphase view (vaefix_pl.speed)
+    # + the vocoder's dilated convs as undilated convs on the polyphase view (vaefix_pl.core.speed)
     "tf32_vcl_poly": dict(precision="fp32", tf32=True, vocoder_cl=True, cudnn_benchmark=True, polyphase=True),
     "bf16_vcl_poly": dict(precision="bf16", tf32=True, vocoder_cl=True, cudnn_benchmark=True, polyphase=True),
     # ReconstructionModule(speed="compile") as it is now: SPEED_PRESETS["compile"]
@@ -99,7 +100,7 @@ VARIANTS: dict[str, dict] = {
     "bf16_compile_poly": dict(precision="bf16", tf32=True, preset="compile"),
     # + cuDNN's benchmark tries every algorithm per shape (torch's default: the first 10)
     # the preset without the narrow undilated resblock convs in folded or phase form (the preset uses
-    # vaefix_pl.speed.NARROW_CONV_FORMS, or the rule --narrow-from derives from a conv_shapes.py JSON)
+    # vaefix_pl.core.speed.NARROW_CONV_FORMS, or the rule --narrow-from derives from a conv_shapes.py JSON)
     "tf32_compile_plain": dict(precision="fp32", tf32=True, preset="compile", narrow=False),
     "bf16_compile_plain": dict(precision="bf16", tf32=True, preset="compile", narrow=False),
     "tf32_compile_poly_bl0": dict(precision="fp32", tf32=True, preset="compile", benchmark_limit=0),
@@ -345,18 +346,20 @@ def main() -> None:
     p.add_argument("--profile-batch", type=int, default=16)
     p.add_argument(
         "--narrow-from", default=None,
-        help="conv_shapes.py JSON: set vaefix_pl.speed.NARROW_CONV_FORMS from its fold/pout rows",
+        help="conv_shapes.py JSON: set vaefix_pl.core.speed.NARROW_CONV_FORMS from its fold/pout rows",
     )  # fmt: skip
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
     args = p.parse_args()
     global DEVICE
     if args.narrow_from:
-        from vaefix_pl import speed
+        from narrow_rule import narrow_rule_from_rows
+
+        from vaefix_pl.core import speed
 
         conv_rows = json.loads(Path(args.narrow_from).read_text())
         for key, dt in (("bf16", "bfloat16"), ("fp32", "float32")):
-            speed.NARROW_CONV_FORMS[key] = speed.narrow_rule_from_rows(conv_rows, dt)
+            speed.NARROW_CONV_FORMS[key] = narrow_rule_from_rows(conv_rows, dt)
         print("narrow conv forms from", args.narrow_from, speed.NARROW_CONV_FORMS, flush=True)
     if args.smoke:
         DEVICE = "cpu"
@@ -364,7 +367,7 @@ def main() -> None:
         assert torch.cuda.is_available(), "needs a CUDA GPU (or --smoke)"
 
     if args.model:
-        from vaefix_pl.models import load_audioldm2
+        from vaefix_pl.core.models import load_audioldm2
 
         m = load_audioldm2(args.model)
         vae, vocoder = m.vae.to(DEVICE), m.vocoder.to(DEVICE)

@@ -11,7 +11,7 @@
 The training objective is the log-mel L1 of HiFi-GAN's recipe (the generator's reconstruction term, x45 in
 HiFi-GAN; adversarial and feature-matching terms are left out to keep the example short): the generated
 segment's log-mel against the target segment's, both through the export's own front-end. The target
-segment is exactly the samples the mel frames pair with (``vaefix_pl.baseline``: frame ``k`` <-> samples
+segment is exactly the samples the mel frames pair with (``vaefix_pl.finetune.baseline``: frame ``k`` <-> samples
 ``[160 k, 160 k + 160)``). ``FixedDecoderBaseline`` runs at every validation; a validation also runs
 before training, where the vocoder still *is* the baseline (every ``delta/*`` is 0).
 """
@@ -29,9 +29,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from vaefix_pl.baseline import DecodedMelDataModule, FixedDecoderBaseline, export_mels
-from vaefix_pl.frontend import LogMelFrontend
-from vaefix_pl.vocoders import load_hifigan
+from vaefix_pl.core.frontend import LogMelFrontend
+from vaefix_pl.export.dataset import DecodedMelDataModule
+from vaefix_pl.export.writer import export_mels
+from vaefix_pl.finetune.baseline import FixedDecoderBaseline
+from vaefix_pl.vocoders.hifigan import load_hifigan
 
 
 class VocoderFineTuner(L.LightningModule):

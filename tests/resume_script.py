@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import vaefix_pl.writer as writer_mod
-from vaefix_pl.cli import main
+import vaefix_pl.lightning.writer as writer_mod
+from vaefix_pl.cli.commands import main
 
 log_dir = os.environ.get("VAEFIX_TEST_WRITE_LOG")
 delay = float(os.environ.get("VAEFIX_TEST_WRITE_DELAY", "0"))

@@ -1,4 +1,4 @@
-"""The seed report's NumPy/SciPy repair functions, ported as the reference oracle for ``vaefix_pl.postprocess``.
+"""The seed report's NumPy/SciPy repair functions, ported as the reference oracle for ``vaefix_pl.repair.chain``.
 
 Source: ``shared/seed/000_15b7d19d4b0f9d1b.txt``, sections 阶段1 (``safe_normalize_mel``), 阶段2
 (``simple_safe_normalize``), 阶段3 (``advanced_audio_denoising``) and 参数调优建议 (the tunable values).

@@ -9,8 +9,8 @@ import torch
 import torchaudio
 from signals import harmonic, noise
 
-from vaefix_pl.audio import AudioReadError, load_audio, to_mono, write_wav
-from vaefix_pl.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.data.audio import AudioReadError, load_audio, to_mono, write_wav
 
 
 def test_stereo_44k1_is_mixed_down_and_resampled(tmp_path):

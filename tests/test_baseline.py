@@ -21,23 +21,19 @@ from safetensors import safe_open
 from signals import formant_pulses, harmonic
 from torch.utils.data import DataLoader
 
-from vaefix_pl.baseline import (
+from vaefix_pl.cli.commands import main as vaefix
+from vaefix_pl.core.frontend import HOP, LOG_MEL_FLOOR, LogMelFrontend, normalize_level
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.export.dataset import DecodedMelDataset, collate_decoded_mels, split_ids
+from vaefix_pl.export.layout import (
     MANIFEST,
-    DecodedMelDataset,
     ExportSettingsError,
-    FixedDecoderBaseline,
-    MelExportWriter,
-    collate_decoded_mels,
-    export_mels,
     frame_centre,
     read_manifest,
-    score_vocoder,
     segment_samples,
-    split_ids,
 )
-from vaefix_pl.cli import main as vaefix
-from vaefix_pl.frontend import HOP, LOG_MEL_FLOOR, LogMelFrontend, normalize_level
-from vaefix_pl.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.export.writer import MelExportWriter, export_mels
+from vaefix_pl.finetune.baseline import FixedDecoderBaseline, score_vocoder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_SECONDS = 1.28  # 128 frames; with pad_frames_to=128 the VAE sees exactly the clip
@@ -82,7 +78,7 @@ def _shard_key_counts(export: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------ export
 def test_export_holds_the_decoded_mel_true_mel_and_normalised_waveform(probe_export, tiny_model_dir):
-    from vaefix_pl.reconstruct import Reconstructor
+    from vaefix_pl.core.reconstruct import Reconstructor
 
     export, framing = probe_export
     entries = read_manifest(export)
@@ -427,7 +423,7 @@ def _validate(module, callback, logger):
 
 def test_baseline_callback_logs_baseline_current_and_delta(tmp_path, tiny_model_dir, tacotron_export):
     from vaefix_pl.metrics import compute_metrics
-    from vaefix_pl.vocoders import load_hifigan
+    from vaefix_pl.vocoders.hifigan import load_hifigan
 
     export = tacotron_export
     current = load_hifigan(tiny_model_dir, trainable=True)
@@ -480,7 +476,8 @@ def test_baseline_callback_logs_baseline_current_and_delta(tmp_path, tiny_model_
 
 
 def test_baseline_callback_with_griffin_lim_baseline_and_clear_errors(tmp_path, tiny_model_dir, probe_export):
-    from vaefix_pl.vocoders import GriffinLimVocoder, load_hifigan
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
+    from vaefix_pl.vocoders.hifigan import load_hifigan
 
     export, framing = probe_export
     val = DecodedMelDataset(export, None, split="val", max_items=1)
@@ -499,7 +496,7 @@ def test_baseline_callback_with_griffin_lim_baseline_and_clear_errors(tmp_path, 
 
 def test_score_vocoder_scores_each_clip_as_if_alone():
     from vaefix_pl.metrics import compute_metrics
-    from vaefix_pl.vocoders import GriffinLimVocoder
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
 
     gl = GriffinLimVocoder("tacotron", n_iter=8)
     frontend = LogMelFrontend("tacotron")

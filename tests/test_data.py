@@ -9,8 +9,14 @@ import soundfile as sf
 import torch
 from signals import harmonic, noise
 
-from vaefix_pl.data import MIN_BATCH_SAMPLES, AudioDataModule, AudioDataset, collate_audio, discover_inputs
-from vaefix_pl.probes import PROBE_NAMES
+from vaefix_pl.core.probes import PROBE_NAMES
+from vaefix_pl.data.inputs import (
+    MIN_BATCH_SAMPLES,
+    AudioDataModule,
+    AudioDataset,
+    collate_audio,
+    discover_inputs,
+)
 
 
 def _wav(path, n, sr=16000, channels=1, seed=0, fmt=None):

@@ -15,23 +15,16 @@ import pytest
 import torch
 from signals import chirp, formant_pulses, harmonic
 
-from vaefix_pl.diagnose import (
-    MISTAKES,
-    decompose,
-    diagnose_main,
-    diagnose_mel,
-    diagnose_mel_main,
-    format_verdicts,
-    health_warnings,
-    load_mel,
-    masked_mel_error,
-    stage_health,
-)
-from vaefix_pl.frontend import LOG_MEL_FLOOR, LogMelFrontend
-from vaefix_pl.health import repair_mel
+from vaefix_pl.cli.diagnose import diagnose_main, diagnose_mel_main
+from vaefix_pl.core.frontend import LOG_MEL_FLOOR, LogMelFrontend
+from vaefix_pl.core.health import repair_mel
+from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.diagnose.decompose import decompose, format_verdicts, masked_mel_error
+from vaefix_pl.diagnose.health import health_warnings, stage_health
+from vaefix_pl.diagnose.mel import diagnose_mel
+from vaefix_pl.diagnose.mistakes import MISTAKES, load_mel
 from vaefix_pl.metrics import compute_metrics
-from vaefix_pl.postprocess import PostProcessChain
-from vaefix_pl.reconstruct import Reconstructor
+from vaefix_pl.repair.chain import PostProcessChain
 
 SR = 16000
 METRICS = ["mel_distance", "snr", "clicks_added_per_s"]
@@ -451,7 +444,7 @@ def test_load_mel_and_the_cli(tmp_path, capsys):
 def test_diagnose_cli_on_the_probe_set(tiny_model_dir, tmp_path, capsys):
     import json
 
-    from vaefix_pl.probes import PROBE_NAMES
+    from vaefix_pl.core.probes import PROBE_NAMES
 
     out = tmp_path / "diag"
     argv = ["--model", str(tiny_model_dir), "--out", str(out), "--seconds", "0.5", "--pad-frames-to", "4"]

@@ -9,7 +9,7 @@ import torch
 from scipy.signal import get_window
 from signals import all_kinds, noise
 
-from vaefix_pl.frontend import (
+from vaefix_pl.core.frontend import (
     LogMelFrontend,
     normalize_level,
     num_frames,

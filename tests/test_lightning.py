@@ -17,8 +17,8 @@ import torch
 from signals import formant_pulses, harmonic, noise
 
 from vaefix_pl import AudioDataModule, ReconstructionModule, ReconstructionWriter
-from vaefix_pl.cli import main as vaefix
-from vaefix_pl.data import collate_audio
+from vaefix_pl.cli.commands import main as vaefix
+from vaefix_pl.data.inputs import collate_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_trainer_predict_writes_audio_metrics_and_summary(tmp_path, tiny_model_d
 
 
 def test_post_processing_writes_and_scores_post_audio(tmp_path, tiny_model_dir):
-    from vaefix_pl.postprocess import SEED_FINAL_SETTINGS
+    from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
 
     out = tmp_path / "out"
     trainer = L.Trainer(
@@ -204,7 +204,7 @@ def test_cli_reconstruct_seconds_crops_and_pads(tmp_path, tiny_model_dir):
 
 def test_cli_reconstruct_window_flags_reach_the_module():
     """``vaefix reconstruct`` window/speed flags become the LightningCLI model settings."""
-    from vaefix_pl.cli import _reconstruct_parser, reconstruct_args
+    from vaefix_pl.cli.commands import _reconstruct_parser, reconstruct_args
 
     ns = _reconstruct_parser().parse_args(
         ["x.wav", "--window-seconds", "5.12", "--window-overlap-seconds", "0.5", "--max-windows", "8",
@@ -287,7 +287,7 @@ def test_predict_step_never_waits_for_the_gpu(tiny_model_dir):
     """predict_step (reconstruction + the spectral metrics) with the host copy of the lengths that
     collate_audio adds queues all its GPU work without one device synchronisation, so the
     loop can fetch and launch the next batch while this one runs. Mixed lengths (the general path)."""
-    from vaefix_pl.reconstruct import Reconstructor
+    from vaefix_pl.core.reconstruct import Reconstructor
 
     rec = Reconstructor.from_pretrained(str(tiny_model_dir), device="cuda")
     module = ReconstructionModule.from_reconstructor(
@@ -333,7 +333,7 @@ def test_cli_reconstruct_with_seed_repair_config_scores_both(tmp_path, tiny_mode
 def test_demo_uses_real_weights_when_given_and_says_so_otherwise(
     tmp_path, tiny_model_dir, monkeypatch, capsys
 ):
-    import vaefix_pl.cli as cli
+    import vaefix_pl.cli.commands as cli
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
@@ -386,7 +386,7 @@ def test_long_file_runs_in_windows_through_the_trainer(tmp_path, tiny_model_dir)
 
 
 def test_out_of_memory_on_one_item_names_its_id(tiny_model_dir, monkeypatch):
-    from vaefix_pl.reconstruct import ItemOutOfMemoryError
+    from vaefix_pl.core.output import ItemOutOfMemoryError
 
     module = ReconstructionModule(model=str(tiny_model_dir), metrics=[])
     module.configure_model()

@@ -11,7 +11,7 @@ import torch
 from scipy.signal import get_window
 from signals import formant_pulses, harmonic
 
-from vaefix_pl.frontend import LogMelFrontend
+from vaefix_pl.core.frontend import LogMelFrontend
 from vaefix_pl.metrics import (
     DEFAULT_METRICS,
     PerceptualScorer,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaefix_pl.models import (
+from vaefix_pl.core.models import (
     ModelConfigError,
     ModelNotFoundError,
     load_audioldm2,

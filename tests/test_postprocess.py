@@ -1,4 +1,4 @@
-"""vaefix_pl.postprocess against the seed's NumPy/SciPy chain (tests/seed_oracle.py) and SciPy itself.
+"""vaefix_pl.repair.chain against the seed's NumPy/SciPy chain (tests/seed_oracle.py) and SciPy itself.
 
 Tolerances are the issue's: outliers, fades and compression 1e-6; band-pass 1e-9 (float64) and 1e-4
 (float32) max abs over every sample of peak-0.5 signals; mel modes 1e-5; an item in a padded batch
@@ -22,20 +22,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import seed_oracle as oracle  # noqa: E402
 
-from vaefix_pl.frontend import LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE  # noqa: E402
-from vaefix_pl.postprocess import (  # noqa: E402
-    SEED_FINAL_SETTINGS,
+from vaefix_pl.core.frontend import LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE  # noqa: E402
+from vaefix_pl.repair.chain import (  # noqa: E402
     PostProcessChain,
-    bandpass,
-    default_padlen,
-    design_bandpass,
     fade,
     median_filter,
     normalize_mel,
     repair_outliers,
     soft_compress,
-    sosfiltfilt,
 )
+from vaefix_pl.repair.config import SEED_FINAL_SETTINGS  # noqa: E402
+from vaefix_pl.repair.dsp import bandpass, default_padlen, design_bandpass, sosfiltfilt  # noqa: E402
 
 SR = 16000
 DEVICES = [
@@ -346,7 +343,7 @@ def test_edge_handling_matters():
 def test_cascade_block_matrices_match_sosfilt():
     """The matmul form's block maps, against scipy.signal.sosfilt with a random entering state: the
     block's output is u @ T + z @ G and its end state u @ E + z @ P (DF2T states, SciPy's layout)."""
-    from vaefix_pl.postprocess import _cascade_matrices
+    from vaefix_pl.repair.dsp import _cascade_matrices
 
     rng = np.random.default_rng(11)
     sos = design_bandpass()

@@ -17,18 +17,18 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from vaefix_pl.frontend import HOP
-from vaefix_pl.postprocess import (
+from vaefix_pl.core.frontend import HOP
+from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.repair.chain import (
     MEL_MODES,
     PostProcessChain,
-    bandpass,
     fade,
     median_filter,
     normalize_mel,
     repair_outliers,
     soft_compress,
 )
-from vaefix_pl.reconstruct import Reconstructor
+from vaefix_pl.repair.dsp import bandpass
 
 KINDS = ("zeros", "dc", "noise", "tone", "impulses", "square", "mix")
 MAX_LEN = 200_000

@@ -7,8 +7,8 @@ import pytest
 import torch
 from signals import all_kinds, formant_pulses, harmonic, noise
 
-from vaefix_pl.frontend import LOG_MEL_FLOOR, LogMelFrontend
-from vaefix_pl.reconstruct import Reconstructor
+from vaefix_pl.core.frontend import LOG_MEL_FLOOR, LogMelFrontend
+from vaefix_pl.core.reconstruct import Reconstructor
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +322,7 @@ def test_out_of_memory_halves_the_sub_batch_and_gives_the_same_result(
     x, lengths = _batch(sigs)
     expected = rec(x, lengths)
     sizes = _oom_above(monkeypatch, rec, 2)
-    with caplog.at_level("WARNING", logger="vaefix_pl.reconstruct"):
+    with caplog.at_level("WARNING", logger="vaefix_pl.core.reconstruct"):
         out = rec(x, lengths)
     # 5 items (or the first 5 of 10 windows: max_windows=None allows the batch's item count) -> OOM
     # -> 2 fits and is kept for the rest: 2, 2, 1 (or 2, 2, 2, 2, 2)
@@ -339,7 +339,7 @@ def test_out_of_memory_halves_the_sub_batch_and_gives_the_same_result(
 
 
 def test_out_of_memory_on_one_item_names_the_rows_and_what_to_try(monkeypatch, tiny_model_dir):
-    from vaefix_pl.reconstruct import ItemOutOfMemoryError
+    from vaefix_pl.core.output import ItemOutOfMemoryError
 
     rec = Reconstructor.from_pretrained(str(tiny_model_dir))
     _oom_above(monkeypatch, rec, 0)

@@ -21,17 +21,10 @@ import soundfile as sf
 import torch
 from signals import chirp, formant_pulses, harmonic
 
-from vaefix_pl.frontend import LogMelFrontend
-from vaefix_pl.report import (
-    clip_figure,
-    display_log_mels,
-    figure_png,
-    mel_band_centres_hz,
-    read_metrics_csv,
-    report_main,
-    wav_base64,
-    write_report,
-)
+from vaefix_pl.cli.report import report_main
+from vaefix_pl.core.frontend import LogMelFrontend
+from vaefix_pl.report.figures import clip_figure, display_log_mels, figure_png, mel_band_centres_hz
+from vaefix_pl.report.html import read_metrics_csv, wav_base64, write_report
 
 SR = 16000
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +248,7 @@ def test_report_main(tmp_path, capsys):
 
 def test_report_at_the_end_of_reconstruct(tiny_model_dir, tmp_path, monkeypatch):
     """``vaefix reconstruct --report``: the writer calls write_report when it finishes."""
-    from vaefix_pl.cli import main
+    from vaefix_pl.cli.commands import main
 
     monkeypatch.setattr(sys, "argv", ["vaefix"])  # LightningCLI looks at sys.argv too
     for name, x in (("tone", harmonic(8000)), ("voice", formant_pulses(6400))):

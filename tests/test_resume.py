@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 from signals import chirp, formant_pulses, harmonic, noise
 
-import vaefix_pl.writer as writer_mod
-from vaefix_pl.cli import main as vaefix
+import vaefix_pl.lightning.writer as writer_mod
+from vaefix_pl.cli.commands import main as vaefix
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "resume_script.py"

@@ -17,12 +17,12 @@ import soundfile as sf
 import torch
 from signals import formant_pulses, harmonic, noise, tone
 
-from vaefix_pl.audio import unreadable_reason
-from vaefix_pl.cli import main as vaefix
-from vaefix_pl.data import discover_inputs, safe_id
-from vaefix_pl.io_utils import UnsafePathError, safe_output_path
-from vaefix_pl.models import ModelNotFoundError, load_audioldm2
-from vaefix_pl.writer import ReconstructionWriter
+from vaefix_pl.cli.commands import main as vaefix
+from vaefix_pl.core.models import ModelNotFoundError, load_audioldm2
+from vaefix_pl.data.audio import unreadable_reason
+from vaefix_pl.data.inputs import discover_inputs, safe_id
+from vaefix_pl.lightning.writer import ReconstructionWriter
+from vaefix_pl.runs.files import UnsafePathError, safe_output_path
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 SIX_TONES = (300.0, 700.0, 1100.0, 1900.0, 3100.0, 5300.0)  # Hz, one per channel of the 6-channel file
@@ -252,7 +252,7 @@ def test_folder_scan_survives_link_loops_and_lists_each_file_once(tmp_path):
 def test_unreadable_file_reason(tmp_path, monkeypatch):
     path = _write(tmp_path / "locked.wav", tone(1600), 16000)
     if IS_ROOT:  # chmod cannot stop root: pretend the permission check fails
-        monkeypatch.setattr("vaefix_pl.audio.os.access", lambda p, mode: False)
+        monkeypatch.setattr("vaefix_pl.data.audio.os.access", lambda p, mode: False)
     else:
         path.chmod(0)
     assert unreadable_reason(path) == "permission denied (the file is not readable)"
@@ -336,7 +336,7 @@ def test_writer_never_writes_outside_out_even_for_hostile_ids(tmp_path):
 
 
 def test_a_failed_write_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
-    import vaefix_pl.writer as writer_mod
+    import vaefix_pl.lightning.writer as writer_mod
 
     real = writer_mod.write_wav
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from signals import formant_pulses, harmonic
 
-from vaefix_pl.reconstruct import Reconstructor
-from vaefix_pl.speed import conv1d_channels_last
+from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.core.speed import conv1d_channels_last
 from vaefix_pl.testing import build_models, tiny_configs
 
 
@@ -46,7 +48,7 @@ def test_optimize_keeps_the_pipeline_output(tiny_model_dir, vae_channels_last, t
 
 
 def test_narrow_conv_padding_and_math_attention_keep_the_output(tiny_model_dir):
-    from vaefix_pl.speed import ChannelPaddedConv2d, PolyphaseConv1d
+    from vaefix_pl.core.speed import ChannelPaddedConv2d, PolyphaseConv1d
 
     plain = Reconstructor.from_pretrained(str(tiny_model_dir))
     fast = Reconstructor.from_pretrained(str(tiny_model_dir)).optimize(
@@ -80,7 +82,7 @@ def _assert_same_vocoder(vocoder, fast) -> None:
 def test_polyphase_dilated_convs_are_the_same_function(channels_last_first):
     """Polyphase rewrite of the dilated resblock convs (dilations 3 and 5; lengths that are and are not
     multiples of them), against the stock vocoder."""
-    from vaefix_pl.speed import PolyphaseConv1d, polyphase_dilated_convs
+    from vaefix_pl.core.speed import PolyphaseConv1d, polyphase_dilated_convs
 
     _, vocoder = build_models(*tiny_configs(), seed=5)
     fast = copy.deepcopy(vocoder)
@@ -94,7 +96,7 @@ def test_polyphase_dilated_convs_are_the_same_function(channels_last_first):
 
 
 def test_polyphase_conv_matches_conv1d_on_signals():
-    from vaefix_pl.speed import PolyphaseConv1d
+    from vaefix_pl.core.speed import PolyphaseConv1d
 
     torch.manual_seed(0)
     for k, d, n in ((3, 3, 300), (7, 5, 301), (11, 5, 163), (11, 3, 10)):
@@ -111,7 +113,7 @@ def test_polyphase_conv_matches_conv1d_on_signals():
 def test_narrow_conv_forms_are_the_same_function(form):
     """Time-folding of the undilated resblock convs (odd and even stage lengths), with the polyphase
     rewrite of the dilated ones, against the stock vocoder."""
-    from vaefix_pl.speed import FoldedConv1d, PhaseConv1d, polyphase_dilated_convs, rewrite_narrow_convs
+    from vaefix_pl.core.speed import FoldedConv1d, PhaseConv1d, polyphase_dilated_convs, rewrite_narrow_convs
 
     _, vocoder = build_models(*tiny_configs(), seed=7)
     fast = copy.deepcopy(vocoder)
@@ -131,7 +133,8 @@ def test_narrow_conv_forms_are_the_same_function(form):
 
 
 def test_narrow_rule_keeps_only_measured_wins():
-    from vaefix_pl.speed import narrow_rule_from_rows
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from narrow_rule import narrow_rule_from_rows
 
     def row(c, k, d, variant, ms, dtype="bfloat16"):
         return {"dtype": dtype, "C": c, "k": k, "d": d, "variant": variant, "ms": ms}
@@ -148,7 +151,7 @@ def test_narrow_rule_keeps_only_measured_wins():
 
 
 def test_folded_taps_reach_by_hand():
-    from vaefix_pl.speed import folded_taps
+    from vaefix_pl.core.speed import folded_taps
 
     # k=11 (pad 5) folded by 2 reads blocks q-3..q+3, by 4 q-2..q+2; k=7 by 4 q-1..q+1; k=5 (pad 2) by 3:
     # offsets r + j - 2 run over -2..4, i.e. blocks q-1..q+1; k=3 by 8: offsets -1..8, blocks q-1..q+1
@@ -162,7 +165,7 @@ def test_folded_taps_reach_by_hand():
 def test_narrow_conv_form_matches_conv1d_on_signals(form):
     """Odd and even lengths, lengths that are not multiples of the factor, a batch shorter than one
     folded block, with and without bias; channels-last and contiguous inputs; bf16 activations."""
-    from vaefix_pl.speed import Conv1dAsConv2d, FoldedConv1d, PhaseConv1d
+    from vaefix_pl.core.speed import Conv1dAsConv2d, FoldedConv1d, PhaseConv1d
 
     cls = FoldedConv1d if form == "fold" else PhaseConv1d
     torch.manual_seed(2)
@@ -191,7 +194,7 @@ def test_narrow_conv_form_matches_conv1d_on_signals(form):
 def test_optimize_narrow_convs_keeps_the_pipeline_output(tiny_model_dir):
     """optimize(narrow_convs=...) through the real pipeline (tiny models, every undilated resblock conv
     rewritten), against the stock modules."""
-    from vaefix_pl.speed import FoldedConv1d, PhaseConv1d
+    from vaefix_pl.core.speed import FoldedConv1d, PhaseConv1d
 
     plain = Reconstructor.from_pretrained(str(tiny_model_dir))
     fast = Reconstructor.from_pretrained(str(tiny_model_dir))

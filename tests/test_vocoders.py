@@ -10,20 +10,22 @@ import torch
 from signals import formant_pulses, harmonic
 from torch import nn
 
-from vaefix_pl.frontend import HOP, LogMelFrontend, normalize_level, slaney_mel_basis
-from vaefix_pl.probes import PROBE_NAMES, probe_signals
-from vaefix_pl.vocoders import (
-    GriffinLimVocoder,
+from vaefix_pl.core.frontend import HOP, LogMelFrontend, normalize_level, slaney_mel_basis
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.vocoders.base import (
     VocoderAdapter,
     VocoderError,
     advertised_settings,
     as_vocoder,
     check_vocoder,
-    load_hifigan,
+    vocode,
+)
+from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
+from vaefix_pl.vocoders.hifigan import load_hifigan
+from vaefix_pl.vocoders.loading import (
     load_user_vocoder,
     load_vocoder,
     strip_state_prefix,
-    vocode,
     vocoder_from_config,
 )
 

@@ -13,10 +13,9 @@ from scipy.stats import binomtest
 from signals import chirp, formant_pulses, harmonic, noise
 from torch import nn
 
-from vaefix_pl.frontend import HOP, LogMelFrontend, normalize_level
-from vaefix_pl.metrics.clicks import added_clicks, detect_clicks
-from vaefix_pl.reconstruct import Reconstructor
-from vaefix_pl.windowing import (
+from vaefix_pl.core.frontend import HOP, LogMelFrontend, normalize_level
+from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.core.windowing import (
     MEL_CONTEXT,
     boundary_samples,
     crossfade_weights,
@@ -28,6 +27,7 @@ from vaefix_pl.windowing import (
     planned_frames,
     window_geometry,
 )
+from vaefix_pl.metrics.clicks import added_clicks, detect_clicks
 
 W, OV = 1024, 100
 H = W - OV
@@ -249,7 +249,7 @@ def long_speech() -> torch.Tensor:
 def test_no_excess_clicks_near_window_boundaries(tiny_model_dir, long_speech, vocoder):
     """Clicks within +/-50 ms of the fades (start, middle, end) are no more frequent than elsewhere,
     and the same measurement does flag clicks put at the boundaries on purpose."""
-    from vaefix_pl.vocoders import GriffinLimVocoder
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
 
     base = Reconstructor.from_pretrained(str(tiny_model_dir))
     voc = base.vocoder if vocoder == "hifigan" else GriffinLimVocoder("tacotron", n_iter=16)

@@ -13,36 +13,36 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     # core
-    "LogMelFrontend": "vaefix_pl.frontend",
-    "normalize_level": "vaefix_pl.frontend",
-    "load_audioldm2": "vaefix_pl.models",
-    "AudioLDM2Models": "vaefix_pl.models",
-    "Reconstructor": "vaefix_pl.reconstruct",
-    "ReconstructionOutput": "vaefix_pl.reconstruct",
-    "load_audio": "vaefix_pl.audio",
-    "probe_signals": "vaefix_pl.data",
+    "LogMelFrontend": "vaefix_pl.core.frontend",
+    "normalize_level": "vaefix_pl.core.frontend",
+    "load_audioldm2": "vaefix_pl.core.models",
+    "AudioLDM2Models": "vaefix_pl.core.models",
+    "Reconstructor": "vaefix_pl.core.reconstruct",
+    "ReconstructionOutput": "vaefix_pl.core.output",
+    "load_audio": "vaefix_pl.data.audio",
+    "probe_signals": "vaefix_pl.data.inputs",
     # repair chain
-    "PostProcessChain": "vaefix_pl.postprocess",
+    "PostProcessChain": "vaefix_pl.repair.chain",
     # Lightning parts
-    "AudioDataModule": "vaefix_pl.data",
-    "ReconstructionModule": "vaefix_pl.module",
-    "ReconstructionWriter": "vaefix_pl.writer",
+    "AudioDataModule": "vaefix_pl.data.inputs",
+    "ReconstructionModule": "vaefix_pl.lightning.module",
+    "ReconstructionWriter": "vaefix_pl.lightning.writer",
     # vocoder fine-tuning baseline
-    "DecodedMelDataset": "vaefix_pl.baseline",
-    "DecodedMelDataModule": "vaefix_pl.baseline",
-    "FixedDecoderBaseline": "vaefix_pl.baseline",
-    "MelExportWriter": "vaefix_pl.baseline",
-    "export_mels": "vaefix_pl.baseline",
-    "collate_decoded_mels": "vaefix_pl.baseline",
-    "GriffinLimVocoder": "vaefix_pl.vocoders",
-    "VocoderError": "vaefix_pl.vocoders",
-    "check_vocoder": "vaefix_pl.vocoders",
-    "load_hifigan": "vaefix_pl.vocoders",
-    "load_vocoder": "vaefix_pl.vocoders",
+    "DecodedMelDataset": "vaefix_pl.export.dataset",
+    "DecodedMelDataModule": "vaefix_pl.export.dataset",
+    "FixedDecoderBaseline": "vaefix_pl.finetune.baseline",
+    "MelExportWriter": "vaefix_pl.export.writer",
+    "export_mels": "vaefix_pl.export.writer",
+    "collate_decoded_mels": "vaefix_pl.export.dataset",
+    "GriffinLimVocoder": "vaefix_pl.vocoders.griffinlim",
+    "VocoderError": "vaefix_pl.vocoders.base",
+    "check_vocoder": "vaefix_pl.vocoders.base",
+    "load_hifigan": "vaefix_pl.vocoders.hifigan",
+    "load_vocoder": "vaefix_pl.vocoders.loading",
     # diagnosis and report
-    "decompose": "vaefix_pl.diagnose",
-    "diagnose_mel": "vaefix_pl.diagnose",
-    "write_report": "vaefix_pl.report",
+    "decompose": "vaefix_pl.diagnose.decompose",
+    "diagnose_mel": "vaefix_pl.diagnose.mel",
+    "write_report": "vaefix_pl.report.html",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -62,22 +62,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from vaefix_pl.audio import load_audio
-    from vaefix_pl.baseline import (
-        DecodedMelDataModule,
-        DecodedMelDataset,
-        FixedDecoderBaseline,
-        MelExportWriter,
-        collate_decoded_mels,
-        export_mels,
-    )
-    from vaefix_pl.data import AudioDataModule, probe_signals
-    from vaefix_pl.diagnose import decompose, diagnose_mel
-    from vaefix_pl.frontend import LogMelFrontend, normalize_level
-    from vaefix_pl.models import AudioLDM2Models, load_audioldm2
-    from vaefix_pl.module import ReconstructionModule
-    from vaefix_pl.postprocess import PostProcessChain
-    from vaefix_pl.reconstruct import ReconstructionOutput, Reconstructor
-    from vaefix_pl.report import write_report
-    from vaefix_pl.vocoders import GriffinLimVocoder, VocoderError, check_vocoder, load_hifigan, load_vocoder
-    from vaefix_pl.writer import ReconstructionWriter
+    from vaefix_pl.core.frontend import LogMelFrontend, normalize_level
+    from vaefix_pl.core.models import AudioLDM2Models, load_audioldm2
+    from vaefix_pl.core.output import ReconstructionOutput
+    from vaefix_pl.core.reconstruct import Reconstructor
+    from vaefix_pl.data.audio import load_audio
+    from vaefix_pl.data.inputs import AudioDataModule, probe_signals
+    from vaefix_pl.diagnose.decompose import decompose
+    from vaefix_pl.diagnose.mel import diagnose_mel
+    from vaefix_pl.export.dataset import DecodedMelDataModule, DecodedMelDataset, collate_decoded_mels
+    from vaefix_pl.export.writer import MelExportWriter, export_mels
+    from vaefix_pl.finetune.baseline import FixedDecoderBaseline
+    from vaefix_pl.lightning.module import ReconstructionModule
+    from vaefix_pl.lightning.writer import ReconstructionWriter
+    from vaefix_pl.repair.chain import PostProcessChain
+    from vaefix_pl.report.html import write_report
+    from vaefix_pl.vocoders.base import VocoderError, check_vocoder
+    from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder
+    from vaefix_pl.vocoders.hifigan import load_hifigan
+    from vaefix_pl.vocoders.loading import load_vocoder

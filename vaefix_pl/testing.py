@@ -16,35 +16,7 @@ from typing import Any
 
 import torch
 
-# cvssp/audioldm2 vae/config.json (architecture fields).
-FULL_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 1,
-    "out_channels": 1,
-    "down_block_types": ["DownEncoderBlock2D"] * 3,
-    "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [128, 256, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 8,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.4110932946205139,
-    "force_upcast": True,
-}
-
-# cvssp/audioldm2 vocoder/config.json (SpeechT5HifiGanConfig fields).
-FULL_VOCODER_CONFIG: dict[str, Any] = {
-    "model_in_dim": 64,
-    "sampling_rate": 16000,
-    "upsample_initial_channel": 1024,
-    "upsample_rates": [5, 4, 2, 2, 2],
-    "upsample_kernel_sizes": [16, 16, 8, 4, 4],
-    "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-    "initializer_range": 0.01,
-    "leaky_relu_slope": 0.1,
-    "normalize_before": False,  # the config class defaults to True: AudioLDM2 sets it False
-}
+from vaefix_pl.core.models import FULL_VAE_CONFIG, FULL_VOCODER_CONFIG
 
 # Same geometry, a few thousand times cheaper. The scaling factor differs from the real one on
 # purpose, so tests catch code that hard-codes 0.411 instead of reading it from the config.

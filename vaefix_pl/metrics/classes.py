@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.metrics.aggregate import summarize
 from vaefix_pl.metrics.registry import DEFAULT_METRICS, compute_metrics, split_metric_names
 

@@ -20,7 +20,7 @@ import scipy.fft
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import SAMPLE_RATE, LogMelFrontend, valid_mask
+from vaefix_pl.core.frontend import SAMPLE_RATE, LogMelFrontend, valid_mask
 
 __all__ = [
     "MRSTFT_RESOLUTIONS",
@@ -149,15 +149,7 @@ def _stft_power(
     if xp.shape[-1] < n_fft:  # batch shorter than one window: pad so that stft runs; no frame is valid
         xp = torch.nn.functional.pad(xp, (0, n_fft - xp.shape[-1]))
     window = torch.hann_window(win_length, periodic=True, dtype=dtype, device=x.device)
-    spec = torch.stft(
-        xp,
-        n_fft=n_fft,
-        hop_length=hop,
-        win_length=win_length,
-        window=window,
-        center=False,
-        return_complex=True,
-    )
+    spec = torch.stft(xp, n_fft, hop, win_length, window, center=False, return_complex=True)
     power = spec.real.square() + spec.imag.square()  # (B, F, T)
     t = power.shape[-1]
     n_valid = 1 + torch.div(lengths + 2 * pad - n_fft, hop, rounding_mode="floor")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
 from vaefix_pl.metrics.perceptual import PERCEPTUAL_METRICS
@@ -188,37 +188,23 @@ def _xcorr_peak(ctx: MetricContext) -> Tensor:
     return ctx.lag_and_peak()[1]
 
 
-@register_metric("snr", "dB", "higher", "seed's SNR 10 log10(sum ref^2 / sum (ref - est)^2)")
-def _snr(ctx: MetricContext) -> Tensor:
-    return F.snr(ctx.reference, ctx.estimate, ctx.host_lengths)
+def _register_pair(name: str, fn: Callable[..., Tensor], unit: str, description: str, label: str) -> None:
+    """``name`` (the valid parts as they are) and ``<name>_aligned`` (after undoing the lag)."""
+
+    def plain(ctx: MetricContext) -> Tensor:
+        return fn(ctx.reference, ctx.estimate, ctx.host_lengths)
+
+    def aligned(ctx: MetricContext) -> Tensor:
+        r, e, m = ctx.aligned()
+        return fn(r, e, mask=m)
+
+    register_metric(name, unit, "higher", description)(plain)
+    register_metric(f"{name}_aligned", unit, "higher", f"{label} after undoing the lag")(aligned)
 
 
-@register_metric("snr_aligned", "dB", "higher", "SNR after undoing the lag")
-def _snr_aligned(ctx: MetricContext) -> Tensor:
-    r, e, m = ctx.aligned()
-    return F.snr(r, e, mask=m)
-
-
-@register_metric("pearson", "", "higher", "seed's Pearson correlation (np.corrcoef)")
-def _pearson(ctx: MetricContext) -> Tensor:
-    return F.pearson(ctx.reference, ctx.estimate, ctx.host_lengths)
-
-
-@register_metric("pearson_aligned", "", "higher", "Pearson correlation after undoing the lag")
-def _pearson_aligned(ctx: MetricContext) -> Tensor:
-    r, e, m = ctx.aligned()
-    return F.pearson(r, e, mask=m)
-
-
-@register_metric("si_sdr", "dB", "higher", "scale-invariant SDR (zero-mean, torchmetrics' formula)")
-def _si_sdr(ctx: MetricContext) -> Tensor:
-    return F.si_sdr(ctx.reference, ctx.estimate, ctx.host_lengths)
-
-
-@register_metric("si_sdr_aligned", "dB", "higher", "SI-SDR after undoing the lag")
-def _si_sdr_aligned(ctx: MetricContext) -> Tensor:
-    r, e, m = ctx.aligned()
-    return F.si_sdr(r, e, mask=m)
+_register_pair("snr", F.snr, "dB", "seed's SNR 10 log10(sum ref^2 / sum (ref - est)^2)", "SNR")
+_register_pair("pearson", F.pearson, "", "seed's Pearson correlation (np.corrcoef)", "Pearson correlation")
+_register_pair("si_sdr", F.si_sdr, "dB", "scale-invariant SDR (zero-mean, torchmetrics' formula)", "SI-SDR")
 
 
 @register_metric(

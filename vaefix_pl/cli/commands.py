@@ -1,0 +1,334 @@
+"""The ``vaefix`` command line.
+
+* ``vaefix reconstruct AUDIO... [--seconds 10] [--model SOURCE] [--out DIR] [--devices N]``: the
+  seed's one-liner done right; prints a summary table at the end.
+* ``vaefix predict --config configs/default.yaml [--data.inputs DIR ...]``: the same run through
+  LightningCLI (``--print_config`` works; every option can be overridden).
+* ``vaefix demo``: reconstruct the built-in probe set with real AudioLDM2 weights when they are
+  present (a ``--model`` folder or the HF cache), else with tiny random models, and say which.
+* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``: see
+  ``vaefix <command> --help``.
+
+``reconstruct`` is sugar over ``predict``: it builds the LightningCLI arguments, so both paths run
+the same code and accept the same ``--config`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vaefix_pl.cli.common import inputs_parser
+from vaefix_pl.core.config import SPEEDS
+from vaefix_pl.core.frontend import FRAMINGS
+from vaefix_pl.core.models import PRECISIONS
+from vaefix_pl.core.windowing import CROSSFADES
+
+DEMO_TINY_DIR = Path(os.environ.get("VAEFIX_CACHE", Path.home() / ".cache" / "vaefix")) / "tiny-audioldm2"
+
+
+# ---------------------------------------------------------------------------------- LightningCLI
+def _lightning_cli(args: Sequence[str], run: bool = True):
+    from lightning.pytorch.cli import LightningCLI
+
+    from vaefix_pl.lightning.writer import ReconstructionWriter
+
+    class VaefixCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # The writer is a callback configured under its own `writer:` key.
+            parser.add_lightning_class_args(ReconstructionWriter, "writer")
+
+    saved_argv = sys.argv
+    sys.argv = sys.argv[:1]  # the arguments come from `args`; LightningCLI warns when both are set
+    try:
+        cli = _make(VaefixCLI, args)
+    finally:
+        sys.argv = saved_argv
+    if run:
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    return cli
+
+
+def _make(cli_class, args: Sequence[str]):
+    from vaefix_pl.data.inputs import AudioDataModule
+    from vaefix_pl.lightning.module import ReconstructionModule
+    from vaefix_pl.lightning.progress import ClipsPerSecondProgressBar
+
+    return cli_class(
+        ReconstructionModule,
+        AudioDataModule,
+        run=False,
+        args=list(args),
+        save_config_callback=None,
+        seed_everything_default=False,
+        trainer_defaults={
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "devices": 1,
+            "callbacks": [ClipsPerSecondProgressBar()],
+        },
+    )
+
+
+#: exit code of a run that finished but had failed inputs, with ``--strict`` / ``writer.strict: true``
+EXIT_INPUTS_FAILED = 1
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """Run ``trainer.predict`` from LightningCLI arguments; print the summary on rank 0.
+
+    Returns 0, or :data:`EXIT_INPUTS_FAILED` when the writer is ``strict`` and any input failed.
+    """
+    cli = _lightning_cli(argv)
+    writer = _writer(cli.trainer)
+    if not cli.trainer.is_global_zero or writer is None:
+        return 0
+    if writer.report:  # a step after predict: the writer (lightning layer) does not import the report
+        from vaefix_pl.report.html import write_report
+
+        write_report(writer.output_dir)
+    print_summary(writer.output_dir)
+    if writer.strict and writer.failed:
+        n = (writer.summary or {}).get("n_failed", "some")
+        print(
+            f"\nstrict: {n} input(s) failed (see {writer.output_dir}/errors.csv); exit code {EXIT_INPUTS_FAILED}",
+            file=sys.stderr,
+        )
+        return EXIT_INPUTS_FAILED
+    return 0
+
+
+def _writer(trainer):
+    from vaefix_pl.lightning.writer import ReconstructionWriter
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ReconstructionWriter):
+            return cb
+    return None
+
+
+# ---------------------------------------------------------------------------------- summary table
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "nan"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    """A short plain-text table of the headline metrics from ``summary.json``."""
+    metrics = summary.get("metrics", {})
+    names = [k for k in (keys or metrics) if k in metrics]
+    lines = [f"{'metric':<26}{'mean':>10}{'95% CI':>24}{'median':>10}{'n':>6}"]
+    for k in names:
+        m = metrics[k]
+        ci = f"[{_fmt(m.get('ci95_low'))}, {_fmt(m.get('ci95_high'))}]"
+        lines.append(f"{k:<26}{_fmt(m.get('mean')):>10}{ci:>24}{_fmt(m.get('median')):>10}{m.get('n', 0):>6}")
+    t = summary.get("timing", {})
+    lines.append(
+        f"{summary.get('n_ok', 0)} clips reconstructed, {summary.get('n_failed', 0)} failed; "
+        f"{_fmt(t.get('audio_s'))} s of audio in {_fmt(t.get('wall_s'))} s (x{_fmt(t.get('x_realtime'))} real time)"
+    )
+    for f in summary.get("failed", []):
+        stage = f" ({f['stage']})" if f.get("stage") else ""
+        lines.append(f"  FAILED {f['id']}{stage}: {f['reason']}")
+    resume = summary.get("resume") or {}
+    if resume.get("skipped_complete"):
+        lines.append(
+            f"{resume['skipped_complete']} clips were already complete in this folder and were not redone"
+        )
+    return "\n".join(lines)
+
+
+def print_summary(out_dir: str | Path) -> None:
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    print()
+    print(summary_table(summary))
+    print(f"\nwrote {out_dir}/metrics.csv, summary.json, summary.md and the WAV files")
+
+
+# ---------------------------------------------------------------------------------- reconstruct
+def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
+    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.")
+    p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
+    p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
+    p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")
+    p.add_argument("--out", default="outputs/reconstruct", help="output folder")
+    p.add_argument("--devices", default=None, help="number of devices (GPUs) or 'auto'")
+    p.add_argument("--accelerator", default=None, help="cpu, gpu or auto")
+    p.add_argument("--precision", default=None, choices=PRECISIONS)
+    p.add_argument("--framing", default=None, choices=FRAMINGS)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--speed", default=None, choices=SPEEDS, help="GPU speed preset")
+    p.add_argument(
+        "--window-seconds",
+        default=None,
+        help="longer items run in overlapping windows of this length (default 10.24; 'none': whole)",
+    )
+    p.add_argument("--window-overlap-seconds", type=float, default=None, help="window overlap (default 1.0)")
+    p.add_argument("--max-windows", type=int, default=None, help="windows per model call (bounds memory)")
+    p.add_argument("--crossfade", default=None, choices=CROSSFADES)
+    p.add_argument("--config", action="append", default=[], help="YAML config(s), as for `vaefix predict`")
+    p.add_argument(
+        "--seed-repair", action="store_true", help="turn the seed's repair chain on (<id>.post.wav)"
+    )
+    p.add_argument("--perceptual", action="store_true", help="also score PESQ/STOI/ESTOI (CPU pool)")
+    p.add_argument("--report", action="store_true", help="write report.html at the end")
+    p.add_argument("--allow-download", action="store_true", help="let the loader fetch missing weights")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every input; by default a rerun into the same --out skips inputs already complete",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit with code {EXIT_INPUTS_FAILED} when any input failed (the run still processes all others)",
+    )
+    return p
+
+
+def reconstruct_args(ns: argparse.Namespace) -> list[str]:
+    """Translate ``vaefix reconstruct`` flags into LightningCLI arguments (explicit flags win over configs)."""
+    args: list[str] = []
+    for cfg in ns.config:
+        args += ["--config", cfg]
+    if ns.audio:
+        args.append("--data.inputs=" + json.dumps([str(a) for a in ns.audio]))
+    pairs = {
+        "--data.seconds": ns.seconds,
+        "--data.offset": ns.offset or None,
+        "--data.batch_size": ns.batch_size,
+        "--data.num_workers": ns.num_workers,
+        "--model.model": ns.model,
+        "--model.precision": ns.precision,
+        "--model.framing": ns.framing,
+        "--model.speed": ns.speed,
+        "--model.window_seconds": None
+        if ns.window_seconds is None
+        else ("null" if str(ns.window_seconds).lower() == "none" else float(ns.window_seconds)),
+        "--model.window_overlap_seconds": ns.window_overlap_seconds,
+        "--model.max_windows": ns.max_windows,
+        "--model.crossfade": ns.crossfade,
+        "--trainer.devices": ns.devices,
+        "--trainer.accelerator": ns.accelerator,
+        "--writer.output_dir": ns.out,
+    }
+    for flag, value in pairs.items():
+        if value is not None:
+            args.append(f"{flag}={value}")
+    if ns.seed_repair:
+        from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
+
+        args.append("--model.postprocess=" + json.dumps(SEED_FINAL_SETTINGS))
+    if ns.perceptual:
+        args.append('--model.perceptual=["pesq", "stoi", "estoi"]')
+    if ns.report:
+        args.append("--writer.report=true")
+    if ns.allow_download:
+        args.append("--model.allow_download=true")
+    if ns.overwrite:
+        args.append("--writer.overwrite=true")
+    if ns.strict:
+        args.append("--writer.strict=true")
+    return args
+
+
+def reconstruct_main(argv: Sequence[str]) -> int:
+    ns = _reconstruct_parser().parse_args(argv)
+    return predict_main(reconstruct_args(ns))
+
+
+# ---------------------------------------------------------------------------------- demo
+def resolve_demo_model(model: str | None) -> tuple[str, bool]:
+    """``(source, is_real)``: the given/cached real AudioLDM2 weights, else freshly written tiny models
+    (with a banner saying so loudly)."""
+    from vaefix_pl.core.models import resolve_model
+
+    def tiny_models(exc: Exception) -> Path:
+        from vaefix_pl.testing import write_tiny_audioldm2
+
+        if not (DEMO_TINY_DIR / "vae" / "config.json").is_file():
+            write_tiny_audioldm2(DEMO_TINY_DIR, seed=0)
+        reason = str(exc).splitlines()[0]
+        print(
+            "=" * 100
+            + f"\nREAL AudioLDM2 WEIGHTS NOT FOUND ({reason})\n"
+            + f"Using TINY RANDOM-WEIGHT models from {DEMO_TINY_DIR}: the pipeline, metrics and files are real,\n"
+            + "but the audio is NOT a meaningful reconstruction. For the real thing run\n"
+            + "    huggingface-cli download cvssp/audioldm2 --include 'vae/*' 'vocoder/*'\n"
+            + "or pass --model /path/to/audioldm2 (a diffusers folder with vae/ and vocoder/).\n"
+            + "=" * 100,
+            flush=True,
+        )
+        return DEMO_TINY_DIR
+
+    return resolve_model(model, fallback=tiny_models)
+
+
+def demo_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="vaefix demo", description="Reconstruct the built-in probe set.")
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--devices", default=None)
+    args, rest = p.parse_known_args(argv)
+    source, real = resolve_demo_model(args.model)
+    print(f"model: {source} ({'real AudioLDM2 weights' if real else 'tiny random models'})", flush=True)
+    cli_args = ["--model", source, "--out", args.out, "--perceptual", "--seed-repair"]
+    if args.devices:
+        cli_args += ["--devices", args.devices]
+    try:
+        import vaefix_pl.report.html  # noqa: F401
+
+        cli_args.append("--report")
+    except ImportError:
+        pass
+    rc = reconstruct_main(cli_args + list(rest))
+    print(
+        f"\nmodel used: {source} ({'real AudioLDM2 weights' if real else 'TINY RANDOM MODELS, not real audio'})"
+    )
+    return rc
+
+
+# ---------------------------------------------------------------------------------- entry point
+#: subcommand -> "module:function" taking argv and returning an exit code. Resolved on use, so each
+#: subcommand imports only what it needs and lives beside the code it drives.
+COMMANDS: dict[str, str] = {
+    "reconstruct": "vaefix_pl.cli.commands:reconstruct_main",
+    "predict": "vaefix_pl.cli.commands:predict_main",
+    "demo": "vaefix_pl.cli.commands:demo_main",
+    "export-mels": "vaefix_pl.cli.export:export_main",
+    "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
+    "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
+    "report": "vaefix_pl.cli.report:report_main",
+}
+
+
+def _resolve(target: str):
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: vaefix {" + ",".join(COMMANDS) + "} ...\n")
+        print(__doc__)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return _resolve(COMMANDS[argv[0]])(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

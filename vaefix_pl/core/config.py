@@ -1,0 +1,86 @@
+"""``ReconstructorConfig``: the one definition of the pipeline settings, their types and defaults.
+
+:class:`~vaefix_pl.core.reconstruct.Reconstructor`, :class:`~vaefix_pl.lightning.module.ReconstructionModule`
+(and through it LightningCLI / YAML), the ``vaefix`` parsers, the mel export and ``vaefix diagnose`` all
+read their settings from these fields and ``Literal`` types; none restates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
+
+from vaefix_pl.core.frontend import Framing
+from vaefix_pl.core.models import DEFAULT_SOURCE, Precision, normalize_precision
+from vaefix_pl.core.windowing import Crossfade
+
+LatentMode = Literal["mode", "sample"]
+LATENT_MODES: tuple[str, ...] = get_args(LatentMode)
+Speed = Literal["none", "auto", "compile"]
+
+#: ``speed`` -> :meth:`~vaefix_pl.core.reconstruct.Reconstructor.optimize` settings (on CUDA). Every
+#: rewrite is exact; each was kept because it measured faster on an H100 (docs/PERFORMANCE.md).
+SPEED_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"vocoder_channels_last": False, "cudnn_benchmark": False},
+    "auto": {"vocoder_channels_last": True, "cudnn_benchmark": True},
+    "compile": {
+        "channels_last": True,
+        "vocoder_channels_last": True,
+        "cudnn_benchmark": True,
+        "compile": True,
+        "freeze": True,
+        "pad_narrow_convs": True,
+        "attention_math": True,
+        "polyphase_dilated": True,
+        "narrow_convs": True,
+    },
+}
+SPEEDS: tuple[str, ...] = get_args(Speed)
+assert tuple(SPEED_PRESETS) == SPEEDS
+
+
+@dataclass(frozen=True)
+class ReconstructorConfig:
+    """Everything that decides a reconstruction (see ``ReconstructionModule`` for each setting's meaning).
+
+    ``model``: local diffusers folder or hub id; ``precision``: ``fp32`` | ``bf16`` | ``fp16`` (or a
+    Lightning alias); ``framing``; ``latent_mode`` (``sample`` is seeded by ``seed``); ``pad_frames_to``:
+    canonical-length multiple in frames; ``allow_download``; ``speed``: CUDA preset of
+    :data:`SPEED_PRESETS`; ``window_seconds`` / ``window_overlap_seconds`` / ``max_windows`` /
+    ``crossfade``: long items in overlapping windows (``window_seconds=None``: every item whole).
+    """
+
+    model: str = DEFAULT_SOURCE
+    precision: Precision = "fp32"
+    framing: Framing = "tacotron"
+    latent_mode: LatentMode = "mode"
+    seed: int = 0
+    pad_frames_to: int = 1024
+    allow_download: bool = False
+    speed: Speed = "auto"
+    window_seconds: float | None = None
+    window_overlap_seconds: float = 1.0
+    max_windows: int | None = None
+    crossfade: Crossfade = "equal_gain"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", normalize_precision(self.precision))
+        if self.speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {SPEEDS}, got {self.speed!r}")
+        if self.crossfade not in get_args(Crossfade):
+            raise ValueError(f"crossfade must be one of {get_args(Crossfade)}, got {self.crossfade!r}")
+        if self.max_windows is not None and int(self.max_windows) < 1:
+            raise ValueError(f"max_windows must be >= 1 or None, got {self.max_windows}")
+        if self.latent_mode not in LATENT_MODES:
+            raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {self.latent_mode!r}")
+        if self.pad_frames_to < 4 or self.pad_frames_to % 4:
+            raise ValueError(
+                f"pad_frames_to must be a positive multiple of 4 (VAE down factor), got {self.pad_frames_to}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,207 @@
+"""AudioLDM2's log-mel front-end and level step, as pure tensor code (no I/O).
+
+Facts matched (``shared/reference/audioldm2.md`` section 1-2, upstream ``audioldm2/utilities/audio/stft.py``):
+16 kHz, n_fft = win_length = 1024, hop 160, periodic Hann window, magnitude (not power) STFT,
+64 Slaney mel bands 0-8000 Hz with Slaney area norm (librosa's defaults), natural log of
+``clamp(mel, 1e-5)``, no mean/std normalisation.
+
+Two framings exist upstream; both are supported and they differ by half a hop (80 samples):
+
+* ``"tacotron"`` (AudioLDM2 inference and its data code): reflect-pad 512 each side; frame ``k`` is
+  centred on sample ``160 k``; ``N`` samples give ``N // 160 + 1`` frames.
+* ``"hifigan"`` (the training recipe): reflect-pad 432 each side, ``center=False``; frame ``k`` covers
+  samples around ``160 k + 80``; ``N`` samples give ``N // 160`` frames.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+SAMPLE_RATE = 16000
+N_FFT = 1024
+HOP = 160
+N_MELS = 64
+F_MIN = 0.0
+F_MAX = 8000.0
+MEL_FLOOR = 1e-5
+LOG_MEL_FLOOR = math.log(MEL_FLOOR)  # -11.5129...
+PEAK = 0.5
+#: Largest log-mel a peak-0.5 input can produce: |STFT| <= 0.5 * sum(hann) = 256 and no Slaney band's
+#: weights sum to more than 0.0651 (about 1 / 15.625 Hz per bin), so mel <= 16.7 and log(mel) <= 2.814.
+LOG_MEL_CEIL = 2.8139
+#: The range a healthy AudioLDM2 log-mel lives in (the VAE and vocoder were trained on it).
+TRAINED_LOG_MEL_RANGE = (LOG_MEL_FLOOR, LOG_MEL_CEIL)
+
+Framing = Literal["tacotron", "hifigan"]
+FRAMINGS: tuple[str, ...] = get_args(Framing)
+
+
+def _check_framing(framing: str) -> None:
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
+
+def frame_padding(framing: Framing) -> int:
+    """Reflect padding (samples, each side) before an uncentred STFT for ``framing``."""
+    _check_framing(framing)
+    return N_FFT // 2 if framing == "tacotron" else (N_FFT - HOP) // 2
+
+
+def num_frames(num_samples: int | Tensor, framing: Framing = "tacotron") -> int | Tensor:
+    """Frames the front-end makes from ``num_samples`` samples (int or integer tensor)."""
+    _check_framing(framing)
+    return num_samples // HOP + 1 if framing == "tacotron" else num_samples // HOP
+
+
+def samples_for_frames(frames: int | Tensor, framing: Framing = "tacotron") -> int | Tensor:
+    """The smallest sample count that gives exactly ``frames`` frames (inverse of :func:`num_frames`)."""
+    _check_framing(framing)
+    return (frames - 1) * HOP if framing == "tacotron" else frames * HOP
+
+
+def min_samples(framing: Framing = "tacotron") -> int:
+    """Shortest input the front-end accepts: reflect padding needs more samples than it pads."""
+    return frame_padding(framing) + 1
+
+
+def valid_mask(lengths: Tensor, size: int) -> Tensor:
+    """``(B, size)`` boolean mask, True where index < each item's length."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def normalize_level(
+    waveform: Tensor, lengths: Tensor | None = None, peak: float = PEAK, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """AudioLDM2's level step, per item over its valid samples only.
+
+    ``y = (x - mean(x)) / (max|x - mean(x)| + eps) * peak``; padding stays exactly zero.
+
+    Args:
+        waveform: ``(B, N)`` float waveform.
+        lengths: ``(B,)`` valid sample counts (``None``: all ``N`` valid).
+    Returns:
+        ``(y, gain)``: ``y`` ``(B, N)`` in the input's dtype, and ``gain`` ``(B,)`` float64 such that
+        ``y = (x - mean) * gain``; divide a reconstruction by ``gain`` to return to the input level.
+    """
+    if waveform.ndim != 2:
+        raise ValueError(f"waveform must be (B, N), got shape {tuple(waveform.shape)}")
+    b, n = waveform.shape
+    if lengths is None:
+        lengths = torch.full((b,), n, dtype=torch.long, device=waveform.device)
+    mask = valid_mask(lengths, n)
+    count = lengths.clamp(min=1).to(torch.float64)
+    f64 = torch.float64
+    # float64 statistics, in column blocks: a 10-minute item would otherwise hold several float64
+    # copies of itself. max|x - mean| = max(max x - mean, mean - min x), so only the extremes are kept.
+    total = torch.zeros(b, dtype=f64, device=waveform.device)
+    hi = torch.full((b,), -math.inf, dtype=f64, device=waveform.device)
+    lo = torch.full((b,), math.inf, dtype=f64, device=waveform.device)
+    for s in range(0, n, _LEVEL_BLOCK):
+        xb, mb = waveform[:, s : s + _LEVEL_BLOCK], mask[:, s : s + _LEVEL_BLOCK]
+        total += torch.where(mb, xb, 0.0).to(f64).sum(dim=1)
+        hi = torch.maximum(hi, torch.where(mb, xb, -math.inf).amax(dim=1).to(f64))
+        lo = torch.minimum(lo, torch.where(mb, xb, math.inf).amin(dim=1).to(f64))
+    mean = total / count
+    spread = torch.maximum(hi - mean, mean - lo).clamp(min=0.0)  # 0 for empty items
+    gain = peak / (spread + eps)
+    out = torch.empty_like(waveform)
+    for s in range(0, n, _LEVEL_BLOCK):
+        xb, mb = waveform[:, s : s + _LEVEL_BLOCK], mask[:, s : s + _LEVEL_BLOCK]
+        y = (xb.to(f64) - mean[:, None]) * gain[:, None]
+        out[:, s : s + _LEVEL_BLOCK] = torch.where(mb, y, 0.0).to(waveform.dtype)
+    return out, gain
+
+
+#: column block (samples) of :func:`normalize_level`'s float64 passes
+_LEVEL_BLOCK = 1 << 20
+
+
+def slaney_mel_basis(dtype: torch.dtype = torch.float64) -> Tensor:
+    """``(64, 513)`` AudioLDM2 mel basis == ``librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmax=8000)``.
+
+    Built by torchaudio's ``melscale_fbanks`` (Slaney scale and norm). torchaudio builds its
+    frequency grids with the default dtype, so it runs here with float64 as the default: a float32
+    grid would cap the float64 front-end's agreement with librosa near 1e-7.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        # On the CPU whatever the default device: Lightning's configure_model runs under a CUDA
+        # default device, where torchaudio mixed CUDA grids with CPU tensors and failed.
+        with torch.device("cpu"):
+            fb = torchaudio.functional.melscale_fbanks(
+                N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    return fb.T.contiguous().to(dtype)
+
+
+class LogMelFrontend(nn.Module):
+    """``(B, N)`` waveform at 16 kHz -> ``(B, 1, T, 64)`` natural-log mel (AudioLDM2's VAE/vocoder input).
+
+    Computes in the input's dtype (float64 in, float64 out; anything narrower runs in float32 and
+    autocast is switched off: the STFT and the log of small mel values are not safe in bf16/fp16).
+    No cropping: ``T = N // 160 + 1`` (``"tacotron"``) or ``N // 160`` (``"hifigan"``).
+    """
+
+    mel_basis: Tensor
+    window: Tensor
+
+    def __init__(self, framing: Framing = "tacotron") -> None:
+        super().__init__()
+        _check_framing(framing)
+        self.framing = framing
+        self.pad = frame_padding(framing)
+        # Kept in float64 and cast per call, so float64 inputs get a float64 basis even after .float().
+        self.register_buffer("mel_basis", slaney_mel_basis(torch.float64), persistent=False)
+        self.register_buffer(
+            "window",
+            torch.hann_window(N_FFT, periodic=True, dtype=torch.float64, device="cpu"),
+            persistent=False,
+        )
+
+    def extra_repr(self) -> str:
+        return f"framing={self.framing!r}, n_fft={N_FFT}, hop={HOP}, n_mels={N_MELS}"
+
+    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        return num_frames(num_samples, self.framing)
+
+    def magnitude(self, waveform: Tensor) -> Tensor:
+        """``(B, N)`` -> ``(B, 513, T)`` STFT magnitude."""
+        if waveform.ndim != 2:
+            raise ValueError(f"waveform must be (B, N), got shape {tuple(waveform.shape)}")
+        if waveform.shape[-1] <= self.pad:
+            raise ValueError(
+                f"waveform has {waveform.shape[-1]} samples; the {self.framing!r} framing needs more than "
+                f"{self.pad} (reflect padding of {self.pad} samples)"
+            )
+        dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
+        x = waveform.to(dtype)[:, None, :]
+        x = torch.nn.functional.pad(x, (self.pad, self.pad), mode="reflect")[:, 0]
+        spec = torch.stft(
+            x,
+            n_fft=N_FFT,
+            hop_length=HOP,
+            win_length=N_FFT,
+            window=self.window.to(dtype),
+            center=False,
+            return_complex=True,
+        )
+        return spec.abs()
+
+    def mel(self, waveform: Tensor) -> Tensor:
+        """``(B, N)`` -> ``(B, T, 64)`` linear (not log) mel magnitude."""
+        with torch.autocast(waveform.device.type, enabled=False):
+            mag = self.magnitude(waveform)
+            return torch.matmul(self.mel_basis.to(mag.dtype), mag).transpose(1, 2)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        """``(B, N)`` -> ``(B, 1, T, 64)`` natural-log mel, floor ``log(1e-5)``."""
+        with torch.autocast(waveform.device.type, enabled=False):
+            return torch.log(torch.clamp(self.mel(waveform), min=MEL_FLOOR))[:, None]

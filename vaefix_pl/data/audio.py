@@ -1,0 +1,166 @@
+"""Audio file I/O (soundfile) and the mono/resample helpers around it.
+
+torchaudio's own ``load``/``save`` need torchcodec + FFmpeg since 2.9, so files are read and written
+with ``soundfile`` (libsndfile: wav, flac, ogg/vorbis, opus, mp3 with libsndfile >= 1.1) and
+resampled with ``torchaudio.functional.resample`` as upstream AudioLDM2 does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch import Tensor
+
+from vaefix_pl.core.frontend import SAMPLE_RATE
+
+AUDIO_EXTENSIONS: tuple[str, ...] = tuple(
+    sorted({"." + ext.lower() for ext in sf.available_formats()} | {".wav", ".flac", ".ogg", ".mp3", ".opus"})
+)
+
+
+class AudioReadError(RuntimeError):
+    """A file could not be read as audio; the message names the file and the reason."""
+
+
+def to_mono(x: Tensor, channel: str | int = "mean") -> Tensor:
+    """``(C, N)`` -> ``(N,)``: ``"mean"`` mixes the channels down; an int picks one (upstream takes 0)."""
+    if x.ndim == 1:
+        return x
+    if channel == "mean":
+        return x.mean(dim=0)
+    if isinstance(channel, int) or (isinstance(channel, str) and channel.isdigit()):
+        c = int(channel)
+        if not 0 <= c < x.shape[0]:
+            raise ValueError(f"channel {c} out of range for {x.shape[0]} channels")
+        return x[c]
+    raise ValueError(f"channel must be 'mean' or a channel index, got {channel!r}")
+
+
+def resample(x: Tensor, orig_sr: int, target_sr: int = SAMPLE_RATE) -> Tensor:
+    """Band-limited resampling along the last axis (torchaudio's default sinc interpolation)."""
+    if orig_sr == target_sr:
+        return x
+    return torchaudio.functional.resample(x, orig_sr, target_sr)
+
+
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be opened as a file (``None`` when it can): missing, a broken or looping
+    symbolic link, a folder, not readable, or empty (0 bytes). Checks the file system only, no decoding."""
+    p = os.fspath(path)
+    if not os.path.lexists(p):
+        return "no such file"
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (following the links never reaches a file)"
+        if os.path.islink(p):
+            return f"broken symbolic link (target {os.readlink(p)!r} does not exist)"
+        return f"cannot access the file ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if not os.access(p, os.R_OK):
+        return "permission denied (the file is not readable)"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """``(frames, sample_rate, channels)`` of a file without decoding it.
+
+    Raises :class:`AudioReadError` naming the file and the reason. ``frames`` is what the header says
+    (an estimate for MP3); a truncated WAV reports the frames actually present.
+    """
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise AudioReadError(f"{path}: {reason}")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError with terse messages
+        raise AudioReadError(
+            f"{path}: cannot read audio header, corrupt, truncated or not an audio format libsndfile "
+            f"{sf.__libsndfile_version__} reads ({_terse(exc)})"
+        ) from exc
+    return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+def _terse(exc: BaseException) -> str:
+    """libsndfile's message without the ``Error opening '<path>':`` prefix that repeats the path."""
+    msg = str(exc)
+    if msg.startswith("Error opening") and "': " in msg:
+        msg = msg.split("': ", 1)[1]
+    return msg.strip() or type(exc).__name__
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    channel: str | int = "mean",
+    offset: float = 0.0,
+    seconds: float | None = None,
+) -> Tensor:
+    """Read ``path`` as a ``(N,)`` float32 mono waveform at ``sample_rate``.
+
+    ``offset``/``seconds`` select a span (in seconds of the file) before resampling; only that span is
+    decoded. Raises :class:`AudioReadError` naming the file and the reason (missing, undecodable,
+    empty, non-finite samples). Samples that are NaN or infinite are rejected, not repaired: any
+    repair would invent signal, and the scores would then compare against audio the file never held.
+    """
+    p = Path(path)
+    reason = unreadable_reason(p)
+    if reason is not None:
+        raise AudioReadError(f"{p}: cannot decode audio: {reason}")
+    try:
+        with sf.SoundFile(str(p)) as fh:
+            sr = fh.samplerate
+            start = int(round(offset * sr))
+            if start > 0:
+                fh.seek(min(start, fh.frames))
+            count = -1 if seconds is None else int(round(seconds * sr))
+            data = fh.read(frames=count, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioReadError(
+            f"{p}: cannot decode audio, corrupt or truncated file ({type(exc).__name__}: {_terse(exc)})"
+        ) from exc
+    if data.shape[0] == 0:
+        raise AudioReadError(
+            f"{p}: no samples (an audio file with 0 frames, or offset {offset}s past its end)"
+        )
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_nan = int(np.isnan(data).sum())
+        raise AudioReadError(
+            f"{p}: non-finite samples ({n_nan} NaN, {int((~finite).sum()) - n_nan} infinite): rejected, not repaired"
+        )
+    x = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), channel)
+    return resample(x, sr, sample_rate).contiguous()
+
+
+def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write a mono float waveform as 32-bit float WAV, atomically (temp file + rename).
+
+    A crash mid-write never leaves a truncated file under the final name.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = waveform.detach().cpu().float().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=p.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, data.astype(np.float32), sample_rate, subtype="FLOAT", format="WAV")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

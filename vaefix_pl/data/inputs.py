@@ -1,0 +1,402 @@
+"""Inputs: file discovery, the audio dataset (decoding in the workers), collate and ``AudioDataModule``.
+
+A batch is ``{"waveform": (B, N) float32, "lengths": (B,) int64, "host_lengths": [B] ints, "ids": [B], "paths": [B],
+"errors": [{"id", "path", "stage", "reason"}, ...]}``. Items that cannot be read are not in the
+tensors: they travel in ``errors`` so the run goes on and the writer records them. ``stage`` is
+``"discover"`` (missing file, broken or looping link, folder, not readable) or ``"decode"`` (empty,
+corrupt, truncated, unsupported format, non-finite samples).
+
+Ids are output names: a path relative to the inputs' common folder, extension dropped, made safe by
+:func:`safe_id` (no ``..``, no absolute paths, no control characters), so no input can make a writer
+write outside its output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
+from vaefix_pl.data.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio, unreadable_reason
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AudioDataModule",
+    "AudioDataset",
+    "AudioEntry",
+    "collate_audio",
+    "discover_inputs",
+    "probe_signals",
+    "safe_id",
+]
+
+MANIFEST_EXTENSIONS = (".txt", ".csv", ".lst", ".list")
+#: Narrowest batch tensor collate builds (zero padding beyond every item's length, which no per-item
+#: step reads): one hop. Items shorter than a frame are still processed at their own length; framed
+#: steps that need more room pad their own input (``compute_metrics`` pads to ``MIN_WIDTH``).
+MIN_BATCH_SAMPLES = HOP
+#: Longest id component in UTF-8 bytes: leaves room for ``.original.wav`` within the usual 255-byte limit.
+_MAX_COMPONENT_BYTES = 200
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\]')
+
+
+@dataclass(frozen=True)
+class AudioEntry:
+    """One input: a stable id (used for output names), its source path (None for probes), duration (s)."""
+
+    id: str
+    path: str | None
+    seconds: float | None = None
+    error: str | None = None
+    stage: str | None = None  # where ``error`` arose: "discover" or "decode"
+
+
+def safe_id(raw: str) -> str:
+    """``raw`` as a relative output name that stays inside the output folder.
+
+    Splits on ``/`` and ``\\``, drops empty, ``.`` and ``..`` components (so ``../../x`` -> ``x`` and
+    ``/etc/x`` -> ``etc/x``), replaces control characters and ``<>:"|?*`` with ``_``, turns a leading
+    ``.`` into ``_`` (no hidden outputs, no clash with the writer's ``.tmp-*`` and ``.parts``) and
+    shortens components longer than 200 UTF-8 bytes. Never empty (``"item"``).
+    """
+    parts = []
+    for comp in re.split(r"[/\\]+", raw):
+        if comp in ("", ".", ".."):
+            continue
+        comp = _UNSAFE_CHARS.sub("_", comp)
+        if comp.startswith("."):
+            comp = "_" + comp[1:]
+        b = comp.encode("utf-8")
+        if len(b) > _MAX_COMPONENT_BYTES:
+            comp = b[:_MAX_COMPONENT_BYTES].decode("utf-8", errors="ignore")
+        parts.append(comp)
+    return "/".join(parts) or "item"
+
+
+def _read_manifest(manifest: Path) -> list[Path]:
+    """Paths listed by a ``.txt`` (one per line, ``#`` comments) or ``.csv`` (``path`` column) manifest."""
+    base = manifest.parent
+    paths: list[str] = []
+    try:
+        if manifest.suffix.lower() == ".csv":
+            with open(manifest, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames or "path" not in reader.fieldnames:
+                    raise ValueError(
+                        f"{manifest}: a CSV manifest needs a 'path' column (has {reader.fieldnames})"
+                    )
+                paths = [row["path"].strip() for row in reader if (row.get("path") or "").strip()]
+        else:
+            with open(manifest, encoding="utf-8") as fh:
+                paths = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the manifest {manifest}: {exc}") from exc
+    return [
+        _absolute(Path(p).expanduser() if Path(p).expanduser().is_absolute() else base / p) for p in paths
+    ]
+
+
+def _absolute(p: Path) -> Path:
+    """Absolute, lexically normalised (``..`` folded), symbolic links kept: ``Path.resolve`` would turn a
+    linked file's id into its target's and raises on link loops."""
+    return Path(os.path.abspath(p))
+
+
+def _scan_folder(root: Path) -> list[Path]:
+    """Audio files under ``root``, recursively, in sorted order.
+
+    Follows linked folders, but enters each real folder once (a link back to a parent, or a link loop,
+    is skipped with a warning instead of recursing forever). Linked files are listed as found; broken or
+    looping file links are listed too and become error items naming the problem.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def on_error(exc: OSError) -> None:
+        log.warning("cannot scan %s: %s", exc.filename, exc.strerror or exc)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            log.warning("cannot scan %s: %s", dirpath, exc.strerror or exc)
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            log.warning(
+                "not scanning %s again: a symbolic link leads back to a folder already scanned", dirpath
+            )
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames.sort()
+        for name in filenames:
+            f = Path(dirpath) / name
+            if _is_audio(f):
+                found.append(_absolute(f))
+    return sorted(found)
+
+
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def _expand(inp: str | os.PathLike) -> list[Path]:
+    p = Path(inp).expanduser()
+    if p.is_dir():
+        return _scan_folder(p)
+    if p.suffix.lower() in MANIFEST_EXTENSIONS and p.is_file():
+        return _read_manifest(p)
+    return [_absolute(p)]  # a file (or a missing one: reported as an error item, not a crash)
+
+
+def _unique_ids(paths: Sequence[Path]) -> list[str]:
+    """Ids = paths relative to their common folder, extension dropped; clashes get the extension back."""
+    if not paths:
+        return []
+    try:
+        base = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        stems = [safe_id(p.relative_to(base).with_suffix("").as_posix()) for p in paths]
+    except ValueError:  # no common folder (different drives on Windows)
+        stems = [safe_id(p.with_suffix("").as_posix()) for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    ids, seen = [], set()
+    for p, s in zip(paths, stems):
+        cand = s if counts[s] == 1 else f"{s}__{p.suffix.lstrip('.').lower() or 'noext'}"
+        k, base_cand = 2, cand
+        while cand in seen:  # the same file listed twice
+            cand, k = f"{base_cand}__{k}", k + 1
+        seen.add(cand)
+        ids.append(cand)
+    return ids
+
+
+def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[AudioEntry]:
+    """Resolve files, folders (recursive) and manifests into entries with collision-free ids.
+
+    ``None`` or an empty list gives the built-in probe set.
+    """
+    if inputs is None or (isinstance(inputs, (list, tuple)) and not inputs):
+        return [AudioEntry(id=name, path=None) for name in PROBE_NAMES]
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths: list[Path] = []
+    for inp in inputs:
+        paths.extend(_expand(inp))
+    entries = []
+    for pid, p in zip(_unique_ids(paths), paths):
+        seconds, err, stage = None, None, None
+        reason = unreadable_reason(p)
+        if reason is not None and reason != "empty file (0 bytes)":
+            err, stage = f"{p}: {reason}", "discover"
+        else:
+            try:
+                frames, sr, _ = audio_info(p)
+                seconds = frames / sr if sr else None
+                if frames == 0:
+                    err, stage = f"{p}: no samples (an audio file with 0 frames)", "decode"
+            except AudioReadError as exc:
+                err, stage = str(exc), "decode"
+        entries.append(AudioEntry(id=pid, path=str(p), seconds=seconds, error=err, stage=stage))
+    return entries
+
+
+class AudioDataset(Dataset):
+    """Decodes, mixes down and resamples one entry per ``__getitem__`` (so it runs in the workers).
+
+    Returns ``{"id", "path", "waveform": (N,) float32 | None, "error": str | None}``. With ``seconds``
+    set, every clip is cropped or zero-padded to exactly that length (after ``offset``).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[AudioEntry],
+        seconds: float | None = None,
+        offset: float = 0.0,
+        sample_rate: int = SAMPLE_RATE,
+        channel: str | int = "mean",
+        probe_seconds: float = 4.0,
+        min_samples: int = 1,
+    ) -> None:
+        self.entries = list(entries)
+        self.seconds, self.offset, self.sample_rate = seconds, offset, sample_rate
+        self.channel, self.probe_seconds, self.min_samples = channel, probe_seconds, min_samples
+        self._probes: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _probe(self, name: str) -> torch.Tensor:
+        if self._probes is None:
+            self._probes = probe_signals(seconds=self.probe_seconds, sample_rate=self.sample_rate)
+        x = torch.from_numpy(self._probes[name])
+        start = int(round(self.offset * self.sample_rate))
+        return x[start:]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e = self.entries[index]
+        item: dict[str, Any] = {
+            "id": e.id,
+            "path": e.path,
+            "waveform": None,
+            "error": e.error,
+            "stage": e.stage or ("decode" if e.error else None),
+        }
+        if e.error:
+            return item
+        try:
+            if e.path is None:
+                x = self._probe(e.id)
+            else:
+                x = load_audio(e.path, self.sample_rate, self.channel, self.offset, self.seconds)
+            if self.seconds is not None:
+                n = int(round(self.seconds * self.sample_rate))
+                x = torch.nn.functional.pad(x[:n], (0, max(0, n - x.shape[0])))
+            if x.shape[0] < self.min_samples:
+                raise AudioReadError(f"{e.path or e.id}: only {x.shape[0]} samples (< {self.min_samples})")
+            item["waveform"] = x.float().contiguous()
+        except Exception as exc:  # one bad file never stops the batch
+            item["error"] = str(exc) if isinstance(exc, AudioReadError) else f"{e.path}: {exc}"
+            item["stage"] = "decode"
+        return item
+
+
+def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pad the good items into ``(B, N)`` with ``lengths``; carry failed ones in ``errors``.
+
+    ``N`` is the longest item, at least :data:`MIN_BATCH_SAMPLES` (zeros beyond each length).
+    """
+    good = [it for it in items if it["waveform"] is not None]
+    lengths = torch.tensor([it["waveform"].shape[0] for it in good], dtype=torch.long)
+    n = max(int(lengths.max()), MIN_BATCH_SAMPLES) if len(good) else 0
+    wave = torch.zeros(len(good), n, dtype=torch.float32)
+    for i, it in enumerate(good):
+        wave[i, : it["waveform"].shape[0]] = it["waveform"]
+    return {
+        "waveform": wave,
+        "lengths": lengths,
+        # a plain list, which the Trainer leaves on the host: the module plans from it without
+        # reading the (device) lengths back
+        "host_lengths": lengths.tolist(),
+        "ids": [it["id"] for it in good],
+        "paths": [it["path"] for it in good],
+        "errors": [
+            {"id": it["id"], "path": it["path"], "stage": it.get("stage") or "decode", "reason": it["error"]}
+            for it in items
+            if it["error"]
+        ],
+    }
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Audio files, folders, manifests or the probe set -> padded 16 kHz batches for ``trainer.predict``.
+
+    Args:
+        inputs: a file, a folder (recursive), a manifest (``.txt`` one path a line, ``.csv`` with a
+            ``path`` column; relative paths resolve against the manifest), or a list of them.
+            ``None`` = the built-in probe set.
+        seconds: crop/zero-pad every clip to this length (``None``: full length).
+        offset: seconds skipped at the start of every file.
+        batch_size, num_workers: DataLoader settings (decoding and resampling run in the workers).
+        sort_by_duration: order by duration (longest first) so batches carry little padding.
+        channel: ``"mean"`` (mix-down) or a channel index (upstream AudioLDM2 takes channel 0).
+        probe_seconds: length of each probe signal.
+    """
+
+    def __init__(
+        self,
+        inputs: str | list[str] | None = None,
+        seconds: float | None = None,
+        offset: float = 0.0,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        sort_by_duration: bool = True,
+        channel: str | int = "mean",
+        probe_seconds: float = 4.0,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in self.hparams.items():  # every argument is also a plain attribute
+            setattr(self, name, value)
+        self.dataset: AudioDataset | None = None
+        self._all_ids: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        entries = discover_inputs(self.inputs)
+        if not entries:
+            raise FileNotFoundError(
+                f"no audio files found in {self.inputs!r} (extensions: {AUDIO_EXTENSIONS})"
+            )
+        if self.sort_by_duration and self.seconds is None:
+            # longest first: a batch that does not fit in memory fails at once, not at the end
+            entries.sort(key=lambda e: (-(e.seconds or self.probe_seconds), e.id))
+        else:
+            entries.sort(key=lambda e: e.id)
+        bad = [e for e in entries if e.error]
+        for e in bad:
+            log.warning("skipping %s", e.error)
+        self._all_ids = [e.id for e in entries]
+        self.dataset = AudioDataset(
+            entries, self.seconds, self.offset, channel=self.channel, probe_seconds=self.probe_seconds
+        )
+
+    def entry_ids(self) -> list[str]:
+        """Ids of every input of this run (after :meth:`setup`), skipped ones included."""
+        if self.dataset is None:
+            self.setup("predict")
+        assert self.dataset is not None
+        return list(self._all_ids)
+
+    def drop_ids(self, ids: set[str] | Sequence[str]) -> int:
+        """Leave ``ids`` out of the data (e.g. items a resumed run already completed); returns how many.
+
+        Call after :meth:`setup` and before the dataloader is built (the writer does so from its
+        ``setup`` hook). Deterministic, so every DDP rank drops the same items before the sampler splits.
+        """
+        if self.dataset is None:
+            self.setup("predict")
+        assert self.dataset is not None
+        drop = set(ids)
+        before = len(self.dataset.entries)
+        self.dataset.entries = [e for e in self.dataset.entries if e.id not in drop]
+        return before - len(self.dataset.entries)
+
+    def _loader(self) -> DataLoader:
+        if self.dataset is None:
+            self.setup("predict")
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_audio,
+            pin_memory=pin,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()

@@ -1,0 +1,1 @@
+"""diagnose layer (see docs/ARCHITECTURE.md)."""

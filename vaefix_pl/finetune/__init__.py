@@ -1,0 +1,1 @@
+"""finetune layer (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,33 @@
+"""A progress bar that shows throughput in clips/s and x real time during ``trainer.predict``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from vaefix_pl.core.frontend import SAMPLE_RATE
+
+
+class ClipsPerSecondProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar with ``clips/s`` and ``xRT`` (audio seconds per wall second) on this rank."""
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        super().on_predict_start(trainer, pl_module)
+        self._t0 = time.perf_counter()
+        self._clips = 0
+        self._audio_s = 0.0
+
+    def on_predict_batch_end(
+        self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        self._clips += len(batch["ids"])
+        self._audio_s += float(batch["lengths"].sum()) / SAMPLE_RATE
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        if self.predict_progress_bar is not None:
+            self.predict_progress_bar.set_postfix(
+                {"clips/s": f"{self._clips / elapsed:.1f}", "xRT": f"{self._audio_s / elapsed:.0f}"},
+                refresh=False,
+            )

@@ -1,0 +1,1 @@
+"""repair layer (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,86 @@
+"""Small file helpers shared by the writers: atomic writes, safe output paths and JSON-safe values."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename: never a torn file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class UnsafePathError(ValueError):
+    """An output name would put a file outside the output folder."""
+
+
+def safe_output_path(root: str | os.PathLike, name: str) -> Path:
+    """``root / name``, refusing any ``name`` that is absolute or climbs out of ``root``.
+
+    Checked lexically on the normalised path (``..`` folded), so ids like ``../../x`` or ``/etc/x``
+    raise :class:`UnsafePathError` instead of writing elsewhere. Links the user placed inside ``root``
+    are theirs to follow. The data module already makes ids safe (:func:`vaefix_pl.data.inputs.safe_id`); this
+    is the writer's own guard for ids from anywhere else.
+    """
+    if not name or os.path.isabs(name) or "\x00" in name:
+        raise UnsafePathError(f"output name {name!r} is empty, absolute or holds a NUL byte")
+    base = os.path.abspath(root)
+    target = os.path.abspath(os.path.join(base, name))
+    if os.path.commonpath([base, target]) != base or target == base:
+        raise UnsafePathError(f"output name {name!r} would write outside {base}")
+    return Path(target)
+
+
+def remove_temp_files(root: str | os.PathLike, pattern: str = ".tmp-*") -> list[Path]:
+    """Delete leftover temporary files of the atomic writers (``.tmp-*``, from a killed run) under
+    ``root``, recursively; returns what was removed. Only call it while nothing writes into ``root``."""
+    removed = []
+    for f in Path(root).rglob(pattern):
+        if f.is_file() and not f.is_symlink():
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` with tensors, NumPy scalars and paths converted and non-finite floats as ``None`` (strict JSON)."""
+    if isinstance(v, torch.Tensor):
+        v = v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
