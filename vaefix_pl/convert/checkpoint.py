@@ -80,10 +80,17 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it names {found.group(1)})" if found else ""
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            raise UnsafeCheckpointError(
+                f"{p}: refused: loading it would need unpickling of code (it names {found.group(1)}); "
+                "only plain tensors are read"
+            ) from None
+        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
         raise UnsafeCheckpointError(
-            f"{p}: refused: loading it would need unpickling of code{what}; only plain tensors are read"
+            f"{p}: refused: not a plain-tensor checkpoint (the weights-only unpickler stopped"
+            f"{': ' + detail[0].strip() if detail and 'WeightsUnpickler' in text else ''})"
         ) from None
     except Exception as exc:  # truncated files, not a pickle or zip at all, ...
         raise ConversionError(f"{p}: cannot be read as a PyTorch checkpoint: {type(exc).__name__}: "
