@@ -182,10 +182,16 @@ class ResBlock1(nn.Module):
         super().__init__()
         pad = lambda k, d: int((k * d - d) / 2)  # noqa: E731  (upstream get_padding)
         self.convs1 = nn.ModuleList(
-            [nn.Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=pad(kernel_size, d)) for d in dilation]
+            [
+                nn.Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=pad(kernel_size, d))
+                for d in dilation
+            ]
         )
         self.convs2 = nn.ModuleList(
-            [nn.Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=pad(kernel_size, 1)) for _ in dilation]
+            [
+                nn.Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=pad(kernel_size, 1))
+                for _ in dilation
+            ]
         )
 
     def forward(self, x):
@@ -198,8 +204,16 @@ class ResBlock1(nn.Module):
 class Generator(nn.Module):
     """HiFi-GAN ``Generator`` (``hifires=False``) or ``Generator_HiFiRes`` (``hifires=True``). ``(B, n_mels, T)`` in."""
 
-    def __init__(self, n_mels, upsample_rates, upsample_kernel_sizes, upsample_initial_channel,
-                 resblock_kernel_sizes, resblock_dilation_sizes, hifires: bool):
+    def __init__(
+        self,
+        n_mels,
+        upsample_rates,
+        upsample_kernel_sizes,
+        upsample_initial_channel,
+        resblock_kernel_sizes,
+        resblock_dilation_sizes,
+        hifires: bool,
+    ):
         super().__init__()
         self.num_kernels = len(resblock_kernel_sizes)
         self.num_upsamples = len(upsample_rates)
@@ -209,7 +223,9 @@ class Generator(nn.Module):
         for i, (u, k) in enumerate(zip(upsample_rates, upsample_kernel_sizes)):
             cin, cout = c0 // 2**i, c0 // 2 ** (i + 1)
             if hifires:  # models_hifires.py: kernel u * 2 whatever the config says
-                self.ups.append(nn.ConvTranspose1d(cin, cout, u * 2, u, padding=u // 2 + u % 2, output_padding=u % 2))
+                self.ups.append(
+                    nn.ConvTranspose1d(cin, cout, u * 2, u, padding=u // 2 + u % 2, output_padding=u % 2)
+                )
             else:
                 self.ups.append(nn.ConvTranspose1d(cin, cout, k, u, padding=(k - u) // 2))
         self.resblocks = nn.ModuleList()

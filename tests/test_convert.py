@@ -38,9 +38,15 @@ def reference_models(geometry: str, seed: int) -> tuple[LdmAutoencoderKL, Genera
     vae_sd, voc_sd = tiny_original_states(geometry, seed)
     vae = LdmAutoencoderKL(a["ch"], a["ch_mult"], a["num_res_blocks"], a["z_channels"])
     vae.load_state_dict(vae_sd, strict=True)
-    voc = Generator(a["n_mels"], VOCODER_RATES[geometry], a["upsample_kernel_sizes"], a["upsample_initial_channel"],
-                    a["resblock_kernel_sizes"], [[1, 3, 5]] * len(a["resblock_kernel_sizes"]),
-                    hifires=geometry == "audioldm_48k")
+    voc = Generator(
+        a["n_mels"],
+        VOCODER_RATES[geometry],
+        a["upsample_kernel_sizes"],
+        a["upsample_initial_channel"],
+        a["resblock_kernel_sizes"],
+        [[1, 3, 5]] * len(a["resblock_kernel_sizes"]),
+        hifires=geometry == "audioldm_48k",
+    )
     voc.load_state_dict(voc_sd, strict=True)
     return vae.double().eval(), voc.double().eval()
 
@@ -57,7 +63,9 @@ def check_same_outputs(out: Path, geometry: str, seed: int) -> None:
     with torch.no_grad():
         mean_ours = vae.encode(mel).latent_dist.mode()
         mean_ref = ref_vae.encode_mean(mel)
-        assert mean_ours.shape == mean_ref.shape == (2, TINY_ORIGINAL[geometry]["z_channels"], 4, n_mels // down)
+        assert (
+            mean_ours.shape == mean_ref.shape == (2, TINY_ORIGINAL[geometry]["z_channels"], 4, n_mels // down)
+        )
         assert (mean_ours - mean_ref).abs().max().item() < 1e-6
         dec_ours = vae.decode(mean_ref).sample
         dec_ref = ref_vae.decode(mean_ref)
@@ -85,14 +93,29 @@ def check_same_outputs(out: Path, geometry: str, seed: int) -> None:
     ],
 )
 def test_ldm_checkpoint_round_trip(tmp_path, geometry, audioldm2, weight_norm, kind, sample_size):
-    ckpt = write_tiny_original_ldm(tmp_path / "model.ckpt", geometry, seed=3, scale_factor=0.8125,
-                                   audioldm2=audioldm2, vocoder_weight_norm=weight_norm)
+    ckpt = write_tiny_original_ldm(
+        tmp_path / "model.ckpt",
+        geometry,
+        seed=3,
+        scale_factor=0.8125,
+        audioldm2=audioldm2,
+        vocoder_weight_norm=weight_norm,
+    )
     result = convert_checkpoint(ckpt, tmp_path / "out")
     assert (result.kind, result.geometry, result.scaling_factor, result.sample_size) == (
-        kind, geometry, 0.8125, sample_size)
+        kind,
+        geometry,
+        0.8125,
+        sample_size,
+    )
     out = tmp_path / "out"
-    for f in ("vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vocoder/config.json",
-              "vocoder/model.safetensors", "conversion.json"):
+    for f in (
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "vocoder/config.json",
+        "vocoder/model.safetensors",
+        "conversion.json",
+    ):
         assert (out / f).is_file(), f
     assert not list(out.rglob("*.bin"))
     vae_cfg = json.loads((out / "vae/config.json").read_text())
@@ -107,7 +130,11 @@ def test_ldm_checkpoint_round_trip(tmp_path, geometry, audioldm2, weight_norm, k
 def test_tango_round_trip(tmp_path):
     src = write_tiny_tango(tmp_path / "tango", seed=4, scale_factor=0.9227914214134216)
     result = convert_checkpoint(src, tmp_path / "out")  # the folder; the .bin file works as well
-    assert (result.kind, result.geometry, result.scaling_factor) == ("tango", "audioldm_16k", 0.9227914214134216)
+    assert (result.kind, result.geometry, result.scaling_factor) == (
+        "tango",
+        "audioldm_16k",
+        0.9227914214134216,
+    )
     check_same_outputs(tmp_path / "out", "audioldm_16k", seed=4)
     again = convert_checkpoint(src / "pytorch_model_vae.bin", tmp_path / "out2", kind="tango")
     assert again.sha256 == result.sha256
@@ -147,7 +174,9 @@ def test_pickle_carrying_code_is_refused_and_never_run(tmp_path, capsys):
     with pytest.raises(UnsafeCheckpointError) as info:
         load_state(evil)
     assert "\n" not in str(info.value) and str(evil) in str(info.value)
-    assert re.search(r"refused: loading it would need unpickling of code \(it names (posix|nt)\.system\)", str(info.value))
+    assert re.search(
+        r"refused: loading it would need unpickling of code \(it names (posix|nt)\.system\)", str(info.value)
+    )
     assert not marker.exists()
 
     assert convert_main([str(evil), "--out", str(tmp_path / "out")]) == 1
@@ -169,13 +198,21 @@ def test_convert_main_success_and_errors(tmp_path, capsys):
     # an existing output is not overwritten by accident
     assert convert_main([str(ckpt), "--out", str(tmp_path / "o"), "--scaling-factor", "0.5"]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert convert_main([str(ckpt), "--out", str(tmp_path / "o"), "--scaling-factor", "0.5", "--overwrite"]) == 0
+    assert (
+        convert_main([str(ckpt), "--out", str(tmp_path / "o"), "--scaling-factor", "0.5", "--overwrite"]) == 0
+    )
     capsys.readouterr()
     # missing file, not a checkpoint, wrong kind
     for argv, needle in (
         ([str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "x")], "no such file"),
-        ([str(tmp_path / "o/vae/config.json"), "--out", str(tmp_path / "x")], "not a plain-tensor checkpoint"),
-        ([str(ckpt), "--out", str(tmp_path / "x"), "--kind", "audioldm_48k", "--scaling-factor", "1"], "does not fit"),
+        (
+            [str(tmp_path / "o/vae/config.json"), "--out", str(tmp_path / "x")],
+            "not a plain-tensor checkpoint",
+        ),
+        (
+            [str(ckpt), "--out", str(tmp_path / "x"), "--kind", "audioldm_48k", "--scaling-factor", "1"],
+            "does not fit",
+        ),
     ):
         assert convert_main(argv) == 1
         err = capsys.readouterr().err

@@ -39,12 +39,26 @@ def test_match_each_geometry(geometry, size):
 
 
 def test_table_values():
-    assert (AUDIOLDM_16K.sample_rate, AUDIOLDM_16K.n_fft, AUDIOLDM_16K.win_length, AUDIOLDM_16K.hop,
-            AUDIOLDM_16K.n_mels, AUDIOLDM_16K.fmin, AUDIOLDM_16K.fmax, AUDIOLDM_16K.vae_down) == (
-        16000, 1024, 1024, 160, 64, 0.0, 8000.0, 4)
-    assert (AUDIOLDM_48K.sample_rate, AUDIOLDM_48K.n_fft, AUDIOLDM_48K.win_length, AUDIOLDM_48K.hop,
-            AUDIOLDM_48K.n_mels, AUDIOLDM_48K.fmin, AUDIOLDM_48K.fmax, AUDIOLDM_48K.vae_down) == (
-        48000, 2048, 2048, 480, 256, 20.0, 24000.0, 8)
+    assert (
+        AUDIOLDM_16K.sample_rate,
+        AUDIOLDM_16K.n_fft,
+        AUDIOLDM_16K.win_length,
+        AUDIOLDM_16K.hop,
+        AUDIOLDM_16K.n_mels,
+        AUDIOLDM_16K.fmin,
+        AUDIOLDM_16K.fmax,
+        AUDIOLDM_16K.vae_down,
+    ) == (16000, 1024, 1024, 160, 64, 0.0, 8000.0, 4)
+    assert (
+        AUDIOLDM_48K.sample_rate,
+        AUDIOLDM_48K.n_fft,
+        AUDIOLDM_48K.win_length,
+        AUDIOLDM_48K.hop,
+        AUDIOLDM_48K.n_mels,
+        AUDIOLDM_48K.fmin,
+        AUDIOLDM_48K.fmax,
+        AUDIOLDM_48K.vae_down,
+    ) == (48000, 2048, 2048, 480, 256, 20.0, 24000.0, 8)
     for g in GEOMETRIES.values():
         assert g.log_floor == 1e-5 and g.scaling_factor is None
         assert g.n_mels % g.vae_down == 0
@@ -76,7 +90,12 @@ def _one_line(exc: BaseException) -> str:
 
 def test_unsupported_geometry_is_one_line_listing_supported():
     vae, voc = geometry_configs("audioldm_16k", "full")
-    voc.update(sampling_rate=22050, model_in_dim=80, upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4])
+    voc.update(
+        sampling_rate=22050,
+        model_in_dim=80,
+        upsample_rates=[8, 8, 2, 2],
+        upsample_kernel_sizes=[16, 16, 4, 4],
+    )
     with pytest.raises(UnsupportedGeometry) as info:
         match_geometry(vae, voc)
     msg = _one_line(info.value)
@@ -141,15 +160,17 @@ def reference_mel(x: np.ndarray, g, framing: str) -> np.ndarray:
     n_frames = 1 + (len(xp) - g.n_fft) // g.hop
     frames = np.stack([xp[k * g.hop : k * g.hop + g.n_fft] * window for k in range(n_frames)])
     mag = np.abs(np.fft.rfft(frames, axis=1))
-    basis = librosa.filters.mel(sr=g.sample_rate, n_fft=g.n_fft, n_mels=g.n_mels, fmin=g.fmin, fmax=g.fmax,
-                                dtype=np.float64)
+    basis = librosa.filters.mel(
+        sr=g.sample_rate, n_fft=g.n_fft, n_mels=g.n_mels, fmin=g.fmin, fmax=g.fmax, dtype=np.float64
+    )
     return mag @ basis.T
 
 
 @pytest.mark.parametrize("g", [AUDIOLDM_48K, AUDIOLDM_16K], ids=lambda g: g.name)
 def test_mel_basis_equals_librosa(g):
-    ref = librosa.filters.mel(sr=g.sample_rate, n_fft=g.n_fft, n_mels=g.n_mels, fmin=g.fmin, fmax=g.fmax,
-                              dtype=np.float64)
+    ref = librosa.filters.mel(
+        sr=g.sample_rate, n_fft=g.n_fft, n_mels=g.n_mels, fmin=g.fmin, fmax=g.fmax, dtype=np.float64
+    )
     ours = mel_basis(g).numpy()
     assert ours.shape == (g.n_mels, g.n_fft // 2 + 1)
     assert np.abs(ours - ref).max() < 1e-12

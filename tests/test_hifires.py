@@ -7,7 +7,13 @@ import torch
 from original_models import Generator
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-from vaefix_pl.core.hifires import HiFiResVocoder, build_vocoder, load_vocoder, upsample_padding, vocoder_class_for
+from vaefix_pl.core.hifires import (
+    HiFiResVocoder,
+    build_vocoder,
+    load_vocoder,
+    upsample_padding,
+    vocoder_class_for,
+)
 from vaefix_pl.testing import TINY_48K_VOCODER_CONFIG, geometry_configs
 
 
@@ -21,9 +27,18 @@ def _tiny48(seed: int = 0) -> HiFiResVocoder:
 
 def _reference_from(voc: SpeechT5HifiGan, hifires: bool) -> Generator:
     c = voc.config
-    ref = Generator(c.model_in_dim, c.upsample_rates, c.upsample_kernel_sizes, c.upsample_initial_channel,
-                    c.resblock_kernel_sizes, c.resblock_dilation_sizes, hifires=hifires)
-    sd = {k.replace("upsampler.", "ups."): v for k, v in voc.state_dict().items() if k not in ("mean", "scale")}
+    ref = Generator(
+        c.model_in_dim,
+        c.upsample_rates,
+        c.upsample_kernel_sizes,
+        c.upsample_initial_channel,
+        c.resblock_kernel_sizes,
+        c.resblock_dilation_sizes,
+        hifires=hifires,
+    )
+    sd = {
+        k.replace("upsampler.", "ups."): v for k, v in voc.state_dict().items() if k not in ("mean", "scale")
+    }
     ref.load_state_dict(sd, strict=True)
     return ref.double().eval()
 

@@ -216,17 +216,32 @@ def write_tiny_audioldm_48k(path: str | os.PathLike, seed: int = 0) -> Path:
 
 #: tiny original-layout architectures: ldm GroupNorm is fixed at 32 groups, so channels are 32
 TINY_ORIGINAL = {
-    "audioldm_16k": {"ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 8,
-                     "n_mels": 64, "upsample_initial_channel": 32,
-                     "upsample_kernel_sizes": [16, 16, 8, 4, 4], "resblock_kernel_sizes": [3]},
-    "audioldm_48k": {"ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "z_channels": 16,
-                     "n_mels": 256, "upsample_initial_channel": 64,
-                     "upsample_kernel_sizes": [12, 10, 8, 4, 4], "resblock_kernel_sizes": [3]},
+    "audioldm_16k": {
+        "ch": 32,
+        "ch_mult": [1, 1, 1],
+        "num_res_blocks": 1,
+        "z_channels": 8,
+        "n_mels": 64,
+        "upsample_initial_channel": 32,
+        "upsample_kernel_sizes": [16, 16, 8, 4, 4],
+        "resblock_kernel_sizes": [3],
+    },
+    "audioldm_48k": {
+        "ch": 32,
+        "ch_mult": [1, 1, 1, 1],
+        "num_res_blocks": 1,
+        "z_channels": 16,
+        "n_mels": 256,
+        "upsample_initial_channel": 64,
+        "upsample_kernel_sizes": [12, 10, 8, 4, 4],
+        "resblock_kernel_sizes": [3],
+    },
 }
 
 
-def ldm_vae_shapes(ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int,
-                   in_channels: int = 1, out_ch: int = 1) -> dict[str, tuple[int, ...]]:
+def ldm_vae_shapes(
+    ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, in_channels: int = 1, out_ch: int = 1
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of an ldm ``AutoencoderKL`` (encoder, decoder, quant convs; embed_dim = z)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -286,8 +301,13 @@ def ldm_vae_shapes(ch: int, ch_mult: list[int], num_res_blocks: int, z_channels:
     return shapes
 
 
-def hifigan_shapes(n_mels: int, upsample_initial_channel: int, upsample_kernel_sizes: list[int],
-                   resblock_kernel_sizes: list[int], n_dilations: int = 3) -> dict[str, tuple[int, ...]]:
+def hifigan_shapes(
+    n_mels: int,
+    upsample_initial_channel: int,
+    upsample_kernel_sizes: list[int],
+    resblock_kernel_sizes: list[int],
+    n_dilations: int = 3,
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of an original HiFi-GAN ``Generator`` after ``remove_weight_norm``."""
     c0 = upsample_initial_channel
     shapes: dict[str, tuple[int, ...]] = {"conv_pre.weight": (c0, n_mels, 7), "conv_pre.bias": (c0,)}
@@ -340,10 +360,13 @@ def weight_normed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def tiny_original_states(geometry: str = "audioldm_16k", seed: int = 0) -> tuple[dict, dict]:
     """``(vae_state, vocoder_state)`` in the original key layouts (no prefixes), random weights."""
     a = TINY_ORIGINAL[geometry]
-    vae = random_state(ldm_vae_shapes(a["ch"], a["ch_mult"], a["num_res_blocks"], a["z_channels"]), seed, 0.05)
+    vae = random_state(
+        ldm_vae_shapes(a["ch"], a["ch_mult"], a["num_res_blocks"], a["z_channels"]), seed, 0.05
+    )
     voc = random_state(
-        hifigan_shapes(a["n_mels"], a["upsample_initial_channel"], a["upsample_kernel_sizes"],
-                       a["resblock_kernel_sizes"]),
+        hifigan_shapes(
+            a["n_mels"], a["upsample_initial_channel"], a["upsample_kernel_sizes"], a["resblock_kernel_sizes"]
+        ),
         seed + 1,
         0.1,
     )
@@ -394,9 +417,17 @@ def write_tiny_tango(path: str | os.PathLike, seed: int = 0, scale_factor: float
         "embed_dim": a["z_channels"],
         "time_shuffle": 1,
         "ddconfig": {
-            "double_z": True, "z_channels": a["z_channels"], "resolution": 256, "downsample_time": False,
-            "in_channels": 1, "out_ch": 1, "ch": a["ch"], "ch_mult": a["ch_mult"],
-            "num_res_blocks": a["num_res_blocks"], "attn_resolutions": [], "dropout": 0.0,
+            "double_z": True,
+            "z_channels": a["z_channels"],
+            "resolution": 256,
+            "downsample_time": False,
+            "in_channels": 1,
+            "out_ch": 1,
+            "ch": a["ch"],
+            "ch_mult": a["ch_mult"],
+            "num_res_blocks": a["num_res_blocks"],
+            "attn_resolutions": [],
+            "dropout": 0.0,
         },
         "scale_factor": scale_factor,
     }

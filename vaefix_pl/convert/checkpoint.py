@@ -93,8 +93,10 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
             f"{': ' + detail[0].strip() if detail and 'WeightsUnpickler' in text else ''})"
         ) from None
     except Exception as exc:  # truncated files, not a pickle or zip at all, ...
-        raise ConversionError(f"{p}: cannot be read as a PyTorch checkpoint: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ConversionError(
+            f"{p}: cannot be read as a PyTorch checkpoint: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     if not isinstance(obj, dict):
         raise ConversionError(f"{p}: holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
@@ -112,7 +114,7 @@ def _sub(sd: dict[str, Any], prefix: str, exclude: str | None = None) -> dict[st
     out = {}
     for k, v in sd.items():
         k2 = k.replace("_orig_mod.", "")  # torch.compile'd modules
-        rest = k2[len(prefix):]
+        rest = k2[len(prefix) :]
         if k2.startswith(prefix) and not (exclude and rest.startswith(exclude)) and isinstance(v, Tensor):
             out[rest] = v
     return out
@@ -123,7 +125,12 @@ def _scale_from(value: Any, where: str) -> float:
         if value.numel() != 1:
             raise ConversionError(f"{where}: scale_factor has {value.numel()} values, expected 1")
         value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConversionError(f"{where}: scale_factor must be a positive number, got {value!r}")
     return float(value)
 
@@ -207,7 +214,9 @@ def convert_checkpoint(
         if isinstance(sd.get("state_dict"), dict):
             sd = sd["state_dict"]
         if not any(k.startswith(LDM_VAE_PREFIX) for k in sd):
-            raise ConversionError(f"{where}: no '{LDM_VAE_PREFIX}*' weights: not an AudioLDM-family checkpoint")
+            raise ConversionError(
+                f"{where}: no '{LDM_VAE_PREFIX}*' weights: not an AudioLDM-family checkpoint"
+            )
         detected = _ldm_kind(sd)
         vae_sd = _sub(sd, LDM_VAE_PREFIX, exclude="vocoder.")
         voc_sd = _sub(sd, LDM_VOCODER_PREFIX)
@@ -305,4 +314,6 @@ def _check_tango_config(cfg: dict, inferred: dict, where: str) -> None:
     for key in ("z_channels", "embed_dim"):
         value = dd.get(key, cfg.get(key))
         if value is not None and value != inferred["latent_channels"]:
-            raise ConversionError(f"{where}: {key} {value!r} does not match the weights' {inferred['latent_channels']}")
+            raise ConversionError(
+                f"{where}: {key} {value!r} does not match the weights' {inferred['latent_channels']}"
+            )

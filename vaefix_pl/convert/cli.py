@@ -19,11 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help=".ckpt/.pth/.safetensors file, or Tango's folder / pytorch_model_vae.bin")
     p.add_argument("--out", required=True, help="output folder (gets vae/, vocoder/, conversion.json)")
     p.add_argument("--kind", choices=KINDS, default=None, help="checkpoint family (default: detect)")
-    p.add_argument("--scaling-factor", type=float, default=None,
-                   help="use this instead of the checkpoint's scale_factor (only when it has none)")
+    p.add_argument(
+        "--scaling-factor",
+        type=float,
+        default=None,
+        help="use this instead of the checkpoint's scale_factor (only when it has none)",
+    )
     p.add_argument("--sample-size", type=int, default=None, help="nominal VAE sample_size to record")
-    p.add_argument("--vocoder-padding", choices=("hifires", "speecht5"), default=None,
-                   help="upsampler padding of the written vocoder (default: hifires at 48 kHz)")
+    p.add_argument(
+        "--vocoder-padding",
+        choices=("hifires", "speecht5"),
+        default=None,
+        help="upsampler padding of the written vocoder (default: hifires at 48 kHz)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing vae/ and vocoder/")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -54,7 +62,9 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen still gives one line (and the traceback with --debug)
         if args.debug:
             raise
-        print(f"vaefix convert: error: {args.src}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        print(
+            f"vaefix convert: error: {args.src}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr
+        )
         return 1
     print(
         f"wrote {result.out_dir} ({result.kind}, {result.geometry}, scaling_factor {result.scaling_factor!r}, "

@@ -90,8 +90,10 @@ def infer_vae_config(sd: Mapping[str, Tensor], where: str = "checkpoint") -> dic
     if dec_layers != layers + 1:
         raise ConversionError(f"{where}: decoder has {dec_layers} blocks per level, expected {layers + 1}")
     if any(re.match(r"(encoder\.down|decoder\.up)\.\d+\.attn\.", k) for k in keys):
-        raise ConversionError(f"{where}: VAE has attention inside its levels (attn_resolutions), "
-                              "which diffusers' AutoencoderKL cannot hold")
+        raise ConversionError(
+            f"{where}: VAE has attention inside its levels (attn_resolutions), "
+            "which diffusers' AutoencoderKL cannot hold"
+        )
     if not any(k.startswith("encoder.mid.attn_1.") for k in keys):
         raise ConversionError(f"{where}: VAE has no mid-block attention (encoder.mid.attn_1)")
     conv_in = _shape(sd, "encoder.conv_in.weight", where)
@@ -101,8 +103,10 @@ def infer_vae_config(sd: Mapping[str, Tensor], where: str = "checkpoint") -> dic
     post = _shape(sd, "post_quant_conv.weight", where)
     z, embed = z2 // 2, quant[0] // 2
     if embed != z or post[:2] != (z, embed):
-        raise ConversionError(f"{where}: embed_dim {embed} differs from z_channels {z}; "
-                              "diffusers' AutoencoderKL needs them equal")
+        raise ConversionError(
+            f"{where}: embed_dim {embed} differs from z_channels {z}; "
+            "diffusers' AutoencoderKL needs them equal"
+        )
     return {
         "in_channels": conv_in[1],
         "out_channels": _shape(sd, "decoder.conv_out.weight", where)[0],
@@ -116,7 +120,9 @@ def infer_vae_config(sd: Mapping[str, Tensor], where: str = "checkpoint") -> dic
     }
 
 
-def convert_vae_state(sd: Mapping[str, Tensor], num_levels: int, where: str = "checkpoint") -> dict[str, Tensor]:
+def convert_vae_state(
+    sd: Mapping[str, Tensor], num_levels: int, where: str = "checkpoint"
+) -> dict[str, Tensor]:
     """ldm VAE state dict (no prefix) -> diffusers ``AutoencoderKL`` state dict.
 
     Keys under ``loss.`` (the training loss's LPIPS/discriminator) are dropped; any other key that has
@@ -146,8 +152,10 @@ def fold_weight_norm(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     pairs: dict[str, dict[str, Tensor]] = {}
     for key, value in sd.items():
-        for g_suffix, v_suffix in ((".weight_g", ".weight_v"), (".parametrizations.weight.original0",
-                                                                  ".parametrizations.weight.original1")):
+        for g_suffix, v_suffix in (
+            (".weight_g", ".weight_v"),
+            (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+        ):
             if key.endswith(g_suffix):
                 pairs.setdefault(key[: -len(g_suffix)], {})["g"] = value
                 break
@@ -189,7 +197,9 @@ def infer_vocoder_config(sd: Mapping[str, Tensor], where: str = "checkpoint") ->
     n_ups = _count(keys, r"ups\.(\d+)\.")
     found = [tuple(sd[f"ups.{i}.weight"].shape)[2] for i in range(n_ups) if f"ups.{i}.weight" in sd]
     if found != kernels:
-        raise ConversionError(f"{where}: vocoder upsample kernels {found}, expected {kernels} for {geometry.name}")
+        raise ConversionError(
+            f"{where}: vocoder upsample kernels {found}, expected {kernels} for {geometry.name}"
+        )
     n_res = _count(keys, r"resblocks\.(\d+)\.")
     if n_res == 0 or n_res % n_ups:
         raise ConversionError(f"{where}: {n_res} vocoder resblocks do not divide into {n_ups} upsamplers")
@@ -210,7 +220,9 @@ def infer_vocoder_config(sd: Mapping[str, Tensor], where: str = "checkpoint") ->
     }
 
 
-def convert_vocoder_state(sd: Mapping[str, Tensor], n_ups: int, n_mels: int, where: str = "checkpoint") -> dict:
+def convert_vocoder_state(
+    sd: Mapping[str, Tensor], n_ups: int, n_mels: int, where: str = "checkpoint"
+) -> dict:
     """HiFi-GAN state dict (original keys, weight norm folded) -> ``SpeechT5HifiGan`` state dict."""
     out: dict[str, Tensor] = {}
     for key, value in sd.items():

@@ -136,9 +136,7 @@ def get_geometry(name: str) -> Geometry:
     try:
         return GEOMETRIES[name]
     except KeyError:
-        raise UnsupportedGeometry(
-            f"unknown geometry {name!r}; supported: {', '.join(GEOMETRIES)}"
-        ) from None
+        raise UnsupportedGeometry(f"unknown geometry {name!r}; supported: {', '.join(GEOMETRIES)}") from None
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -236,7 +234,9 @@ def match_geometry(vae_config: Mapping[str, Any], vocoder_config: Mapping[str, A
     latent = _need_int(vae, "latent_channels", "vae")
     for key in ("in_channels", "out_channels"):
         if vae.get(key) != 1:
-            raise ConfigTypeError(f"vae config {key!r} must be 1 (one mel 'image' channel), got {vae.get(key)!r}")
+            raise ConfigTypeError(
+                f"vae config {key!r} must be 1 (one mel 'image' channel), got {vae.get(key)!r}"
+            )
     sf = _need_scaling_factor(vae)
     sample_size = _sample_size(vae)
     levels = len(blocks)
@@ -250,9 +250,7 @@ def match_geometry(vae_config: Mapping[str, Any], vocoder_config: Mapping[str, A
     raise UnsupportedGeometry(
         f"{sr} Hz, {n_mels} mels, hop {hop}, VAE down {down} ({levels} levels) is not supported; "
         f"supported: "
-        + ", ".join(
-            f"{g.summary()}/VAE down {g.vae_down} ({g.models})" for g in GEOMETRIES.values()
-        )
+        + ", ".join(f"{g.summary()}/VAE down {g.vae_down} ({g.models})" for g in GEOMETRIES.values())
     )
 
 
@@ -280,31 +278,104 @@ class KnownCheckpoint:
 KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
     c.hub_id: c
     for c in (
-        KnownCheckpoint("cvssp/audioldm2", "audioldm_16k", "diffusers", 0.4110932946205139, 1024, 8,
-                        "AudioLDM 2 base; the project's default"),
-        KnownCheckpoint("cvssp/audioldm2-large", "audioldm_16k", "diffusers", None, None, None,
-                        "'large' changes the UNet only"),
+        KnownCheckpoint(
+            "cvssp/audioldm2",
+            "audioldm_16k",
+            "diffusers",
+            0.4110932946205139,
+            1024,
+            8,
+            "AudioLDM 2 base; the project's default",
+        ),
+        KnownCheckpoint(
+            "cvssp/audioldm2-large",
+            "audioldm_16k",
+            "diffusers",
+            None,
+            None,
+            None,
+            "'large' changes the UNet only",
+        ),
         KnownCheckpoint("cvssp/audioldm2-music", "audioldm_16k", "diffusers", None, None, None, "music"),
-        KnownCheckpoint("anhnct/audioldm2_gigaspeech", "audioldm_16k", "diffusers", None, None, None,
-                        "speech; has vae/ and vocoder/"),
-        KnownCheckpoint("cvssp/audioldm", "audioldm_16k", "diffusers", 0.9227914214134216, 512, 8,
-                        "AudioLDM 1 s-full"),
-        KnownCheckpoint("cvssp/audioldm-s-full-v2", "audioldm_16k", "diffusers", 0.9392935633659363, 512, 8,
-                        "scaling_factor from a third-party copy"),
+        KnownCheckpoint(
+            "anhnct/audioldm2_gigaspeech",
+            "audioldm_16k",
+            "diffusers",
+            None,
+            None,
+            None,
+            "speech; has vae/ and vocoder/",
+        ),
+        KnownCheckpoint(
+            "cvssp/audioldm", "audioldm_16k", "diffusers", 0.9227914214134216, 512, 8, "AudioLDM 1 s-full"
+        ),
+        KnownCheckpoint(
+            "cvssp/audioldm-s-full-v2",
+            "audioldm_16k",
+            "diffusers",
+            0.9392935633659363,
+            512,
+            8,
+            "scaling_factor from a third-party copy",
+        ),
         KnownCheckpoint("cvssp/audioldm-m-full", "audioldm_16k", "diffusers", 0.9138255715370178, 512, 8, ""),
-        KnownCheckpoint("cvssp/audioldm-l-full", "audioldm_16k", "diffusers", 0.9654927849769592, 512, 8,
-                        "same VAE weights as cvssp/audioldm, different scaling_factor"),
-        KnownCheckpoint("ucsd-reach/musicldm", "audioldm_16k", "diffusers", 1.075324296951294, 1024, 8,
-                        "MusicLDM; own vocoder weights"),
-        KnownCheckpoint("declare-lab/tango", "audioldm_16k", "original", 0.9227914214134216, None, 8,
-                        "convert with `vaefix convert`; VAE = audioldm-s-full's",
-                        ("pytorch_model_vae.bin", "vae_config.json")),
-        KnownCheckpoint("declare-lab/tango2", "audioldm_16k", "original", None, None, None,
-                        "convert with `vaefix convert`", ("pytorch_model_vae.bin", "vae_config.json")),
-        KnownCheckpoint("declare-lab/tango-full", "audioldm_16k", "original", None, None, None,
-                        "convert with `vaefix convert`", ("pytorch_model_vae.bin", "vae_config.json")),
-        KnownCheckpoint("haoheliu/audioldm_48k", "audioldm_48k", "original", None, None, 16,
-                        "no diffusers port; convert with `vaefix convert` (HiFiRes vocoder padding)",
-                        ("audioldm_48k.pth",)),
+        KnownCheckpoint(
+            "cvssp/audioldm-l-full",
+            "audioldm_16k",
+            "diffusers",
+            0.9654927849769592,
+            512,
+            8,
+            "same VAE weights as cvssp/audioldm, different scaling_factor",
+        ),
+        KnownCheckpoint(
+            "ucsd-reach/musicldm",
+            "audioldm_16k",
+            "diffusers",
+            1.075324296951294,
+            1024,
+            8,
+            "MusicLDM; own vocoder weights",
+        ),
+        KnownCheckpoint(
+            "declare-lab/tango",
+            "audioldm_16k",
+            "original",
+            0.9227914214134216,
+            None,
+            8,
+            "convert with `vaefix convert`; VAE = audioldm-s-full's",
+            ("pytorch_model_vae.bin", "vae_config.json"),
+        ),
+        KnownCheckpoint(
+            "declare-lab/tango2",
+            "audioldm_16k",
+            "original",
+            None,
+            None,
+            None,
+            "convert with `vaefix convert`",
+            ("pytorch_model_vae.bin", "vae_config.json"),
+        ),
+        KnownCheckpoint(
+            "declare-lab/tango-full",
+            "audioldm_16k",
+            "original",
+            None,
+            None,
+            None,
+            "convert with `vaefix convert`",
+            ("pytorch_model_vae.bin", "vae_config.json"),
+        ),
+        KnownCheckpoint(
+            "haoheliu/audioldm_48k",
+            "audioldm_48k",
+            "original",
+            None,
+            None,
+            16,
+            "no diffusers port; convert with `vaefix convert` (HiFiRes vocoder padding)",
+            ("audioldm_48k.pth",),
+        ),
     )
 }
