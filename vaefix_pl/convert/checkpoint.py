@@ -185,6 +185,10 @@ def convert_checkpoint(
             raise ConversionError(f"{out / sub} already exists (pass overwrite=True / --overwrite)")
 
     tango = _find_tango(src_path)
+    if tango is not None and kind not in (None, "tango"):
+        raise ConversionError(
+            f"{src_path}: holds Tango's {TANGO_WEIGHTS}, not a {kind!r} checkpoint (use kind 'tango')"
+        )
     if kind == "tango" and tango is None:
         raise ConversionError(f"{src_path}: no {TANGO_WEIGHTS} found for kind 'tango'")
     if tango is not None and kind in (None, "tango"):

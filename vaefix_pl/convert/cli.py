@@ -10,6 +10,10 @@ from vaefix_pl.convert.checkpoint import KINDS, convert_checkpoint
 from vaefix_pl.convert.keymap import ConversionError
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaefix convert",
@@ -57,7 +61,7 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     except ConversionError as exc:
         if args.debug:
             raise
-        print(f"vaefix convert: error: {exc}", file=sys.stderr)
+        print(f"vaefix convert: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
     except Exception as exc:  # anything unforeseen still gives one line (and the traceback with --debug)
         if args.debug:
