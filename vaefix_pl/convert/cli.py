@@ -66,9 +66,8 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # anything unforeseen still gives one line (and the traceback with --debug)
         if args.debug:
             raise
-        print(
-            f"vaefix convert: error: {args.src}: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr
-        )
+        message = _one_line(f"{args.src}: {type(exc).__name__}: {exc}")
+        print(f"vaefix convert: error: {message}", file=sys.stderr)
         return 1
     print(
         f"wrote {result.out_dir} ({result.kind}, {result.geometry}, scaling_factor {result.scaling_factor!r}, "
