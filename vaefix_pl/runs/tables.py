@@ -1,0 +1,190 @@
+"""A run folder's tables: the one reader and writer of ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``, and the merge of the ranks' part logs into them (used by the writer, ``vaefix diagnose`` and the report)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
+from vaefix_pl.runs.files import (
+    UnsafePathError,
+    atomic_write_text,
+    jsonable,
+    safe_output_path,
+)
+
+log = logging.getLogger(__name__)
+
+PREVIOUS = "previous.jsonl"
+AUDIO_TAGS = ("original", "recon", "post")
+ERROR_COLUMNS = ("id", "path", "stage", "reason")
+_RANK_PART = r"rank\d+\.jsonl"
+#: metrics.csv columns that stay strings when an earlier run's table is read back
+_TEXT_COLUMNS = {"id", "path", "error", "error_stage"}
+
+
+
+def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
+    skip = {"id", "path", "seconds", "error", "error_stage", "rank"}
+    cols: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k in skip or k.startswith("health_") or k.endswith("_error") or k in cols:
+                continue
+            if isinstance(v, (int, float)) or v is None:
+                cols.append(k)
+    return cols
+
+
+def merge_parts(parts: Sequence[Path], rows: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Merge the ranks' JSON lines into one row per id, sorted by id.
+
+    ``rows`` (e.g. an earlier ``metrics.csv``) come first, then ``parts`` in the given order. An item
+    record replaces any earlier row of its id (the newest record wins, so a rerun's result replaces an
+    old failure and a late write error replaces its item's scores); perceptual records join the row of
+    their item.
+    """
+    by_id: dict[str, dict[str, Any]] = {r["id"]: dict(r) for r in rows}
+    for part in parts:
+        for rec in read_jsonl(part):
+                kind = rec.pop("kind", "item")
+                if kind == "perceptual":
+                    row = by_id.setdefault(rec["id"], {"id": rec["id"]})
+                    prefix = "" if rec.pop("tag", "recon") == "recon" else "post_"
+                    for k, v in rec.items():
+                        if k != "id":
+                            row[prefix + k] = v
+                else:
+                    by_id[rec["id"]] = rec
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def _cell(text: str) -> Any:
+    """A ``metrics.csv`` cell back as a Python value: ``""`` -> None, else int, float or the string."""
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` written by :func:`write_run_tables`, numbers as numbers ([] if absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [
+                {
+                    k: (v if k in _TEXT_COLUMNS else _cell(v))
+                    for k, v in r.items()
+                    if k is not None and v is not None
+                }
+                for r in csv.DictReader(fh)
+                if r.get("id")
+            ]
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        log.warning("%s: cannot read the earlier results (%s); their items are recomputed", path, exc)
+        return []
+
+
+def writer_part_files(out_dir: Path) -> list[Path]:
+    """The reconstruction writer's part files in merge order: ``previous.jsonl`` first, then ``rank<k>.jsonl``."""
+    prev = Path(out_dir) / PARTS / PREVIOUS
+    return ([prev] if prev.is_file() else []) + part_files(out_dir, _RANK_PART)
+
+
+def previous_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """What earlier runs into ``out_dir`` recorded: ``metrics.csv`` overlaid with leftover part files."""
+    return merge_parts(writer_part_files(out_dir), read_metrics_csv(out_dir / "metrics.csv"))
+
+
+def is_complete(
+    row: dict[str, Any], out_dir: Path, tags: Sequence[str], required: Sequence[str] = ()
+) -> bool:
+    """True when ``row`` records a success, every ``<id>.<tag>.wav`` exists and ``required`` keys are set
+    (e.g. perceptual scores that arrive after the item's row)."""
+    if row.get("error") or any(k not in row for k in required):
+        return False
+    try:
+        return all(safe_output_path(out_dir, f"{row['id']}.{tag}.wav").is_file() for tag in tags)
+    except UnsafePathError:
+        return False
+
+
+def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "path", "seconds")) -> str:
+    cols = [c for c in first if any(c in r for r in rows)]
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+#: health columns counted in ``summary.json`` (``items_with_<name>``) when a run has them.
+_HEALTH_COUNTS = {
+    "nonfinite_mel_hat": "health_mel_hat_nonfinite",
+    "nonfinite_output": "health_output_nonfinite",
+    "constant_mel_hat": "health_mel_hat_constant",
+    "faults": "health_faults",
+    "warnings": "health_warnings",
+}
+
+
+def write_run_tables(
+    out_dir: Path, rows: Sequence[dict[str, Any]], extra: dict[str, Any], title: str
+) -> dict:
+    """Write a run's ``metrics.csv`` (one row per id, failed ones with their ``error``), ``errors.csv``,
+    ``summary.json`` (per metric mean/std/median/95 % CI/n, failures, health counts, ``extra``) and
+    ``summary.md``, each atomically. Used by the writer and by ``vaefix diagnose``."""
+    from vaefix_pl.metrics import summarize, summary_markdown
+
+    rows = sorted(rows, key=lambda r: r["id"])
+    failed = [r for r in rows if r.get("error")]
+    ok_rows = [r for r in rows if not r.get("error")]
+    summary_metrics = summarize(ok_rows, metric_columns(ok_rows))
+    summary = {
+        "n_inputs": len(rows),
+        "n_ok": len(ok_rows),
+        "n_failed": len(failed),
+        "failed": [
+            {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage"), "reason": r["error"]}
+            for r in failed
+        ],
+        "metrics": summary_metrics,
+        "health": {
+            f"items_with_{name}": sum(1 for r in ok_rows if (r.get(col) or 0) > 0)
+            for name, col in _HEALTH_COUNTS.items()
+            if any(col in r for r in ok_rows)
+        },
+        **extra,
+    }
+    errors = [
+        {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage") or "", "reason": r["error"]}
+        for r in failed
+    ]
+    atomic_write_text(out_dir / "metrics.csv", rows_to_csv(rows))
+    atomic_write_text(
+        out_dir / "errors.csv",
+        rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
+    )
+    atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2))
+    atomic_write_text(
+        out_dir / "summary.md",
+        summary_markdown(summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"),
+    )
+    return summary
