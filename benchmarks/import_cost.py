@@ -54,7 +54,9 @@ def main() -> None:
             if stmt == "import torch" and cells:
                 cells.append("-")
                 continue
-            cells.append(f"{min(timed(pre if stmt != 'import torch' else '', stmt) for _ in range(a.repeat)):.2f}")
+            cells.append(
+                f"{min(timed(pre if stmt != 'import torch' else '', stmt) for _ in range(a.repeat)):.2f}"
+            )
         print(f"| `{stmt}` | " + " | ".join(cells) + " |", flush=True)
 
 

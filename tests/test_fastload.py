@@ -19,7 +19,9 @@ def _reference(folder):
     vae = AutoencoderKL.from_pretrained(
         str(folder / "vae"), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
     ).eval()
-    voc = SpeechT5HifiGan.from_pretrained(str(folder / "vocoder"), use_safetensors=True, local_files_only=True).eval()
+    voc = SpeechT5HifiGan.from_pretrained(
+        str(folder / "vocoder"), use_safetensors=True, local_files_only=True
+    ).eval()
     return vae, voc
 
 
@@ -37,8 +39,10 @@ def test_same_state_and_outputs_as_from_pretrained(tiny):
     torch.manual_seed(0)
     mel = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
-        assert torch.equal(vae.decode(vae.encode(mel).latent_dist.mode()).sample,
-                           ref_vae.decode(ref_vae.encode(mel).latent_dist.mode()).sample)
+        assert torch.equal(
+            vae.decode(vae.encode(mel).latent_dist.mode()).sample,
+            ref_vae.decode(ref_vae.encode(mel).latent_dist.mode()).sample,
+        )
         spec = mel[:, 0]
         assert torch.equal(voc(spec), ref_voc(spec))
 
@@ -64,7 +68,10 @@ def test_weight_norm_checkpoints_are_folded(tiny, tmp_path):
 
     ref = fastload.load_vocoder(tiny / "vocoder")
     sd = load_file(str(tiny / "vocoder" / "model.safetensors"))
-    for spelling in (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1")):
+    for spelling in (
+        ("weight_g", "weight_v"),
+        ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+    ):
         out = dict(sd)
         for name in ("conv_pre", "conv_post"):
             w = out.pop(f"{name}.weight")

@@ -14,7 +14,9 @@ import torch
 AUTOTUNE_MAX_BATCH = 8
 
 
-def want_cudnn_benchmark(batch_size: int, device: torch.device | str = "cuda", requested: bool | None = None) -> bool:
+def want_cudnn_benchmark(
+    batch_size: int, device: torch.device | str = "cuda", requested: bool | None = None
+) -> bool:
     """Whether to turn ``torch.backends.cudnn.benchmark`` on for model calls of ``batch_size`` items.
 
     Args:
@@ -30,7 +32,9 @@ def want_cudnn_benchmark(batch_size: int, device: torch.device | str = "cuda", r
     return 1 <= int(batch_size) <= AUTOTUNE_MAX_BATCH
 
 
-def apply_cudnn_benchmark(batch_size: int, device: torch.device | str = "cuda", requested: bool | None = None) -> bool:
+def apply_cudnn_benchmark(
+    batch_size: int, device: torch.device | str = "cuda", requested: bool | None = None
+) -> bool:
     """Set ``torch.backends.cudnn.benchmark`` from :func:`want_cudnn_benchmark`; returns the value set.
 
     ``torch.backends.cudnn.benchmark_limit`` is left at torch's default (10 algorithms per shape).

@@ -49,7 +49,9 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "vaefix" / "compile"
 
 
-def model_fingerprint(model_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None) -> str:
+def model_fingerprint(
+    model_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None
+) -> str:
     """sha256 of a diffusers folder's two ``config.json`` files plus size and mtime of its weights.
 
     ``config`` (any JSON-able mapping) is hashed instead of / besides the folder, e.g. for in-memory
@@ -247,7 +249,9 @@ def compile_cache(
     On an exception inside the block the folder is deleted (its artefacts cannot be trusted) and the
     exception propagates; the caller may retry once, which compiles from scratch.
     """
-    cache = compile_cache_for(model_dir, device, precision, settings, model_config, root).activate(seal_at_exit=False)
+    cache = compile_cache_for(model_dir, device, precision, settings, model_config, root).activate(
+        seal_at_exit=False
+    )
     try:
         yield cache
     except BaseException:

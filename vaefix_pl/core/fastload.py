@@ -42,7 +42,10 @@ def _fold_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ``weight = g * v / ||v||``, the norm over every dimension but 0 (``dim=0``, torch's default and the
     one SpeechT5HifiGan uses).
     """
-    pairs = {".weight_g": ".weight_v", ".parametrizations.weight.original0": ".parametrizations.weight.original1"}
+    pairs = {
+        ".weight_g": ".weight_v",
+        ".parametrizations.weight.original0": ".parametrizations.weight.original1",
+    }
     out = dict(sd)
     for key in list(sd):
         for g_suffix, v_suffix in pairs.items():
@@ -117,9 +120,14 @@ def load_models(
             raise
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(
-            str(root / "vae"), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
-        ).to(device).float().eval()
+        vae = (
+            AutoencoderKL.from_pretrained(
+                str(root / "vae"), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+            )
+            .to(device)
+            .float()
+            .eval()
+        )
     try:
         vocoder = load_vocoder(root / "vocoder", device)
     except FastLoadError:
@@ -127,7 +135,12 @@ def load_models(
             raise
         from transformers.models.speecht5.modeling_speecht5 import SpeechT5HifiGan
 
-        vocoder = SpeechT5HifiGan.from_pretrained(
-            str(root / "vocoder"), use_safetensors=True, local_files_only=True
-        ).to(device).float().eval()
+        vocoder = (
+            SpeechT5HifiGan.from_pretrained(
+                str(root / "vocoder"), use_safetensors=True, local_files_only=True
+            )
+            .to(device)
+            .float()
+            .eval()
+        )
     return vae, vocoder
