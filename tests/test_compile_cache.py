@@ -121,3 +121,21 @@ def test_changed_model_config_does_not_reuse(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [Path(first["key_dir"]).name, Path(other["key_dir"]).name]
     )
+
+
+def test_unsealed_folder_of_a_live_process_is_shared_of_a_dead_one_rebuilt(tmp_path):
+    import os
+    import socket
+
+    cache = cc.CompileCache(tmp_path / "k")
+    entry = cache.inductor_dir / "ab" / "entry.py"
+    entry.parent.mkdir(parents=True)
+    entry.write_text("x = 1\n")
+    (cache.path / cc.OWNER).write_text(f"{socket.gethostname()} {os.getppid()}")  # alive, not us
+    cache.activate(seal_at_exit=False)
+    cache.deactivate()
+    assert cache.rebuilt is None and entry.exists()
+    (cache.path / cc.OWNER).write_text(f"{socket.gethostname()} 999999999")  # no such process
+    cache.activate(seal_at_exit=False)
+    cache.deactivate()
+    assert cache.rebuilt == "unsealed" and not entry.exists()

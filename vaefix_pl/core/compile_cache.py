@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 ENV_CACHE_DIR = "VAEFIX_CACHE_DIR"
 MANIFEST = "manifest.json"
 META = "meta.json"
+OWNER = "owner"
 #: Files of these model folders enter the key: configs by content, weights by size and mtime.
 _CONFIGS = ("vae/config.json", "vocoder/config.json")
 _WEIGHTS = ("vae/diffusion_pytorch_model.safetensors", "vocoder/model.safetensors")
@@ -174,10 +176,13 @@ class CompileCache:
         written at interpreter exit if :meth:`seal` was not called.
         """
         reason = self.verify()
+        if reason == "unsealed" and self._owner_alive():
+            reason = None  # another live process is compiling into it: share, do not wipe under it
         if reason is not None:
             self.clear()
         self.rebuilt = reason
         self.inductor_dir.mkdir(parents=True, exist_ok=True)
+        (self.path / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
         meta = self.path / META
         if not meta.exists():
             _write_json(meta, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.parts})
@@ -193,6 +198,17 @@ class CompileCache:
             atexit.register(self._seal_if_active)
             self._atexit = True
         return self
+
+    def _owner_alive(self) -> bool:
+        """Whether the process that last activated this folder still runs (same host only)."""
+        try:
+            host, pid = (self.path / OWNER).read_text().split()
+            if host != socket.gethostname() or int(pid) == os.getpid():
+                return False
+            os.kill(int(pid), 0)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def seal(self) -> None:
         """Write the manifest (sha256 of every artefact); call once the first compiled batch ran."""
