@@ -1,0 +1,141 @@
+"""The persistent compile cache: reuse across processes, keying, corrupt entries rebuilt."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaefix_pl.core import compile_cache as cc
+
+SCRIPT = Path(__file__).with_name("compile_cache_script.py")
+
+
+def _run(root: Path, channels: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(root), str(channels)], capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fake_model(folder: Path, hop: int = 160) -> Path:
+    for sub, weights in (("vae", "diffusion_pytorch_model.safetensors"), ("vocoder", "model.safetensors")):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / sub / "config.json").write_text(json.dumps({"hop": hop, "sub": sub}))
+        (folder / sub / weights).write_bytes(b"w" * 10)
+    return folder
+
+
+def test_cache_root_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("VAEFIX_CACHE_DIR", str(tmp_path / "c"))
+    assert cc.cache_root() == tmp_path / "c" / "compile"
+    monkeypatch.delenv("VAEFIX_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cc.cache_root() == tmp_path / "x" / "vaefix" / "compile"
+
+
+def test_key_changes_with_model_config_weights_precision_settings(tmp_path):
+    m = _fake_model(tmp_path / "m")
+    fp = cc.model_fingerprint(m)
+    k0, parts = cc.cache_key(fp, "cpu", "fp32", {"speed": "compile", "frames": 1024})
+    assert parts["torch"] and cc.cache_key(fp, "cpu", "fp32", {"speed": "compile", "frames": 1024})[0] == k0
+    assert cc.cache_key(fp, "cpu", "bf16", {"speed": "compile", "frames": 1024})[0] != k0
+    assert cc.cache_key(fp, "cpu", "fp32", {"speed": "compile", "frames": 512})[0] != k0
+    (m / "vocoder" / "config.json").write_text(json.dumps({"hop": 256, "sub": "vocoder"}))
+    assert cc.model_fingerprint(m) != fp
+    fp2 = cc.model_fingerprint(m)
+    (m / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"w" * 11)  # new size
+    assert cc.model_fingerprint(m) != fp2
+
+
+def test_verify_detects_corrupt_missing_and_unsealed(tmp_path):
+    cache = cc.CompileCache(tmp_path / "k")
+    assert cache.verify() is None  # new folder
+    entry = cache.inductor_dir / "ab" / "entry.py"
+    entry.parent.mkdir(parents=True)
+    entry.write_text("x = 1\n")
+    assert cache.verify() == "unsealed"
+    cache.seal()
+    assert cache.verify() is None
+    entry.write_text("x = 2\n")
+    assert cache.verify() == "corrupt"
+    cache.seal()
+    entry.unlink()
+    assert cache.verify() == "corrupt"
+    (cache.path / cc.MANIFEST).write_text("{not json")
+    assert cache.verify() == "corrupt"
+    cache.activate(seal_at_exit=False)
+    try:
+        assert cache.rebuilt == "corrupt" and cache.inductor_dir.is_dir()
+        assert not list(cache.inductor_dir.rglob("*"))
+        import os
+
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.inductor_dir)
+    finally:
+        cache.deactivate()
+
+
+def test_info_and_clear(tmp_path):
+    a = cc.compile_cache_for(None, "cpu", "fp32", {"n": 1}, model_config={"c": 1}, root=tmp_path)
+    b = cc.compile_cache_for(None, "cpu", "fp32", {"n": 1}, model_config={"c": 2}, root=tmp_path)
+    assert a.path != b.path
+    for c in (a, b):
+        c.activate(seal_at_exit=False)
+        (c.inductor_dir / "f").write_bytes(b"12345")
+        c.seal()
+        c.deactivate()
+    rows = cc.cache_info(tmp_path)
+    assert {r["key"] for r in rows} == {a.path.name, b.path.name}
+    assert all(r["sealed"] and r["bytes"] > 5 and r["meta"]["precision"] == "fp32" for r in rows)
+    assert cc.clear_cache(a.path.name, root=tmp_path) > 0
+    assert [r["key"] for r in cc.cache_info(tmp_path)] == [b.path.name]
+    cc.clear_cache(root=tmp_path)
+    assert cc.cache_info(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_second_process_reuses_and_corrupt_entry_is_rebuilt(tmp_path):
+    first = _run(tmp_path, 4)
+    assert first["miss"] >= 1 and first["hit"] == 0 and first["diff"] == 0.0
+    second = _run(tmp_path, 4)  # a fresh process: Inductor's FX graph comes from our folder
+    assert second["key_dir"] == first["key_dir"]
+    assert second["hit"] >= 1 and second["miss"] == 0 and second["rebuilt"] is None
+    # Corrupt every FX-graph entry on disk: the next process must notice, rebuild and still compute.
+    entries = [p for p in (Path(first["key_dir"]) / "inductor" / "fxgraph").rglob("*") if p.is_file()]
+    assert entries
+    for p in entries:
+        p.write_bytes(b"\x00garbage")
+    third = _run(tmp_path, 4)
+    assert third["rebuilt"] == "corrupt" and third["miss"] >= 1 and third["hit"] == 0
+    assert third["diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_changed_model_config_does_not_reuse(tmp_path):
+    first = _run(tmp_path, 4)
+    other = _run(tmp_path, 8)
+    assert other["key_dir"] != first["key_dir"]
+    assert other["hit"] == 0 and other["miss"] >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(first["key_dir"]).name, Path(other["key_dir"]).name]
+    )
+
+
+def test_unsealed_folder_of_a_live_process_is_shared_of_a_dead_one_rebuilt(tmp_path):
+    import os
+    import socket
+
+    cache = cc.CompileCache(tmp_path / "k")
+    entry = cache.inductor_dir / "ab" / "entry.py"
+    entry.parent.mkdir(parents=True)
+    entry.write_text("x = 1\n")
+    (cache.path / cc.OWNER).write_text(f"{socket.gethostname()} {os.getppid()}")  # alive, not us
+    cache.activate(seal_at_exit=False)
+    cache.deactivate()
+    assert cache.rebuilt is None and entry.exists()
+    (cache.path / cc.OWNER).write_text(f"{socket.gethostname()} 999999999")  # no such process
+    cache.activate(seal_at_exit=False)
+    cache.deactivate()
+    assert cache.rebuilt == "unsealed" and not entry.exists()

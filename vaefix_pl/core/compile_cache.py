@@ -1,0 +1,331 @@
+"""Persistent ``torch.compile`` artefacts across processes, one folder per model/torch/GPU/settings key.
+
+The artefacts are Inductor's own on-disk caches (FX graph cache, AOTAutograd cache, the Triton
+kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``), pointed at a folder of ours:
+
+    <root>/<key>/inductor/...     Inductor's caches for this key
+    <root>/<key>/meta.json        what the key was made from (readable)
+    <root>/<key>/manifest.json    sha256 of every artefact, written once a run has compiled
+
+``<root>`` is ``$VAEFIX_CACHE_DIR/compile``, else ``$XDG_CACHE_HOME/vaefix/compile``, else
+``~/.cache/vaefix/compile``. ``<key>`` hashes the model (both ``config.json`` files and the size and
+mtime of both weight files), the torch/CUDA versions, the GPU name and capability, the precision and
+the speed settings/shapes, so a changed model, torch or GPU never finds an old artefact. A folder
+whose files do not match its manifest (or that has no manifest: a run that died while compiling) is
+deleted and rebuilt. Why this cache and not Mega-Cache or AOTInductor: docs/STARTUP.md.
+
+Imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ENV_CACHE_DIR = "VAEFIX_CACHE_DIR"
+MANIFEST = "manifest.json"
+META = "meta.json"
+OWNER = "owner"
+#: Files of these model folders enter the key: configs by content, weights by size and mtime.
+_CONFIGS = ("vae/config.json", "vocoder/config.json")
+_WEIGHTS = ("vae/diffusion_pytorch_model.safetensors", "vocoder/model.safetensors")
+
+
+def cache_root() -> Path:
+    """``$VAEFIX_CACHE_DIR/compile``, else ``$XDG_CACHE_HOME/vaefix/compile``, else ``~/.cache/vaefix/compile``."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser() / "compile"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "vaefix" / "compile"
+
+
+def model_fingerprint(
+    model_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None
+) -> str:
+    """sha256 of a diffusers folder's two ``config.json`` files plus size and mtime of its weights.
+
+    ``config`` (any JSON-able mapping) is hashed instead of / besides the folder, e.g. for in-memory
+    models. Size + mtime (not a content hash) keeps the key cheap for 400 MB of weights; a rewritten
+    weight file gets a new mtime.
+    """
+    h = hashlib.sha256()
+    if model_dir is not None:
+        root = Path(model_dir)
+        for rel in _CONFIGS:
+            p = root / rel
+            h.update(rel.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"<missing>") + b"\0")
+        for rel in _WEIGHTS:
+            p = root / rel
+            st = p.stat() if p.is_file() else None
+            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode() if st else f"{rel}:<missing>".encode())
+    if config is not None:
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def environment_key(device: torch.device | str = "cpu") -> dict[str, str]:
+    """torch/CUDA/Python versions and, on CUDA, the GPU name and compute capability."""
+    device = torch.device(device)
+    env = {
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "python": platform.python_version(),
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(idx)
+        env["gpu"] = torch.cuda.get_device_name(idx)
+        env["capability"] = f"{major}.{minor}"
+    else:
+        env["cpu"] = platform.machine()
+    return env
+
+
+def cache_key(
+    model_fp: str, device: torch.device | str, precision: str, settings: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``(key, parts)``: a 20-hex-digit key and the readable parts it hashes.
+
+    ``settings``: everything else the compiled graphs depend on (speed preset and its options, the
+    canonical frame count, batch size, ...), any JSON-able mapping.
+    """
+    parts = {
+        "model": model_fp,
+        "precision": str(precision),
+        "settings": dict(settings or {}),
+        **environment_key(device),
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20], parts
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _artefacts(folder: Path) -> list[Path]:
+    d = folder / "inductor"
+    # Inductor keeps lock files and per-process temporaries beside the entries; they are not artefacts.
+    return sorted(p for p in d.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".tmp")))
+
+
+class CompileCache:
+    """One key folder: point Inductor at it, check it against its manifest, seal it after compiling.
+
+    Args:
+        path: the key folder (see :func:`compile_cache_for`).
+        parts: the readable key parts, written to ``meta.json``.
+    """
+
+    def __init__(self, path: str | os.PathLike, parts: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.parts = dict(parts or {})
+        #: Why the folder was wiped on :meth:`activate` (``"corrupt"``, ``"unsealed"``) or ``None``.
+        self.rebuilt: str | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._atexit = False
+
+    @property
+    def inductor_dir(self) -> Path:
+        return self.path / "inductor"
+
+    def verify(self) -> str | None:
+        """``None`` if every artefact matches the manifest (or the folder is new), else the reason."""
+        if not self.inductor_dir.exists():
+            return None
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())["files"]
+        except FileNotFoundError:
+            return "unsealed"
+        except (ValueError, KeyError, TypeError):
+            return "corrupt"
+        for rel, digest in manifest.items():
+            p = self.path / rel
+            try:
+                if _sha256(p) != digest:
+                    return "corrupt"
+            except OSError:
+                return "corrupt"
+        return None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def activate(self, seal_at_exit: bool = True) -> CompileCache:
+        """Check the folder (wipe it if corrupt or unsealed) and point Inductor's caches at it.
+
+        Process-wide: ``TORCHINDUCTOR_CACHE_DIR`` stays set until :meth:`deactivate`, because Inductor
+        compiles lazily, at the first call of a compiled module. With ``seal_at_exit`` the manifest is
+        written at interpreter exit if :meth:`seal` was not called.
+        """
+        reason = self.verify()
+        if reason == "unsealed" and self._owner_alive():
+            reason = None  # another live process is compiling into it: share, do not wipe under it
+        if reason is not None:
+            self.clear()
+        self.rebuilt = reason
+        self.inductor_dir.mkdir(parents=True, exist_ok=True)
+        (self.path / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
+        meta = self.path / META
+        if not meta.exists():
+            _write_json(meta, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.parts})
+        for name, value in (("TORCHINDUCTOR_CACHE_DIR", str(self.inductor_dir)),):
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        functorch_config.enable_autograd_cache = True
+        if seal_at_exit and not self._atexit:
+            atexit.register(self._seal_if_active)
+            self._atexit = True
+        return self
+
+    def _owner_alive(self) -> bool:
+        """Whether the process that last activated this folder still runs (same host only)."""
+        try:
+            host, pid = (self.path / OWNER).read_text().split()
+            if host != socket.gethostname() or int(pid) == os.getpid():
+                return False
+            os.kill(int(pid), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def seal(self) -> None:
+        """Write the manifest (sha256 of every artefact); call once the first compiled batch ran."""
+        files = {str(p.relative_to(self.path)): _sha256(p) for p in _artefacts(self.path)}
+        _write_json(self.path / MANIFEST, {"sealed": time.time(), "files": files})
+
+    def deactivate(self) -> None:
+        """Restore ``TORCHINDUCTOR_CACHE_DIR`` as it was before :meth:`activate`."""
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+
+    def _seal_if_active(self) -> None:
+        if self._saved_env and self.inductor_dir.is_dir():
+            with contextlib.suppress(OSError):
+                self.seal()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)  # atomic: a reader never sees half a manifest
+
+
+def compile_cache_for(
+    model_dir: str | os.PathLike | None,
+    device: torch.device | str,
+    precision: str,
+    settings: Mapping[str, Any] | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    root: str | os.PathLike | None = None,
+) -> CompileCache:
+    """The :class:`CompileCache` of this model folder (and/or config), device, precision and settings."""
+    key, parts = cache_key(model_fingerprint(model_dir, model_config), device, precision, settings)
+    if model_dir is not None:
+        parts["model_dir"] = str(Path(model_dir).resolve())
+    return CompileCache((Path(root) if root is not None else cache_root()) / key, parts)
+
+
+@contextlib.contextmanager
+def compile_cache(
+    model_dir: str | os.PathLike | None,
+    device: torch.device | str,
+    precision: str,
+    settings: Mapping[str, Any] | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    root: str | os.PathLike | None = None,
+) -> Iterator[CompileCache]:
+    """Context manager around compiling *and the first compiled call*: activate, then seal on success.
+
+    On an exception inside the block the folder is deleted (its artefacts cannot be trusted) and the
+    exception propagates; the caller may retry once, which compiles from scratch.
+    """
+    cache = compile_cache_for(model_dir, device, precision, settings, model_config, root).activate(
+        seal_at_exit=False
+    )
+    try:
+        yield cache
+    except BaseException:
+        cache.clear()
+        cache.deactivate()
+        raise
+    cache.seal()
+    cache.deactivate()
+
+
+def run_with_cache(fn, cache: CompileCache, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with ``cache`` active; if it raises, wipe the cache and run it once more.
+
+    For the first compiled batch: a cache entry that passed the checksum but still fails to load
+    costs one recompile, never the run. ``torch._dynamo.reset()`` drops the half-built graphs first.
+    """
+    cache.activate(seal_at_exit=False)
+    try:
+        out = fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - any failure here is retried once from an empty cache
+        cache.clear()
+        torch._dynamo.reset()
+        cache.activate(seal_at_exit=False)
+        out = fn(*args, **kwargs)
+    cache.seal()
+    return out
+
+
+def cache_info(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One row per key folder: ``key``, ``path``, ``bytes``, ``files``, ``sealed``, ``meta``."""
+    base = Path(root) if root is not None else cache_root()
+    rows = []
+    for d in sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []:
+        files = [p for p in d.rglob("*") if p.is_file()]
+        try:
+            meta = json.loads((d / META).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        rows.append(
+            {
+                "key": d.name,
+                "path": str(d),
+                "bytes": sum(p.stat().st_size for p in files),
+                "files": len(files),
+                "sealed": (d / MANIFEST).is_file(),
+                "meta": meta,
+            }
+        )
+    return rows
+
+
+def clear_cache(key: str | None = None, root: str | os.PathLike | None = None) -> int:
+    """Delete one key folder (``key``) or the whole compile cache; returns the bytes freed."""
+    base = Path(root) if root is not None else cache_root()
+    targets = [base / key] if key else [base]
+    freed = 0
+    for t in targets:
+        if t.is_dir():
+            freed += sum(p.stat().st_size for p in t.rglob("*") if p.is_file())
+            shutil.rmtree(t, ignore_errors=True)
+    return freed

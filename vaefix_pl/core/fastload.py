@@ -1,0 +1,146 @@
+"""Load AudioLDM2's VAE and vocoder from a local folder without building weights that loading replaces.
+
+``from_pretrained`` builds each module with random weights and then copies the checkpoint over them.
+Here the modules are built on the ``meta`` device (shapes only, no memory, no init), the safetensors
+file is read straight onto the target device, and ``load_state_dict(..., assign=True, strict=True)``
+makes the loaded tensors the parameters. Only safetensors are read. A checkpoint this path does not
+understand (renamed keys, missing parameters) raises :class:`FastLoadError`; callers fall back to
+``from_pretrained`` (:func:`load_models` does).
+
+This module imports only torch, safetensors, diffusers and transformers (the specific submodules).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+VOCODER_WEIGHTS = "model.safetensors"
+
+
+class FastLoadError(RuntimeError):
+    """The checkpoint does not match the module exactly; use ``from_pretrained`` instead."""
+
+
+def _read_state_dict(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    # safetensors maps the file and copies each tensor once, straight to ``device``.
+    return load_file(str(path), device=str(device))
+
+
+def _fold_weight_norm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace weight-norm pairs by the plain ``weight`` they stand for.
+
+    Both spellings: legacy ``<m>.weight_g`` / ``<m>.weight_v`` (``nn.utils.weight_norm``) and
+    ``<m>.parametrizations.weight.original0`` / ``original1`` (``nn.utils.parametrizations.weight_norm``).
+    ``weight = g * v / ||v||``, the norm over every dimension but 0 (``dim=0``, torch's default and the
+    one SpeechT5HifiGan uses).
+    """
+    pairs = {
+        ".weight_g": ".weight_v",
+        ".parametrizations.weight.original0": ".parametrizations.weight.original1",
+    }
+    out = dict(sd)
+    for key in list(sd):
+        for g_suffix, v_suffix in pairs.items():
+            if key.endswith(g_suffix):
+                prefix = key[: -len(g_suffix)]
+                g, v = out.pop(key), out.pop(prefix + v_suffix)
+                norm = torch.linalg.vector_norm(v.float(), dim=tuple(range(1, v.ndim)), keepdim=True)
+                out[prefix + ".weight"] = (g.float() * v.float() / norm).to(v.dtype)
+    return out
+
+
+def _assign(module: nn.Module, sd: dict[str, torch.Tensor], where: Path) -> nn.Module:
+    try:
+        module.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise FastLoadError(f"{where}: {str(e).splitlines()[0]}") from e
+    left = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+    if left:
+        raise FastLoadError(f"{where}: not in the checkpoint and not initialised: {left[:5]}")
+    return module
+
+
+def load_vae(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """diffusers ``AutoencoderKL`` from ``folder`` (``config.json`` + safetensors), float32, ``eval()``.
+
+    Same module and weights as ``AutoencoderKL.from_pretrained(folder)`` without its random init.
+    """
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+    folder, device = Path(folder), torch.device(device)
+    config = AutoencoderKL.load_config(str(folder))
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(config)
+    sd = _read_state_dict(folder / VAE_WEIGHTS, device)
+    return _assign(vae, sd, folder / VAE_WEIGHTS).float().eval()
+
+
+def load_vocoder(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """transformers ``SpeechT5HifiGan`` from ``folder``, float32, ``eval()``, weight norm folded.
+
+    The ``mean``/``scale`` buffers are taken from the checkpoint; where it lacks them they get the
+    model's own init (zeros / ones), as ``from_pretrained`` gives them.
+    """
+    from transformers.models.speecht5.configuration_speecht5 import SpeechT5HifiGanConfig
+    from transformers.models.speecht5.modeling_speecht5 import SpeechT5HifiGan
+
+    folder, device = Path(folder), torch.device(device)
+    with open(folder / "config.json", encoding="utf-8") as f:
+        config = SpeechT5HifiGanConfig(**{k: v for k, v in json.load(f).items() if k != "model_type"})
+    with torch.device("meta"):
+        vocoder = SpeechT5HifiGan(config)
+    sd = _fold_weight_norm(_read_state_dict(folder / VOCODER_WEIGHTS, device))
+    n_mels = config.model_in_dim
+    sd.setdefault("mean", torch.zeros(n_mels, device=device))
+    sd.setdefault("scale", torch.ones(n_mels, device=device))
+    return _assign(vocoder, sd, folder / VOCODER_WEIGHTS).float().eval()
+
+
+def load_models(
+    source: str | os.PathLike, device: torch.device | str = "cpu", fallback: bool = True
+) -> tuple[nn.Module, nn.Module]:
+    """``(vae, vocoder)`` from a diffusers-format folder (``<source>/vae``, ``<source>/vocoder``).
+
+    With ``fallback`` a :class:`FastLoadError` (checkpoint with other key names, e.g. diffusers'
+    deprecated attention names) loads that model with ``from_pretrained`` instead.
+    """
+    root = Path(source)
+    try:
+        vae = load_vae(root / "vae", device)
+    except FastLoadError:
+        if not fallback:
+            raise
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+        vae = (
+            AutoencoderKL.from_pretrained(
+                str(root / "vae"), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+            )
+            .to(device)
+            .float()
+            .eval()
+        )
+    try:
+        vocoder = load_vocoder(root / "vocoder", device)
+    except FastLoadError:
+        if not fallback:
+            raise
+        from transformers.models.speecht5.modeling_speecht5 import SpeechT5HifiGan
+
+        vocoder = (
+            SpeechT5HifiGan.from_pretrained(
+                str(root / "vocoder"), use_safetensors=True, local_files_only=True
+            )
+            .to(device)
+            .float()
+            .eval()
+        )
+    return vae, vocoder
