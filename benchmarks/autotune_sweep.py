@@ -51,8 +51,16 @@ def one_process(precision: str, benchmark: bool, batches: list[int], repeats: in
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             steady = statistics.median(times)
-            rows.append(dict(precision=precision, benchmark=benchmark, batch=b, first_s=first,
-                             steady_s=steady, x_real_time=b * 10.24 / steady))
+            rows.append(
+                dict(
+                    precision=precision,
+                    benchmark=benchmark,
+                    batch=b,
+                    first_s=first,
+                    steady_s=steady,
+                    x_real_time=b * 10.24 / steady,
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -73,14 +81,26 @@ def main() -> None:
     rows = []
     for precision in a.precisions.split(","):
         for flag in ("off", "on"):
-            out = subprocess.run([sys.executable, __file__, "--child", f"{precision}:{flag}", "--batches", a.batches,
-                                  "--repeats", str(a.repeats)], capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    f"{precision}:{flag}",
+                    "--batches",
+                    a.batches,
+                    "--repeats",
+                    str(a.repeats),
+                ],
+                capture_output=True,
+                text=True,
+            )
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("ROWS ")]
             if not line:
                 print(out.stderr[-3000:], file=sys.stderr)
                 continue
             rows += json.loads(line[0][5:])
-            print(json.dumps(rows[-len(batches):]), flush=True)
+            print(json.dumps(rows[-len(batches) :]), flush=True)
             if a.json:
                 Path(a.json).write_text(json.dumps(rows, indent=1))
     print("| precision | batch | first call off / on (s) | steady x real time off / on |\n|---|---|---|---|")
@@ -88,8 +108,10 @@ def main() -> None:
         for b in batches:
             r = {x["benchmark"]: x for x in rows if x["precision"] == precision and x["batch"] == b}
             if len(r) == 2:
-                print(f"| {precision} | {b} | {r[False]['first_s']:.1f} / {r[True]['first_s']:.1f} | "
-                      f"{r[False]['x_real_time']:.0f} / {r[True]['x_real_time']:.0f} |")
+                print(
+                    f"| {precision} | {b} | {r[False]['first_s']:.1f} / {r[True]['first_s']:.1f} | "
+                    f"{r[False]['x_real_time']:.0f} / {r[True]['x_real_time']:.0f} |"
+                )
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

@@ -99,9 +99,9 @@ def timed(cmd: list[str], out: Path, env: dict[str, str]) -> dict:
 
 def bare_clips_per_s(model: Path, precision: str, speed: str, batch: int, repeats: int) -> float:
     """Steady-state clips/s of the bare pipeline on an in-memory batch (after warm-up)."""
-    import torch
-
     import importlib
+
+    import torch
 
     from vaefix_pl import Reconstructor
 
@@ -156,7 +156,13 @@ def main() -> None:
     rows = []
     for n in seed_counts:
         files = [str(c) for c in clips[:n]]
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "seed_style.py"), str(model), str(work / "out_seed"), *files]
+        cmd = [
+            sys.executable,
+            str(ROOT / "benchmarks" / "seed_style.py"),
+            str(model),
+            str(work / "out_seed"),
+            *files,
+        ]
         rows.append({"config": "seed-style loop", "n": n, **timed(cmd, work / "out_seed", env)})
         print(json.dumps(rows[-1]), flush=True)
     for name in a.configs.split(","):
@@ -164,7 +170,17 @@ def main() -> None:
             manifest = work / f"manifest_{n}.txt"
             manifest.write_text("".join(f"{c}\n" for c in clips[:n]))
             out = work / f"out_{name}"
-            cmd = [*VAEFIX, "reconstruct", str(manifest), "--model", str(model), "--out", str(out), *CONFIGS[name], *extra]
+            cmd = [
+                *VAEFIX,
+                "reconstruct",
+                str(manifest),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                *CONFIGS[name],
+                *extra,
+            ]
             rows.append({"config": name, "n": n, **timed(cmd, out, env)})
             print(json.dumps(rows[-1]), flush=True)
 
@@ -182,19 +198,35 @@ def main() -> None:
 
     import torch
 
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
-    print(f"\n{card}, {date.today()}, torch {torch.__version__}, clips of {seconds} s"
-          f"{', tiny random models' if a.smoke else ', full-size random weights (seed 0)'}\n")
+    card = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or 'x86_64'})"
+    )
+    print(
+        f"\n{card}, {date.today()}, torch {torch.__version__}, clips of {seconds} s"
+        f"{', tiny random models' if a.smoke else ', full-size random weights (seed 0)'}\n"
+    )
     print("| run | N | wall s | first recon s | x real time | overhead s |\n|---|---|---|---|---|---|")
     for r in rows:
         first = f"{r['first_recon_s']:.1f}" if r["first_recon_s"] is not None else "-"
         over = f"{r['overhead_s']:.1f}" if "overhead_s" in r else "-"
-        bad = "" if r["rc"] == 0 and r["recon_files"] == r["n"] else f" FAILED rc={r['rc']} files={r['recon_files']}"
-        print(f"| {r['config']} | {r['n']} | {r['wall_s']:.1f} | {first} | {r['x_real_time']:.3g} | {over} |{bad}")
+        bad = (
+            ""
+            if r["rc"] == 0 and r["recon_files"] == r["n"]
+            else f" FAILED rc={r['rc']} files={r['recon_files']}"
+        )
+        print(
+            f"| {r['config']} | {r['n']} | {r['wall_s']:.1f} | {first} | {r['x_real_time']:.3g} | {over} |{bad}"
+        )
     for name, cps in bare.items():
         print(f"| bare steady state {name} (batch {a.bare_batch}) | - | - | - | {cps * seconds:.4g} | - |")
     if a.json:
-        Path(a.json).write_text(json.dumps({"card": card, "date": str(date.today()), "rows": rows, "bare_clips_per_s": bare}, indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                {"card": card, "date": str(date.today()), "rows": rows, "bare_clips_per_s": bare}, indent=1
+            )
+        )
     failed = [r for r in rows if r["rc"] != 0 or r["recon_files"] != r["n"]]
     for r in failed:
         print(f"FAILED: {r['config']} N={r['n']}: {r.get('stderr_tail', '')[-600:]}", file=sys.stderr)
