@@ -29,26 +29,30 @@ def one_process(precision: str, benchmark: bool, batches: list[int], repeats: in
     from vaefix_pl.core.reconstruct import Reconstructor
     from vaefix_pl.testing import build_models, full_size_configs
 
-    vae, vocoder = build_models(*full_size_configs(), seed=0)
-    rec = Reconstructor(vae.cuda(), vocoder.cuda(), precision=precision)
+    from vaefix_pl.testing import tiny_configs
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: tiny models, a smoke test of the script
+    vae, vocoder = build_models(*(full_size_configs() if dev == "cuda" else tiny_configs()), seed=0)
+    rec = Reconstructor(vae, vocoder, precision=precision).to(dev)
     rec = rec.optimize(**{**SPEED_PRESETS["auto"], "cudnn_benchmark": benchmark})
     torch.backends.cudnn.benchmark = benchmark
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     n = 163840
     rows = []
     with torch.inference_mode():
         for b in batches:
-            x = 0.1 * torch.randn(b, n, device="cuda")
-            lengths = torch.full((b,), n, device="cuda")
-            torch.cuda.synchronize()
+            x = 0.1 * torch.randn(b, n, device=dev)
+            lengths = torch.full((b,), n, device=dev)
+            sync()
             t0 = time.perf_counter()
             rec(x, lengths)
-            torch.cuda.synchronize()
+            sync()
             first = time.perf_counter() - t0
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 rec(x, lengths)
-                torch.cuda.synchronize()
+                sync()
                 times.append(time.perf_counter() - t0)
             steady = statistics.median(times)
             rows.append(
