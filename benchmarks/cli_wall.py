@@ -183,6 +183,8 @@ def main() -> None:
             ]
             rows.append({"config": name, "n": n, **timed(cmd, out, env)})
             print(json.dumps(rows[-1]), flush=True)
+            if a.json:  # partial results survive a run cut short
+                Path(a.json).write_text(json.dumps({"rows": rows}, indent=1))
 
     bare = {}
     for name in a.configs.split(","):
