@@ -88,8 +88,12 @@ def _adeclick(references, estimates):
     return [ra.adeclick_onsets(e) for e in estimates]
 
 
-def summarise(rows: list[dict]) -> dict:
-    """recall[detector][corpus][type][band] = (found, total); false_per_s[detector][corpus][base]."""
+RECALL_BASES = ("identity", "lowpass_delay", "griffin_lim")
+
+
+def summarise(rows: list[dict], recall_bases: tuple[str, ...] = RECALL_BASES) -> dict:
+    """recall[detector][corpus][type][band] = (found, total) over ``recall_bases``;
+    false_per_s[detector][corpus][base]; recall of clicks >= 0 dB per base."""
     recall = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0]))))
     by_base = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
     false = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0.0])))
@@ -105,7 +109,7 @@ def summarise(rows: list[dict]) -> dict:
         fw[0] += r["false"]
         fw[1] += r["seconds"]
         for lvl, ok in zip(r["levels_db"], r["found"]):
-            for band in (ra.band_of(lvl), "all"):
+            for band in (ra.band_of(lvl), "all") if r["base"] in recall_bases else ():
                 cell = recall[d][c][r["run"]][band]
                 cell[0] += int(ok)
                 cell[1] += 1
@@ -123,7 +127,9 @@ def summarise(rows: list[dict]) -> dict:
         "false_per_s_clean": {
             d: {c: {b: v[0] / v[1] for b, v in bs.items()} for c, bs in cs.items()} for d, cs in false.items()
         },
-        "false_per_s_with_clicks": {d: {c: v[0] / v[1] for c, v in cs.items()} for d, cs in false_with.items()},
+        "false_per_s_with_clicks": {
+            d: {c: v[0] / v[1] for c, v in cs.items()} for d, cs in false_with.items()
+        },
     }
 
 
@@ -133,10 +139,11 @@ def _cell(fc: list[int] | None) -> str:
     return f"{fc[0] / fc[1]:.2f} ({fc[1]})"
 
 
-def table(summary: dict, base_names: tuple[str, ...]) -> str:
+def table(summary: dict, base_names: tuple[str, ...], recall_bases: tuple[str, ...] = RECALL_BASES) -> str:
     bands = [b[0] for b in ra.LEVEL_BANDS]
     lines = [
-        "Recall by click type and level over the local RMS (+-10 ms), all bases pooled; (n) = clicks",
+        f"Recall by click type and level over the local RMS (+-10 ms), bases {', '.join(recall_bases)} "
+        "pooled; (n) = clicks",
         "",
         "| detector | audio | click | " + " | ".join(bands) + " | all |",
         "|---|---|---|" + "---|" * (len(bands) + 1),
@@ -157,7 +164,8 @@ def table(summary: dict, base_names: tuple[str, ...]) -> str:
     for d, cs in summary["false_per_s_clean"].items():
         for c, bs in cs.items():
             cells = [
-                f"{bs[b]:.3f} / {_cell(summary['recall_by_base_at_or_above_0db'][d][c].get(b))}" for b in base_names
+                f"{bs[b]:.3f} / {_cell(summary['recall_by_base_at_or_above_0db'][d][c].get(b))}"
+                for b in base_names
             ]
             lines.append(
                 f"| {d} | {c} | " + " | ".join(cells) + f" | {summary['false_per_s_with_clicks'][d][c]:.3f} |"
@@ -172,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-adeclick", action="store_true", help="skip the FFmpeg adeclick peer")
     p.add_argument("--tolerance-ms", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--recall-bases", nargs="*", default=list(RECALL_BASES), help="bases pooled in the recall table"
+    )
     p.add_argument("--json", type=Path, help="write the summary and per-run rows here")
     args = p.parse_args(argv)
     tools = ra.TOOLS + (() if args.no_adeclick else ("ffmpeg",))
@@ -188,12 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     base_names = tuple(args.bases)
     t0 = time.perf_counter()
     rows = run(corpora, base_names, detectors, args.tolerance_ms, args.seed)
-    summary = summarise(rows)
-    print(table(summary, base_names))
+    recall_bases = tuple(b for b in args.recall_bases if b in base_names)
+    summary = summarise(rows, recall_bases)
+    print(table(summary, base_names, recall_bases))
     secs = {c: sum(x.shape[-1] for x in items.values()) / SR for c, items in corpora.items()}
-    print(f"\naudio: {secs['speech']:.1f} s speech, {secs['music']:.1f} s music; wall {time.perf_counter() - t0:.0f} s")
+    print(
+        f"\naudio: {secs['speech']:.1f} s speech, {secs['music']:.1f} s music; wall {time.perf_counter() - t0:.0f} s"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "summary": summary, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"args": vars(args) | {"json": str(args.json)}, "summary": summary, "rows": rows}, indent=1
+            )
+        )
     return 0
 
 

@@ -3,8 +3,8 @@
 Speech: ``espeak-ng`` (formant synthesis: real voiced/unvoiced structure, prosody and a speech-like
 dynamic range) in several languages. Music: ``sox`` ``synth`` (plucked-string chords, organ and
 piano-like tones, shaped pink/brown noise textures). Everything is rendered into a temporary folder
-through ``subprocess``, read with soundfile, resampled to 16 kHz (scipy ``resample_poly``) and scaled to
-a peak of 0.5. Used by ``tests/test_clicks_real.py`` and ``benchmarks/clicks.py``; callers skip when
+through ``subprocess`` (sox with ``-R``, so its noise generators repeat), read with soundfile,
+resampled to 16 kHz (scipy ``resample_poly``) and scaled to a peak of 0.5. Used by ``tests/test_clicks_real.py`` and ``benchmarks/clicks.py``; callers skip when
 :func:`missing_tools` is not empty.
 
 Clicks (:func:`insert_clicks`) are added to a signal about every 0.2 s at a fixed seed:
@@ -85,7 +85,12 @@ def _hz(note: str) -> float:
     return 440.0 * 2.0 ** (semis / 12.0)
 
 
-_CHORDS = (("C3", "E3", "G3", "C4"), ("A2", "E3", "A3", "C4"), ("F2", "C3", "A3", "F4"), ("G2", "D3", "B3", "G4"))
+_CHORDS = (
+    ("C3", "E3", "G3", "C4"),
+    ("A2", "E3", "A3", "C4"),
+    ("F2", "C3", "A3", "F4"),
+    ("G2", "D3", "B3", "G4"),
+)
 
 
 def _sox_music(kind: str) -> list[list[str]]:
@@ -107,8 +112,23 @@ def _sox_music(kind: str) -> list[list[str]]:
             f = _hz(n)
             wave = ("triangle", "square")[i % 2]
             segments.append(
-                ["synth", "0.45", wave, f"{f:.2f}", "sine", f"{2 * f:.2f}", "remix", "-",
-                 "lowpass", "4000", "fade", "l", "0.004", "0.45", "0.42"]
+                [
+                    "synth",
+                    "0.45",
+                    wave,
+                    f"{f:.2f}",
+                    "sine",
+                    f"{2 * f:.2f}",
+                    "remix",
+                    "-",
+                    "lowpass",
+                    "4000",
+                    "fade",
+                    "l",
+                    "0.004",
+                    "0.45",
+                    "0.42",
+                ]
             )
     elif kind == "noise":  # noise-like textures: shaped pink and brown noise
         segments.append(["synth", "1.5", "pinknoise", "band", "1500", "800", "tremolo", "3", "70"])
@@ -144,7 +164,7 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def speech(name: str) -> np.ndarray:
     """espeak-ng speech ``name`` of :data:`SPEECH` at 16 kHz, peak 0.5, float64 ``(N,)``."""
     _, voice, wpm, text = next(s for s in SPEECH if s[0] == name)
@@ -155,14 +175,14 @@ def speech(name: str) -> np.ndarray:
     return _normalise(x).astype(np.float64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def music(kind: str) -> np.ndarray:
     """sox-synthesised music ``kind`` of :data:`MUSIC` at 16 kHz, peak 0.5, float64 ``(N,)``."""
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, chain in enumerate(_sox_music(kind)):
             path = Path(tmp) / f"seg{i}.wav"
-            _run(["sox", "-n", "-r", str(SR), "-b", "32", "-e", "floating-point", str(path), *chain])
+            _run(["sox", "-R", "-n", "-r", str(SR), "-b", "32", "-e", "floating-point", str(path), *chain])
             parts.append(_read(path))
     return _normalise(np.concatenate(parts)).astype(np.float64)
 
@@ -366,7 +386,21 @@ def adeclick_onsets(x: np.ndarray, merge_s: float = 0.002) -> np.ndarray:
         sf.write(str(src), x.astype(np.float32), SR, subtype="FLOAT")
         for t in (2, 100):
             dst = Path(tmp) / f"out{t}.wav"
-            _run(["ffmpeg", "-y", "-v", "error", "-i", str(src), "-af", f"adeclick=t={t}", "-c:a", "pcm_f32le", str(dst)])
+            _run(
+                [
+                    "ffmpeg",
+                    "-y",
+                    "-v",
+                    "error",
+                    "-i",
+                    str(src),
+                    "-af",
+                    f"adeclick=t={t}",
+                    "-c:a",
+                    "pcm_f32le",
+                    str(dst),
+                ]
+            )
             outs.append(sf.read(str(dst), dtype="float64")[0][: x.shape[-1]])
     changed = np.flatnonzero(np.abs(outs[0] - outs[1]) > 1e-6)
     if changed.size == 0:
