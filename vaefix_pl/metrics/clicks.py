@@ -326,19 +326,6 @@ def residual_energy(
     return energy, fmask, hop
 
 
-def _local_median(energy: Tensor, fmask: Tensor, ctx: int) -> Tensor:
-    """Median of the valid frames among the ``ctx`` frames centred on each frame ``(B, T)``."""
-    ctx += 1 - ctx % 2
-    pad = ctx // 2
-    ev = torch.where(fmask, energy, torch.full_like(energy, float("nan")))
-    windows = torch.nn.functional.pad(ev, (pad, pad), value=float("nan")).unfold(-1, ctx, 1)
-    return torch.nan_to_num(torch.nanmedian(windows, dim=-1).values, nan=0.0)
-
-
-def _window_max(values: Tensor, half: int) -> Tensor:
-    return torch.nn.functional.max_pool1d(values[:, None], 2 * half + 1, 1, padding=half)[:, 0]
-
-
 def _frames_to_onsets(flags_f: Tensor, hop: int, mask: Tensor) -> Tensor:
     """Frame flags ``(B, T)`` -> sample flags ``(B, N)`` at each flagged frame's first sample."""
     n = mask.shape[-1]
