@@ -326,19 +326,6 @@ def residual_energy(
     return energy, fmask, hop
 
 
-def _local_median(energy: Tensor, fmask: Tensor, ctx: int) -> Tensor:
-    """Median of the valid frames among the ``ctx`` frames centred on each frame ``(B, T)``."""
-    ctx += 1 - ctx % 2
-    pad = ctx // 2
-    ev = torch.where(fmask, energy, torch.full_like(energy, float("nan")))
-    windows = torch.nn.functional.pad(ev, (pad, pad), value=float("nan")).unfold(-1, ctx, 1)
-    return torch.nan_to_num(torch.nanmedian(windows, dim=-1).values, nan=0.0)
-
-
-def _window_max(values: Tensor, half: int) -> Tensor:
-    return torch.nn.functional.max_pool1d(values[:, None], 2 * half + 1, 1, padding=half)[:, 0]
-
-
 def _frames_to_onsets(flags_f: Tensor, hop: int, mask: Tensor) -> Tensor:
     """Frame flags ``(B, T)`` -> sample flags ``(B, N)`` at each flagged frame's first sample."""
     n = mask.shape[-1]
@@ -379,105 +366,217 @@ def envelope_lag(
     return lag, hop
 
 
+def _band_log_power(
+    x: Tensor, lengths: Tensor, win: int, hop: int, bands: int, floor: float, chunk: int = 1 << 18
+) -> tuple[Tensor, Tensor]:
+    """dB power of ``bands`` equal-width bands (DC excluded) of Hann frames: ``(B, T, bands)``, mask ``(B, T)``.
+
+    Frame ``t`` covers samples ``[t hop, t hop + win)``; it is valid when it lies inside the item. The
+    window has unit energy, so an impulse of amplitude ``a`` at the frame's centre adds about
+    ``a^2 / (0.375 win)`` to every bin. Frames are made ``chunk`` frames at a time (bounded memory).
+    """
+    b, n = x.shape
+    w = torch.hann_window(win, periodic=False, dtype=torch.float32, device=x.device)
+    w = w / w.square().sum().sqrt()
+    t = max(0, (n - win) // hop + 1)
+    per = (win // 2) // bands
+    parts = []
+    for s in range(0, t, chunk):
+        e = min(t, s + chunk)
+        frames = x[:, s * hop : (e - 1) * hop + win].to(torch.float32).unfold(-1, win, hop) * w
+        p = torch.fft.rfft(frames, dim=-1).abs().square()[..., 1 : 1 + bands * per]
+        parts.append(10.0 * torch.log10(p.reshape(b, e - s, bands, per).mean(-1) + floor))
+    lp = torch.cat(parts, 1) if parts else x.new_zeros(b, 0, bands, dtype=torch.float32)
+    valid = (torch.arange(t, device=x.device)[None, :] * hop + win) <= lengths[:, None]
+    return lp, valid
+
+
+def _side_mean(values: Tensor, valid: Tensor, gap: int, width: int) -> Tensor:
+    """Smaller of the means of the valid frames of ``values`` ``(B, T, K)`` in ``[t-gap-width, t-gap)``
+    and in ``(t+gap, t+gap+width]`` (one side alone where the other has none; 0 where neither has).
+
+    The smaller side: a click's own tail (a relaxing step) raises one side only. Cumulative sums in
+    float64 (exact enough for hours of frames).
+    """
+    t = values.shape[1]
+    v = valid.to(torch.float64)[:, None, :]
+    z = values.to(torch.float64).transpose(1, 2) * v
+    sums = torch.nn.functional.pad(z.cumsum(-1), (1, 0))
+    counts = torch.nn.functional.pad(v.cumsum(-1), (1, 0))
+    idx = torch.arange(t, device=values.device)
+
+    def window(cs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        return cs[..., hi.clamp(0, t)] - cs[..., lo.clamp(0, t)]
+
+    big = torch.finfo(torch.float64).max
+    means = []
+    for lo, hi in ((idx - gap - width, idx - gap), (idx + gap + 1, idx + gap + 1 + width)):
+        c = window(counts, lo, hi)
+        means.append(torch.where(c > 0, window(sums, lo, hi) / c.clamp(min=1), torch.full_like(c, big)))
+    m = torch.minimum(*means)
+    return torch.where(m < big, m, torch.zeros_like(m)).to(values.dtype).transpose(1, 2)
+
+
+def _side_max(values: Tensor, valid: Tensor, gap: int, width: int) -> Tensor:
+    """Largest valid value of ``values`` ``(B, T, K)`` in ``[t-gap-width, t-gap) U (t+gap, t+gap+width]``."""
+    t = values.shape[1]
+    low = -1e4
+    v = torch.where(valid[:, :, None], values, torch.full_like(values, low)).transpose(1, 2)
+    m = torch.nn.functional.max_pool1d(
+        torch.nn.functional.pad(v, (gap + width, gap + width), value=low), width, 1
+    )  # m[j] = max v[j - gap - width .. j - gap - 1]
+    left, right = m[..., :t], m[..., 2 * gap + width + 1 : 2 * gap + width + 1 + t]
+    return torch.maximum(left, right).transpose(1, 2)
+
+
+def _shifted_max(values: Tensor, half: int, shift: Tensor) -> Tensor:
+    """Max of ``values`` ``(B, T, K)`` within ``+-half`` frames, at lag 0 and at lag ``shift`` ``(B,)``."""
+    pooled = torch.nn.functional.max_pool1d(values.transpose(1, 2), 2 * half + 1, 1, padding=half)
+    t = pooled.shape[-1]
+    src = (torch.arange(t, device=values.device)[None, :] - shift[:, None]).clamp(0, t - 1)
+    moved = torch.gather(pooled, 2, src[:, None, :].expand_as(pooled))
+    return torch.maximum(pooled, moved).transpose(1, 2)
+
+
+def _gap_flags(
+    reference: Tensor,
+    estimate: Tensor,
+    mask: Tensor,
+    sample_rate: int,
+    tolerance_s: float,
+    gap_db: float,
+    floor_db: float,
+    edge: int,
+) -> Tensor:
+    """Dropouts: samples ``(B, N)`` where the estimate falls silent for 0.75 ms and the reference does not.
+
+    On a grid of 0.25 ms, the largest ``|x|`` in the next 0.75 ms is compared with the RMS in the
+    surrounding 20 ms; a gap is ``gap_db`` under it (and that RMS over ``floor_db``, in the estimate
+    and in the reference: silence next to a click, or in a pause, is no dropout). The estimate's gap
+    is a dropout unless the reference has a gap (``gap_db`` + 10 dB) within ``tolerance_s`` (a pause,
+    a stop closure: a delayed or low-passed copy shifts and blurs those edges).
+    Any run of at least 1 ms of zeroed samples contains one whole 0.75 ms block of the grid. Blocks
+    within ``edge`` samples of an item's ends are skipped (a delayed estimate starts with silence).
+    """
+    block = max(2, int(round(0.00075 * sample_rate)))
+    step = max(1, block // 3)
+    ctx = int(round(0.01 * sample_rate))
+    thr = 10.0 ** (gap_db / 20.0)
+    floor = 10.0 ** (floor_db / 20.0)
+
+    def gaps(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """0.75 ms peaks, block-inside-item mask and the RMS of the surrounding 20 ms ``(B, J)``."""
+        xm = _masked(x, mask, torch.float32)[:, None]
+        valid = mask.to(torch.float32)[:, None]
+        peak = torch.nn.functional.max_pool1d(xm.abs(), block, step)[:, 0]  # (B, J)
+        inside = torch.nn.functional.avg_pool1d(valid, block, step)[:, 0] >= 1.0
+        power = torch.nn.functional.avg_pool1d(
+            torch.nn.functional.pad(xm.square(), (ctx, ctx)), block + 2 * ctx, step
+        )[:, 0]
+        count = torch.nn.functional.avg_pool1d(
+            torch.nn.functional.pad(valid, (ctx, ctx)), block + 2 * ctx, step
+        )[:, 0]
+        rms = (power / count.clamp(min=1e-6)).sqrt()[:, : peak.shape[-1]]
+        return peak, inside, rms
+
+    # the estimate is measured against the reference's local RMS (times the item's RMS ratio): its own
+    # would include the click next to a silent stretch and call that stretch a dropout
+    peak_e, inside, _ = gaps(estimate)
+    peak_r, _, rms_r = gaps(reference)
+    p_ref = _masked(reference, mask, torch.float64).square().sum(1)
+    p_est = _masked(estimate, mask, torch.float64).square().sum(1)
+    gain = torch.where(p_ref > 0, (p_est / p_ref.clamp(min=1e-30)).sqrt(), torch.ones_like(p_ref)).clamp(
+        0.1, 10.0
+    )
+    active_r = rms_r > floor
+    gap_e = (peak_e < rms_r * gain.to(rms_r.dtype)[:, None] * thr) & active_r & inside
+    gap_r = (peak_r < rms_r * thr * 10.0 ** (10.0 / 20.0)) & active_r  # 10 dB looser: near-gaps explain gaps
+    tol = max(1, int(round(tolerance_s * sample_rate / step)))
+    ref_gap = torch.nn.functional.max_pool1d(gap_r.to(torch.float32)[:, None], 2 * tol + 1, 1, padding=tol)[
+        :, 0
+    ]
+    starts = torch.arange(gap_e.shape[-1], device=mask.device)[None, :] * step
+    lengths = mask.sum(1, keepdim=True)
+    away = (starts >= edge) & (starts + block + edge <= lengths)
+    flagged = gap_e & (ref_gap == 0) & active_r & inside & away
+    return _frames_to_onsets(flagged, step, mask)
+
+
 def added_clicks(
     reference: Tensor,
     estimate: Tensor,
     lengths: Tensor | None = None,
     sample_rate: int = SAMPLE_RATE,
-    tolerance_s: float = 0.008,
+    tolerance_s: float = 0.007,
     max_lag_s: float | None = 0.02,
-    band: tuple[float, float] = (2500.0, 6500.0),
-    band_transient_db: float = 10.0,
-    band_margin_db: float = 10.0,
-    residual_transient_db: float = 12.0,
-    residual_margin_db: float = 8.0,
-    residual_order: int = 64,
-    context_s: float = 0.05,
+    threshold_db: float = 1.5,
+    frame_s: float = 0.004,
+    hop_s: float = 0.001,
+    bands: int = 8,
+    gap_s: float = 0.006,
+    context_s: float = 0.01,
     floor_db: float = -70.0,
-    merge_s: float = 0.0025,
-    method: str = "both",
+    gap_db: float = -30.0,
+    merge_s: float = 0.005,
     as_mask: bool = False,
-    residuals: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> list[Tensor] | Tensor:
     """Clicks in ``estimate`` that ``reference`` does not explain: onset sample indices per item.
 
     ``reference``/``estimate`` ``(B, N)`` with ``lengths`` ``(B,)``; returns a list of ``B`` int64
-    tensors (or the ``(B, N)`` onset mask with ``as_mask``). Short-time energies in 1 ms frames every
-    0.5 ms of two views of each signal, each with its own test; an estimate frame is a click when either
-    view flags it (``method="both"``; ``"band"`` or ``"residual"`` for one):
+    tensors (or the ``(B, N)`` onset mask with ``as_mask``). Two tests, both phase-insensitive (a
+    vocoder does not keep the waveform, only short-time spectra):
 
-    * band view (broadband clicks over speech-like spectra, which fall off with frequency): energy of
-      the signal band-passed to ``band`` (2.5-6.5 kHz, 63-tap linear-phase FIR; below the 7-8 kHz a
-      vocoder may drop). Flagged when it is ``band_transient_db`` over the median of the estimate's
-      band energy in the surrounding ``context_s`` (robust local threshold) and ``band_margin_db`` over
-      the reference's largest band energy within ``tolerance_s`` (scaled by the item's
-      estimate/reference power ratio, so a gain change is not a click).
-    * residual view (clicks over tonal/harmonic music, whose partials fill that band): energy of the AR
-      prediction error (:func:`lp_residual`, order ``residual_order``), as a prominence = energy /
-      local median. Flagged when the estimate's prominence is over ``residual_transient_db`` and
-      ``residual_margin_db`` over the reference's largest prominence within ``tolerance_s``.
+    * broadband transients: per ``frame_s`` (4 ms) Hann frame every ``hop_s`` (1 ms), the dB power
+      ``P`` of ``bands`` equal-width bands (0.25-8 kHz at 16 kHz). In every band, the estimate's frame
+      is compared with (a) what the reference explains: the reference's largest frame power within
+      ``+-tolerance_s`` (at lag 0 and at the RMS-envelope lag, :func:`envelope_lag`), raised by the
+      local excess of the estimate over the reference (the smaller of the mean dB differences of the
+      frames ``gap_s``..``gap_s + context_s`` (6-16 ms) before and after, counted only when positive:
+      a louder or noisier estimate is not a click, a duller one is no licence to flag), and (b) the
+      estimate's own largest frame in those two side windows (a click is short: it stands out of its
+      own neighbourhood; a natural onset does not stand out of what follows it). Both thresholds are
+      thus relative to local levels, not to a global spread: speech's dynamic range hid clicks
+      during voiced speech from global or long-window ones. The frame's score is the mean over bands
+      of ``min(excess a, excess b)`` clipped to 0-30 dB; frames over ``threshold_db`` are clicks.
+      Power below ``floor_db`` per bin is floored.
+    * dropouts (:func:`_gap_flags`): the estimate falls ``gap_db`` under the reference's local RMS
+      (times the item's RMS ratio) for 0.75 ms while the reference has no such gap within
+      ``tolerance_s``; not within ``max_lag_s`` of an item's ends (a delayed estimate starts silent).
 
-    Time tolerance: the reference is searched within ``+-tolerance_s`` (8 ms) both at lag 0 and at the
-    lag of the RMS envelopes (:func:`envelope_lag`, within ``+-max_lag_s``), so a delayed estimate
-    (e.g. the "tacotron" framing's 80 samples, or 5 ms) and time-smearing resynthesis are covered
-    without widening the window around real transients. Frames within the FIR/AR support of an item's
-    ends are skipped (the crop's own edges). Flagged frames closer than ``merge_s`` form one event.
-    ``residuals``: ``lp_residual`` outputs for ``(reference, estimate)`` with ``residual_order``, if known.
+    Measured on real speech and music: ``docs/METRICS.md``.
+
+    Flags closer than ``merge_s`` form one event (a dropout's two edges, a burst's frames).
     """
     lengths = _check_pair(reference, estimate, lengths)
-    if method not in ("both", "band", "residual"):
-        raise ValueError(f"method must be 'both', 'band' or 'residual', got {method!r}")
     n = reference.shape[-1]
     mask = valid_mask(lengths, n)
-    tiny = 1e-30
+    win = max(8, int(round(frame_s * sample_rate)))
+    hop = max(1, int(round(hop_s * sample_rate)))
     floor = 10.0 ** (floor_db / 10.0)
-    if max_lag_s:
-        lag_env, env_hop = envelope_lag(reference, estimate, lengths, sample_rate, max_lag_s)
-    else:
-        lag_env, env_hop = torch.zeros_like(lengths), 1
-
-    def explained(ref_values: Tensor, hop: int) -> Tensor:
-        """Largest reference value within the tolerance of each estimate frame, at lag 0 and at the lag."""
-        tol = max(0, int(round(tolerance_s * sample_rate / hop)))
-        pooled = _window_max(ref_values, tol)
-        t = pooled.shape[-1]
-        shift = torch.round(lag_env.double() * env_hop / hop).long()[:, None]
-        src = torch.arange(t, device=pooled.device)[None, :] - shift
-        ok = (src >= 0) & (src < t)
-        return torch.maximum(pooled, torch.gather(pooled, 1, src.clamp(0, t - 1)) * ok)
-
+    lr, valid = _band_log_power(reference, lengths, win, hop, bands, floor)
+    le, _ = _band_log_power(estimate, lengths, win, hop, bands, floor)
     flags = torch.zeros_like(mask)
-    if method in ("both", "band"):
-        er, fmask, hop = band_energy(reference, lengths, sample_rate, band)
-        ee, _, _ = band_energy(estimate, lengths, sample_rate, band)
-        p_ref = _masked(reference, mask, torch.float64).square().sum(1)
-        p_est = _masked(estimate, mask, torch.float64).square().sum(1)
-        gain = torch.where(p_ref > 0, p_est / p_ref.clamp(min=tiny), torch.ones_like(p_ref)).clamp(1e-2, 1e2)
-        ref_max = explained(er, hop) * gain.to(er.dtype)[:, None]
-        local = _local_median(ee, fmask, int(round(context_s * sample_rate / hop)))
-        flagged = (
-            fmask
-            & (ee > local * 10.0 ** (band_transient_db / 10.0))
-            & (ee > ref_max * 10.0 ** (band_margin_db / 10.0))
-            & (ee > floor)
-        )
-        flags |= _frames_to_onsets(flagged, hop, mask)
-    if method in ("both", "residual"):
-        res_r, res_e = residuals if residuals is not None else (None, None)
-        er, fmask_r, hop = residual_energy(
-            reference, lengths, sample_rate, order=residual_order, residual=res_r
-        )
-        ee, fmask_e, _ = residual_energy(estimate, lengths, sample_rate, order=residual_order, residual=res_e)
-        ctx = int(round(context_s * sample_rate / hop))
-        prom_r = er / _local_median(er, fmask_r, ctx).clamp(min=tiny)
-        prom_e = ee / _local_median(ee, fmask_e, ctx).clamp(min=tiny)
-        ref_max = explained(torch.where(fmask_r, prom_r, torch.zeros_like(prom_r)), hop)
-        flagged = (
-            fmask_e
-            & (prom_e > 10.0 ** (residual_transient_db / 10.0))
-            & (prom_e > ref_max * 10.0 ** (residual_margin_db / 10.0))
-            & (ee > floor)
-        )
-        flags |= _frames_to_onsets(flagged, hop, mask)
+    if lr.shape[1] > 0:
+        gap = max(1, int(round(gap_s * sample_rate / hop)))
+        width = max(1, int(round(context_s * sample_rate / hop)))
+        tol = max(0, int(round(tolerance_s * sample_rate / hop)))
+        if max_lag_s:
+            lag_env, env_hop = envelope_lag(reference, estimate, lengths, sample_rate, max_lag_s)
+            shift = torch.round(lag_env.double() * env_hop / hop).long()
+        else:
+            shift = torch.zeros_like(lengths)
+        low = torch.full_like(lr, -1e4)
+        explained = _shifted_max(torch.where(valid[:, :, None], lr, low), tol, shift)
+        offset = _side_mean(le - lr, valid, gap, width).clamp(min=0)
+        own = _side_max(le, valid, gap, width)
+        excess = torch.minimum(le - explained - offset, le - own).clamp(0.0, 30.0)
+        score = excess.mean(-1)
+        flagged = valid & (score > threshold_db)
+        frame_flags = torch.zeros_like(mask)
+        fi = torch.nonzero(flagged, as_tuple=True)
+        frame_flags[fi[0], (fi[1] * hop + win // 2).clamp(max=n - 1)] = True
+        flags |= frame_flags & mask
+    edge = int(round((max_lag_s or 0.0) * sample_rate))
+    flags |= _gap_flags(reference, estimate, mask, sample_rate, tolerance_s, gap_db, floor_db + 10.0, edge)
     onsets = click_events(flags, int(round(merge_s * sample_rate)))
     return onsets if as_mask else _indices(onsets)

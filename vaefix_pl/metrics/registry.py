@@ -240,12 +240,7 @@ def _mrstft_logmag(ctx: MetricContext) -> Tensor:
     "clicks_added_per_s", "1/s", "lower", "clicks in the estimate the reference does not explain"
 )
 def _clicks_added(ctx: MetricContext) -> Tensor:
-    _, e, defined = ctx.residuals()
-    b = ctx.reference.shape[0]
-    residuals = ((e[:b], defined[:b]), (e[b:], defined[b:]))
-    onsets = _clicks.added_clicks(
-        ctx.reference, ctx.estimate, ctx.lengths, ctx.sample_rate, as_mask=True, residuals=residuals
-    )
+    onsets = _clicks.added_clicks(ctx.reference, ctx.estimate, ctx.lengths, ctx.sample_rate, as_mask=True)
     return _clicks.count_per_second(onsets, ctx.lengths, ctx.sample_rate)
 
 
