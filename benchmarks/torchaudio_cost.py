@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from timing import time_device  # noqa: E402
 
-from vaefix_pl.frontend import HOP, N_FFT, N_MELS, SAMPLE_RATE, LogMelFrontend, slaney_mel_basis  # noqa: E402
-from vaefix_pl.postprocess import default_padlen, design_bandpass, sosfiltfilt  # noqa: E402
-from vaefix_pl.vocoders import GriffinLimVocoder  # noqa: E402
+from vaefix_pl.core.frontend import HOP, N_FFT, N_MELS, SAMPLE_RATE, LogMelFrontend, slaney_mel_basis  # noqa: E402
+from vaefix_pl.repair.dsp import default_padlen, design_bandpass, sosfiltfilt  # noqa: E402
+from vaefix_pl.vocoders.griffinlim import GriffinLimVocoder  # noqa: E402
 
 TEXT = (
     "The frozen decoder turns a log mel spectrogram back into audio. We measure how far the "

@@ -303,7 +303,7 @@ def griffin_lim(x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _tiny_reconstructor(precision: str):
-    from vaefix_pl.reconstruct import Reconstructor
+    from vaefix_pl.core.reconstruct import Reconstructor
     from vaefix_pl.testing import write_tiny_audioldm2
 
     folder = write_tiny_audioldm2(tempfile.mkdtemp(prefix="tiny_audioldm2_"), seed=0)

@@ -17,7 +17,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vaefix_pl"
 #: its own layer or a lower one. Equal ranks are siblings; imports between them must still be acyclic.
 LAYERS: dict[str, int] = {
     "core": 0,
-    "frontend": 0,  # old path of core.frontend, kept for metrics/clicks.py until issue 20 lands
     "repair": 1,
     "metrics": 2,
     "vocoders": 3,

@@ -20,7 +20,7 @@ from vaefix_pl.core.geometry import (
     match_geometry,
 )
 from vaefix_pl.core.melspec import log_mel, mel, mel_basis
-from vaefix_pl.frontend import LogMelFrontend
+from vaefix_pl.core.frontend import LogMelFrontend
 from vaefix_pl.testing import geometry_configs
 
 

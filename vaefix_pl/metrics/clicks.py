@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from vaefix_pl.frontend import SAMPLE_RATE, valid_mask
+from vaefix_pl.core.frontend import SAMPLE_RATE, valid_mask
 from vaefix_pl.metrics.functional import _check_pair, _fast_len, _lengths, _masked, estimate_lag
 
 __all__ = [
