@@ -513,7 +513,7 @@ def added_clicks(
     frame_s: float = 0.004,
     hop_s: float = 0.001,
     bands: int = 8,
-    gap_s: float = 0.006,
+    gap_s: float = 0.004,
     context_s: float = 0.01,
     floor_db: float = -70.0,
     gap_db: float = -30.0,
@@ -531,7 +531,7 @@ def added_clicks(
       is compared with (a) what the reference explains: the reference's largest frame power within
       ``+-tolerance_s`` (at lag 0 and at the RMS-envelope lag, :func:`envelope_lag`), raised by the
       local excess of the estimate over the reference (the smaller of the mean dB differences of the
-      frames ``gap_s``..``gap_s + context_s`` (6-16 ms) before and after, counted only when positive:
+      frames ``gap_s``..``gap_s + context_s`` (4-14 ms) before and after, counted only when positive:
       a louder or noisier estimate is not a click, a duller one is no licence to flag), and (b) the
       estimate's own largest frame in those two side windows (a click is short: it stands out of its
       own neighbourhood; a natural onset does not stand out of what follows it). Both thresholds are
