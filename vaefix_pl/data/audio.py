@@ -147,6 +147,17 @@ def load_audio(
     return resample(x, sr, sample_rate).contiguous()
 
 
+#: Start of every temporary file name the project writes (then the run's tag, then a random part), so
+#: a rerun deletes only what a killed run of this project left, never a user's own ``.tmp-*`` files.
+TEMP_PREFIX = ".vaefix-tmp-"
+
+
+def temp_prefix() -> str:
+    """This process's temporary-file prefix: :data:`TEMP_PREFIX` + the run tag (``VAEFIX_RUN_TAG``,
+    set by the run lock on every rank) + ``-``."""
+    return f"{TEMP_PREFIX}{os.environ.get('VAEFIX_RUN_TAG', 'norun')}-"
+
+
 def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write a mono float waveform as 32-bit float WAV, atomically (temp file + rename).
 
@@ -155,7 +166,7 @@ def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rat
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     data = waveform.detach().cpu().float().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".wav", dir=p.parent)
     os.close(fd)
     try:
         sf.write(tmp, data.astype(np.float32), sample_rate, subtype="FLOAT", format="WAV")

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaefix_pl.data.audio import TEMP_PREFIX, temp_prefix
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename: never a torn file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -56,14 +58,18 @@ def safe_output_path(root: str | os.PathLike, name: str) -> Path:
     return Path(target)
 
 
-def remove_temp_files(root: str | os.PathLike, pattern: str = ".tmp-*") -> list[Path]:
-    """Delete leftover temporary files of the atomic writers (``.tmp-*``, from a killed run) under
-    ``root``, recursively; returns what was removed. Only call it while nothing writes into ``root``."""
+def remove_temp_files(root: str | os.PathLike, run_tags: "list[str] | tuple[str, ...]") -> list[Path]:
+    """Delete leftover temporary files of the given (dead) runs under ``root``, recursively:
+    ``<TEMP_PREFIX><tag>-*`` only, so a user's own files (``.tmp-mine``) are never touched. Returns what
+    was removed. Only call it while holding the run lock of ``root``."""
     removed = []
-    for f in Path(root).rglob(pattern):
-        if f.is_file() and not f.is_symlink():
-            f.unlink(missing_ok=True)
-            removed.append(f)
+    for tag in run_tags:
+        if not tag or not all(c.isalnum() or c == "_" for c in tag):
+            continue
+        for f in Path(root).rglob(f"{TEMP_PREFIX}{tag}-*"):
+            if f.is_file() and not f.is_symlink():
+                f.unlink(missing_ok=True)
+                removed.append(f)
     return removed
 
 

@@ -1,0 +1,196 @@
+"""Issue 22: one run per output folder, resume by identity (and its figures), only the project's own
+temporary files deleted, CSV cells neutralised against formula injection."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from signals import harmonic, noise
+
+from vaefix_pl.cli.commands import main as vaefix
+from vaefix_pl.core.errors import OutputError
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "resume_script.py"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _clips(folder: Path, names, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        x = harmonic(2400 + 160 * i, f0=200.0 + 40 * i + seed) if seed == 0 else noise(2400 + 160 * i, seed=seed + i)
+        sf.write(folder / f"{name}.wav", x, 16000, subtype="PCM_16")
+
+
+def _argv(inp, out, model) -> list[str]:
+    return ["reconstruct", str(inp), "--model", str(model), "--out", str(out),
+            "--num-workers", "0", "--accelerator", "cpu"]  # fmt: skip
+
+
+def _env(delay: float = 0.0) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        VAEFIX_TEST_WRITE_DELAY=str(delay),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]),
+    )
+    env.pop("VAEFIX_TEST_WRITE_LOG", None)
+    return env
+
+
+# ------------------------------------------------------------------ 1. one run per output folder
+def test_two_real_runs_into_one_folder_one_refuses_and_nothing_is_lost(tmp_path, tiny_model_dir):
+    names = [f"c{i}" for i in range(6)]
+    _clips(tmp_path / "in", names)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), *_argv(tmp_path / "in", out, tiny_model_dir), "--batch-size", "1"]
+    gate = tmp_path / "gate"
+    gate.write_text("")  # the first run's WAV writes wait until the second run has been refused
+    first = subprocess.Popen(
+        cmd, env={**_env(), "VAEFIX_TEST_WRITE_GATE": str(gate)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / ".vaefix.lock").is_file():  # the first run holds the folder
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        gate.unlink()
+        _, err1 = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err1[-3000:]
+    assert second.returncode != 0, (second.stderr[-3000:], err1[-2000:])
+    line = f"another vaefix run (pid {first.pid}, started "
+    assert line in second.stderr and f"is writing to {out}" in second.stderr
+    rows = _read_csv(out / "metrics.csv")
+    assert [r["id"] for r in rows] == names and all(not r.get("error") for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_ok"] == len(names)
+    assert not (out / ".vaefix.lock").exists() and not (out / ".parts").exists()
+
+
+def test_lock_is_refused_in_process_and_released_after_the_run(tmp_path, tiny_model_dir):
+    from vaefix_pl.runs.lock import acquire_run_lock
+
+    _clips(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    held = acquire_run_lock(out)
+    try:
+        with pytest.raises(OutputError, match=r"another vaefix run \(pid \d+, started .*\) is writing to"):
+            vaefix(_argv(tmp_path / "in", out, tiny_model_dir))
+    finally:
+        held.release()
+    assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == 0
+    assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == 0  # the lock was released
+
+
+# ------------------------------------------------------------------ 2. resume by identity, keeps figures
+def test_same_ids_from_another_folder_are_redone_with_the_reason(tmp_path, tiny_model_dir, caplog):
+    names = ["a", "b"]
+    _clips(tmp_path / "k1", names, seed=0)
+    _clips(tmp_path / "k2", names, seed=7)
+    out = tmp_path / "out"
+    assert vaefix(_argv(tmp_path / "k1", out, tiny_model_dir)) == 0
+    assert vaefix(_argv(tmp_path / "k2", out, tiny_model_dir)) == 0
+    rows = _read_csv(out / "metrics.csv")
+    assert [r["path"] for r in rows] == [str(tmp_path / "k2" / f"{n}.wav") for n in names]
+    x, _ = sf.read(out / "a.original.wav")
+    ref, _ = sf.read(tmp_path / "k2" / "a.wav")
+    assert np.corrcoef(x, ref)[0, 1] > 0.999  # k2's audio (the original is written level-corrected)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resume"]["skipped_complete"] == 0
+    assert "different file" in summary["resume"]["redone"]["a"]
+    assert "k1/a.wav is a different file" in caplog.text or "different file" in caplog.text
+
+
+def test_changed_file_and_changed_settings_are_redone(tmp_path, tiny_model_dir):
+    _clips(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    argv = _argv(tmp_path / "in", out, tiny_model_dir)
+    assert vaefix(argv) == 0
+    time.sleep(0.01)
+    sf.write(tmp_path / "in" / "a.wav", noise(4000, seed=3), 16000, subtype="PCM_16")  # same name, new audio
+    assert vaefix(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["resume"]["skipped_complete"] == 1 and s["resume"]["redone"] == {"a": "changed since the last run"}
+    assert sf.info(out / "a.original.wav").frames == 4000
+    assert vaefix([*argv, "--seconds", "0.1"]) == 0  # other settings: everything is redone
+    s = json.loads((out / "summary.json").read_text())
+    assert s["resume"]["skipped_complete"] == 0 and set(s["resume"]["redone"]) == {"a", "b"}
+
+
+def test_a_full_resume_keeps_the_earlier_figures(tmp_path, tiny_model_dir):
+    _clips(tmp_path / "in", ["a", "b", "c"])
+    out = tmp_path / "out"
+    argv = _argv(tmp_path / "in", out, tiny_model_dir)
+    assert vaefix(argv) == 0
+    before = json.loads((out / "summary.json").read_text())
+    assert vaefix(argv) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["resumed"] == 3 and after["resume"]["skipped_complete"] == 3
+    assert after["timing"]["audio_s"] == pytest.approx(before["timing"]["audio_s"]) and after["timing"]["audio_s"] > 0.4
+    assert after["timing"]["wall_s"] >= before["timing"]["wall_s"]
+    assert after["metrics"] == before["metrics"]
+
+
+# ------------------------------------------------------------------ 8. only the project's own files deleted
+def test_user_tmp_files_under_out_survive_reruns(tmp_path, tiny_model_dir):
+    _clips(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    mine = [out / ".tmp-mine", out / "sub" / ".tmp-notes.wav"]
+    for f in mine:
+        f.write_text("user data")
+    argv = _argv(tmp_path / "in", out, tiny_model_dir)
+    assert vaefix(argv) == 0
+    assert vaefix([*argv, "--overwrite"]) == 0
+    assert all(f.read_text() == "user data" for f in mine)
+
+
+# ------------------------------------------------------------------ 9. CSV injection
+def test_formula_ids_are_neutralised_in_every_csv_and_read_back(tmp_path, tiny_model_dir):
+    from vaefix_pl.runs.tables import read_metrics_csv
+
+    names = ["=HYPERLINK(1)", "+cmd", "-2+3", "@SUM(A1)", "plain"]
+    _clips(tmp_path / "in", names)
+    (tmp_path / "in" / "=bad.wav").write_bytes(b"not audio")
+    out = tmp_path / "out"
+    argv = _argv(tmp_path / "in", out, tiny_model_dir)
+    assert vaefix(argv) == 0
+    for table in ("metrics.csv", "errors.csv"):
+        for r in _read_csv(out / table):
+            for col in ("id", "path", "reason", "error"):
+                v = r.get(col) or ""
+                assert not v.startswith(("=", "+", "-", "@", "\t", "\r")), (table, col, v)
+    ids = {r["id"] for r in read_metrics_csv(out / "metrics.csv")}
+    assert ids == {*names, "=bad"}  # the reader strips the quote back
+    assert vaefix(argv) == 0  # and resume matches the neutralised ids
+    assert json.loads((out / "summary.json").read_text())["resume"]["skipped_complete"] == len(names)
+
+
+def test_neutralise_cell_follows_owasp():
+    from vaefix_pl.runs.tables import neutralise_cell, rows_to_csv
+
+    assert [neutralise_cell(v) for v in ["=1", "+1", "-1", "@a", "\tx", "\rx", "'q", "ok", 5, -1.0]] == [
+        "'=1", "'+1", "'-1", "'@a", "'\tx", "'\rx", "''q", "ok", 5, -1.0
+    ]
+    text = rows_to_csv([{"id": "=1+2", "x": -3}])
+    assert text.splitlines()[1] == "'=1+2,-3"
