@@ -196,6 +196,10 @@ class ReconstructionWriter(BasePredictionWriter):
         if stage != "predict" or not (hasattr(dm, "entry_ids") and hasattr(dm, "drop_ids")):
             self._input_ids = None
             return
+        if hasattr(dm, "drop_inside"):
+            own = dm.drop_inside(self.output_dir, [f".{t}.wav" for t in AUDIO_TAGS])
+            if own and trainer.is_global_zero:
+                log.warning("%s: not reading %d files inside the output folder as inputs", self.output_dir, len(own))
         self._input_ids = set(dm.entry_ids())
         entries = getattr(getattr(dm, "dataset", None), "entries", None) or []
         self._identity = {e.id: {"path": e.path, **file_identity(e.path)} for e in entries}
