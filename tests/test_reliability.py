@@ -194,3 +194,93 @@ def test_neutralise_cell_follows_owasp():
     ]
     text = rows_to_csv([{"id": "=1+2", "x": -3}])
     assert text.splitlines()[1] == "'=1+2,-3"
+
+
+# ------------------------------------------------------------------ 4. the report stays in its folder
+def test_report_confines_ids_and_never_follows_planted_links(tmp_path):
+    from vaefix_pl.report.html import write_report
+
+    out = tmp_path / "a" / "b" / "run"
+    out.mkdir(parents=True)
+    escape = tmp_path / "a" / "escape"
+    escape.mkdir()
+    x = harmonic(4000, f0=220.0)
+    for stem in (out / "k01", out / "k02", escape / "x"):
+        for tag in ("original", "recon"):
+            sf.write(f"{stem}.{tag}.wav", x, 16000, subtype="FLOAT")
+    rows = [{"id": i, "path": f"/in/{i}.wav", "seconds": 0.25, "mel_distance": 1.0}
+            for i in ("../../escape/x", "k01", "k02")]  # fmt: skip
+    with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    victim, victim2 = tmp_path / "victim", tmp_path / "victim2"
+    victim.write_text("precious")
+    victim2.write_text("precious too")
+    (out / "figures").mkdir()
+    (out / "figures" / "k02.png").symlink_to(victim)
+    (out / ".tmp-report.html").symlink_to(victim2)
+    page = write_report(out)
+    assert victim.read_text() == "precious" and victim2.read_text() == "precious too"
+    assert (out / "figures" / "k02.png").is_symlink() and (out / "figures" / "k01.png").is_file()
+    assert not list(escape.glob("*.png")) and not list((tmp_path / "a").glob("*.png"))
+    assert page == out / "report.html" and page.is_file() and not page.is_symlink()
+
+
+# ------------------------------------------------------------------ 6. a full disk
+def test_write_failures_say_no_space_left(tmp_path, monkeypatch):
+    import errno
+
+    import vaefix_pl.runs.files as files_mod
+    from vaefix_pl.runs.files import write_error_reason
+
+    assert "no space left on device" in write_error_reason(OSError(errno.ENOSPC, "No space"), tmp_path)
+    err = sf.LibsndfileError(2, "")  # libsndfile's SFE_SYSTEM: "System error."
+    assert "System error" in str(err)
+    monkeypatch.setattr(files_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    assert "no space left on device" in write_error_reason(err, tmp_path)
+
+
+def test_a_full_disk_at_the_merge_keeps_the_previous_tables(tmp_path, monkeypatch):
+    import errno
+
+    import vaefix_pl.runs.files as files_mod
+    from vaefix_pl.runs.tables import write_run_tables
+
+    rows = [{"id": "a", "path": "/a.wav", "seconds": 1.0, "mel_distance": 2.0}]
+    write_run_tables(tmp_path, rows, {}, title="t")
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    assert set(before) == {"metrics.csv", "errors.csv", "summary.json", "summary.md"}
+    calls = []
+    real = files_mod.os.fsync
+
+    def full(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(files_mod.os, "fsync", full)
+    more = [*rows, {"id": "b", "path": "/b.wav", "error": "x", "error_stage": "decode"}]
+    with pytest.raises(OutputError, match="no space left on device") as exc:
+        write_run_tables(tmp_path, more, {}, title="t")
+    assert exc.value.exit_code == 5 and "\n" not in str(exc.value)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before  # nothing replaced, no temp left
+
+
+def test_wav_write_enospc_is_the_items_error_row(tmp_path, tiny_model_dir, monkeypatch):
+    import errno
+
+    import vaefix_pl.lightning.writer as writer_mod
+
+    _clips(tmp_path / "in", ["a", "b"])
+
+    def full(path, waveform, sample_rate=16000):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_mod, "write_wav", full)
+    out = tmp_path / "out"
+    assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == 0
+    errs = _read_csv(out / "errors.csv")
+    assert [e["id"] for e in errs] == ["a", "b"]
+    assert all("no space left on device" in e["reason"] and e["stage"] == "write" for e in errs)

@@ -4,7 +4,6 @@ one-line setting errors of the config types, ``diagnose_mel`` input checks."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np

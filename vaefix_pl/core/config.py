@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
-from vaefix_pl.core.frontend import Framing
 from vaefix_pl.core.errors import SettingsError
+from vaefix_pl.core.frontend import Framing
 from vaefix_pl.core.models import DEFAULT_SOURCE, Precision, normalize_precision
 from vaefix_pl.core.windowing import Crossfade
 

@@ -36,8 +36,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.core.errors import OutputError
+from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.data.audio import write_wav
 from vaefix_pl.runs.files import (
     UnsafePathError,
@@ -45,6 +45,7 @@ from vaefix_pl.runs.files import (
     jsonable,
     remove_temp_files,
     safe_output_path,
+    write_error_reason,
 )
 from vaefix_pl.runs.lock import RunLock, acquire_run_lock
 from vaefix_pl.runs.partlog import PARTS, append_jsonl
@@ -413,7 +414,7 @@ class ReconstructionWriter(BasePredictionWriter):
                         {
                             "id": item_id,
                             "path": path,
-                            "error": f"cannot write the output: {type(exc).__name__}: {exc}",
+                            "error": f"cannot write the output: {write_error_reason(exc, self.output_dir)}",
                             "error_stage": "write",
                             "rank": rank,
                         }

@@ -6,18 +6,19 @@ import csv
 import io
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
+from vaefix_pl.core.errors import OutputError
 from vaefix_pl.runs.files import (
     UnsafePathError,
-    atomic_write_text,
+    atomic_write_many,
     jsonable,
     safe_output_path,
+    write_error_reason,
 )
+from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +223,21 @@ def write_run_tables(
         {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage") or "", "reason": r["error"]}
         for r in failed
     ]
-    atomic_write_text(out_dir / "metrics.csv", rows_to_csv(rows))
-    atomic_write_text(
-        out_dir / "errors.csv",
-        rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
-    )
-    atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2))
-    atomic_write_text(
-        out_dir / "summary.md",
-        summary_markdown(summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"),
-    )
+    # One step, errors.csv and summary.json last: a failure (full disk) replaces none of the
+    # previous tables and says so in one line.
+    texts = {
+        out_dir / "metrics.csv": rows_to_csv(rows),
+        out_dir / "summary.md": summary_markdown(
+            summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"
+        ),
+        out_dir / "errors.csv": rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
+        out_dir / "summary.json": json.dumps(jsonable(summary), indent=2),
+    }
+    try:
+        atomic_write_many(texts)
+    except OSError as exc:
+        raise OutputError(
+            f"{out_dir}: cannot write the tables, {write_error_reason(exc, out_dir)}; the previous tables are "
+            "kept and a rerun with space resumes"
+        ) from exc
     return summary
