@@ -284,3 +284,23 @@ def test_wav_write_enospc_is_the_items_error_row(tmp_path, tiny_model_dir, monke
     errs = _read_csv(out / "errors.csv")
     assert [e["id"] for e in errs] == ["a", "b"]
     assert all("no space left on device" in e["reason"] and e["stage"] == "write" for e in errs)
+
+
+# ------------------------------------------------------------------ 3. items too big to decode
+def test_huge_or_1hz_items_become_error_rows_naming_the_limit_and_the_batch_goes_on(tmp_path, monkeypatch):
+    import vaefix_pl.data.audio as audio_mod
+    from vaefix_pl.data.inputs import AudioDataset, collate_audio, discover_inputs
+
+    sf.write(tmp_path / "onehz.wav", np.zeros(1200, np.float32), 1, subtype="FLOAT")  # 1.2 KB, "20 minutes"
+    sf.write(tmp_path / "long.wav", harmonic(48000, f0=220.0), 16000, subtype="PCM_16")  # 3 s
+    sf.write(tmp_path / "good.wav", harmonic(16000, f0=220.0), 16000, subtype="PCM_16")
+    monkeypatch.setattr(audio_mod, "MAX_ITEM_SECONDS", 2.0)
+    entries = sorted(discover_inputs(tmp_path), key=lambda e: e.id)
+    ds = AudioDataset(entries)
+    batch = collate_audio([ds[i] for i in range(len(ds))])
+    assert batch["ids"] == ["good"] and batch["waveform"].shape == (1, 16000)
+    errs = {e["id"]: e["reason"] for e in batch["errors"]}
+    assert "below the 1000 Hz minimum" in errs["onehz"]
+    assert "above the 2 s limit of one item" in errs["long"] and "--seconds" in errs["long"]
+    cropped = AudioDataset(entries, seconds=1.5)  # cropped below the limit: read
+    assert cropped[entries.index(next(e for e in entries if e.id == "long"))]["waveform"].shape == (24000,)
