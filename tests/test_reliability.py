@@ -304,3 +304,25 @@ def test_huge_or_1hz_items_become_error_rows_naming_the_limit_and_the_batch_goes
     assert "above the 2 s limit of one item" in errs["long"] and "--seconds" in errs["long"]
     cropped = AudioDataset(entries, seconds=1.5)  # cropped below the limit: read
     assert cropped[entries.index(next(e for e in entries if e.id == "long"))]["waveform"].shape == (24000,)
+
+
+def test_lag_is_estimated_on_a_bounded_excerpt_exactly_as_whole_file_for_short_items(monkeypatch):
+    import torch
+
+    import vaefix_pl.metrics.registry as reg
+    from vaefix_pl.metrics import functional as F
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((2, 48000)))
+    y = torch.roll(x, 7, dims=1)
+    lengths = torch.tensor([48000, 30000])
+    whole = F.estimate_lag(x, y, lengths, max_lag=160, return_peak=True)
+    ctx = reg.MetricContext(x, y, lengths, 16000)
+    got = ctx.lag_and_peak()
+    assert torch.equal(got[0], whole[0]) and torch.allclose(got[1], whole[1])
+    seen = []
+    real = F.estimate_lag
+    monkeypatch.setattr(F, "estimate_lag", lambda r, e, *a, **k: seen.append(r.shape) or real(r, e, *a, **k))
+    monkeypatch.setattr(reg, "LAG_EXCERPT_SECONDS", 1.0)
+    lag, _ = reg.MetricContext(x, y, lengths, 16000).lag_and_peak()
+    assert seen == [(2, 16000)] and lag.tolist() == [7, 7]  # only 1 s is transformed; the lag is found
