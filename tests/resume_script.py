@@ -3,7 +3,8 @@
 
 Environment: ``VAEFIX_TEST_WRITE_LOG`` (a folder): every finished WAV write is appended to
 ``<folder>/rank<LOCAL_RANK>-<pid>.log`` as one line ``<path>``; ``VAEFIX_TEST_WRITE_DELAY`` (seconds):
-each WAV write waits that long first, so a test can kill the run while batches are still coming.
+each WAV write waits that long first, so a test can kill the run while batches are still coming;
+``VAEFIX_TEST_WRITE_GATE`` (a file): each WAV write waits while that file exists.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from vaefix_pl.cli.commands import main
 
 log_dir = os.environ.get("VAEFIX_TEST_WRITE_LOG")
 delay = float(os.environ.get("VAEFIX_TEST_WRITE_DELAY", "0"))
+gate = os.environ.get("VAEFIX_TEST_WRITE_GATE")
 real_write = writer_mod.write_wav
 
 
 def logged_write(path, waveform, sample_rate=16000):
     if delay:
         time.sleep(delay)
+    while gate and os.path.exists(gate):
+        time.sleep(0.05)
     out = real_write(path, waveform, sample_rate)
     if log_dir:
         log = Path(log_dir) / f"rank{os.environ.get('LOCAL_RANK', '0')}-{os.getpid()}.log"

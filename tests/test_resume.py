@@ -67,7 +67,7 @@ def _logged_ids(log_dir: Path, out: Path) -> list[str]:
 def _complete_on_disk(out: Path) -> set[str]:
     """Ids the killed run finished: a part record without error and both WAVs present (read by hand)."""
     done = set()
-    for part in (out / ".parts").glob("rank*.jsonl"):
+    for part in (out / ".parts").glob("*rank*.jsonl"):
         for line in part.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
@@ -93,7 +93,7 @@ def _check_outputs(out: Path, expected: dict[str, int]) -> None:
         "summary.json",
         "summary.md",
     ]
-    assert not list(out.rglob(".tmp-*"))
+    assert not list(out.rglob(".vaefix-tmp-*"))
 
 
 def test_sigkill_part_way_then_rerun_finishes_without_redoing_work(tmp_path, tiny_model_dir):
@@ -124,7 +124,8 @@ def test_sigkill_part_way_then_rerun_finishes_without_redoing_work(tmp_path, tin
     assert 1 <= len(done) < len(expected), done
     print(f"complete at the kill: {len(done)} of {len(expected)}")
     mtimes = {p: p.stat().st_mtime_ns for i in done for p in out.glob(f"{i}.*.wav")}
-    (out / ".tmp-torn123.wav").write_bytes(b"RIFF")  # what a write cut by the kill leaves behind
+    dead = json.loads((out / ".vaefix.lock").read_text())["run"]  # the killed run's lock record
+    (out / f".vaefix-tmp-{dead}-torn123.wav").write_bytes(b"RIFF")  # what a write cut by the kill leaves
 
     rerun = subprocess.run(cmd, env=_env(tmp_path / "log2"), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

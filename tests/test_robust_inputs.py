@@ -366,7 +366,7 @@ def test_a_failed_write_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatc
     writer.on_predict_end(trainer, module)
     errors = {e["id"]: e for e in _read_csv(out / "errors.csv")}
     assert sorted(errors) == ["doomed", "gone"]
-    assert errors["doomed"]["stage"] == "write" and "No space left" in errors["doomed"]["reason"]
+    assert errors["doomed"]["stage"] == "write" and "no space left on device" in errors["doomed"]["reason"]
     assert errors["gone"]["stage"] == "discover"
     rows = {r["id"]: r for r in _read_csv(out / "metrics.csv")}
     assert rows["fine"]["error"] == "" and float(rows["fine"]["snr"]) == 2.0

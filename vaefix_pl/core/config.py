@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
+from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import Framing
 from vaefix_pl.core.models import DEFAULT_SOURCE, Precision, normalize_precision
 from vaefix_pl.core.windowing import Crossfade
@@ -64,17 +65,20 @@ class ReconstructorConfig:
     crossfade: Crossfade = "equal_gain"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", normalize_precision(self.precision))
+        try:
+            object.__setattr__(self, "precision", normalize_precision(self.precision))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.speed not in SPEEDS:
-            raise ValueError(f"speed must be one of {SPEEDS}, got {self.speed!r}")
+            raise SettingsError(f"speed must be one of {SPEEDS}, got {self.speed!r}")
         if self.crossfade not in get_args(Crossfade):
-            raise ValueError(f"crossfade must be one of {get_args(Crossfade)}, got {self.crossfade!r}")
+            raise SettingsError(f"crossfade must be one of {get_args(Crossfade)}, got {self.crossfade!r}")
         if self.max_windows is not None and int(self.max_windows) < 1:
-            raise ValueError(f"max_windows must be >= 1 or None, got {self.max_windows}")
+            raise SettingsError(f"max_windows must be >= 1 or None, got {self.max_windows}")
         if self.latent_mode not in LATENT_MODES:
-            raise ValueError(f"latent_mode must be one of {LATENT_MODES}, got {self.latent_mode!r}")
+            raise SettingsError(f"latent_mode must be one of {LATENT_MODES}, got {self.latent_mode!r}")
         if self.pad_frames_to < 4 or self.pad_frames_to % 4:
-            raise ValueError(
+            raise SettingsError(
                 f"pad_frames_to must be a positive multiple of 4 (VAE down factor), got {self.pad_frames_to}"
             )
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from vaefix_pl.core.errors import ModelError
 from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE
 
 DEFAULT_SOURCE = "cvssp/audioldm2"
@@ -65,11 +66,11 @@ VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 VOCODER_WEIGHTS = "model.safetensors"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(ModelError, FileNotFoundError):
     """The VAE/vocoder could not be found locally; the message says how to get them."""
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ModelError, ValueError):
     """The VAE/vocoder config does not match AudioLDM2's front-end; the message names the field."""
 
 

@@ -76,6 +76,29 @@ def unreadable_reason(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: Lowest file sample rate read: a header claiming less (e.g. 1 Hz) would be upsampled into an
+#: enormous waveform from a tiny file.
+MIN_SAMPLE_RATE = 1000
+#: Longest item, in seconds at the model rate, that is decoded whole (3 h: 0.7 GB as float32 at 16 kHz).
+#: Longer files (or headers claiming more, such as 2^31 frames) become an error row naming this limit;
+#: crop them with ``--seconds`` / ``--offset``.
+MAX_ITEM_SECONDS = 3 * 3600.0
+
+
+def size_limit_reason(frames: int, sr: int, sample_rate: int = SAMPLE_RATE) -> str | None:
+    """Why a file of ``frames`` at ``sr`` Hz is refused before decoding (``None``: it is read)."""
+    if sr < MIN_SAMPLE_RATE:
+        return f"sample rate {sr} Hz is below the {MIN_SAMPLE_RATE} Hz minimum vaefix reads"
+    seconds = frames / sr
+    if seconds > MAX_ITEM_SECONDS:
+        return (
+            f"{seconds:.0f} s of audio ({frames} frames at {sr} Hz) is above the {MAX_ITEM_SECONDS:.0f} s "
+            f"limit of one item (about {MAX_ITEM_SECONDS * sample_rate * 4 / 2**30:.1f} GB at {sample_rate} Hz); "
+            "crop it with --seconds / --offset"
+        )
+    return None
+
+
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """``(frames, sample_rate, channels)`` of a file without decoding it.
 
@@ -103,6 +126,10 @@ def _terse(exc: BaseException) -> str:
     return msg.strip() or type(exc).__name__
 
 
+class _SizeLimit(Exception):
+    pass
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
@@ -128,7 +155,13 @@ def load_audio(
             if start > 0:
                 fh.seek(min(start, fh.frames))
             count = -1 if seconds is None else int(round(seconds * sr))
+            left = max(0, fh.frames - min(max(start, 0), fh.frames))
+            limit = size_limit_reason(left if count < 0 else min(count, left), sr, sample_rate)
+            if limit is not None:
+                raise _SizeLimit(limit)
             data = fh.read(frames=count, dtype="float32", always_2d=True)
+    except _SizeLimit as exc:
+        raise AudioReadError(f"{p}: {exc}") from None
     except Exception as exc:
         raise AudioReadError(
             f"{p}: cannot decode audio, corrupt or truncated file ({type(exc).__name__}: {_terse(exc)})"
@@ -147,6 +180,17 @@ def load_audio(
     return resample(x, sr, sample_rate).contiguous()
 
 
+#: Start of every temporary file name the project writes (then the run's tag, then a random part), so
+#: a rerun deletes only what a killed run of this project left, never a user's own ``.tmp-*`` files.
+TEMP_PREFIX = ".vaefix-tmp-"
+
+
+def temp_prefix() -> str:
+    """This process's temporary-file prefix: :data:`TEMP_PREFIX` + the run tag (``VAEFIX_RUN_TAG``,
+    set by the run lock on every rank) + ``-``."""
+    return f"{TEMP_PREFIX}{os.environ.get('VAEFIX_RUN_TAG', 'norun')}-"
+
+
 def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write a mono float waveform as 32-bit float WAV, atomically (temp file + rename).
 
@@ -155,7 +199,7 @@ def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rat
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     data = waveform.detach().cpu().float().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".wav", dir=p.parent)
     os.close(fd)
     try:
         sf.write(tmp, data.astype(np.float32), sample_rate, subtype="FLOAT", format="WAV")

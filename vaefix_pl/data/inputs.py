@@ -14,6 +14,7 @@ write outside its output folder.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
 from vaefix_pl.data.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio, unreadable_reason
@@ -86,27 +88,46 @@ def safe_id(raw: str) -> str:
     return "/".join(parts) or "item"
 
 
-def _read_manifest(manifest: Path) -> list[Path]:
-    """Paths listed by a ``.txt`` (one per line, ``#`` comments) or ``.csv`` (``path`` column) manifest."""
+def _manifest_line(manifest: Path, n: int, reason: str) -> tuple[Path, str]:
+    """An error item standing for line ``n`` of ``manifest`` (its id names the manifest and the line)."""
+    return manifest.parent / f"{manifest.stem}-line{n}", f"{manifest}: line {n}: {reason}"
+
+
+def _read_manifest(manifest: Path) -> list[tuple[Path, str | None]]:
+    """Paths listed by a ``.txt`` (one per line, ``#`` comments) or ``.csv`` (``path`` column) manifest.
+
+    Read as UTF-8 with a BOM stripped (Excel's "CSV UTF-8"). A line that is not UTF-8 (e.g. Latin-1)
+    becomes an error item naming the line; a manifest that cannot be read at all, or a CSV without a
+    ``path`` column, becomes one error item. Either way the other inputs go on.
+    """
     base = manifest.parent
-    paths: list[str] = []
+    bad = "not UTF-8 text (save the manifest as UTF-8)"
+    out: list[tuple[Path, str | None]] = []
     try:
-        if manifest.suffix.lower() == ".csv":
-            with open(manifest, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames or "path" not in reader.fieldnames:
-                    raise ValueError(
-                        f"{manifest}: a CSV manifest needs a 'path' column (has {reader.fieldnames})"
-                    )
-                paths = [row["path"].strip() for row in reader if (row.get("path") or "").strip()]
-        else:
-            with open(manifest, encoding="utf-8") as fh:
-                paths = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the manifest {manifest}: {exc}") from exc
-    return [
-        _absolute(Path(p).expanduser() if Path(p).expanduser().is_absolute() else base / p) for p in paths
-    ]
+        with open(manifest, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+            text = fh.read()
+    except OSError as exc:
+        return [(manifest, f"cannot read the manifest {manifest}: {exc.strerror or exc}")]
+    if manifest.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "path" not in [f.strip() for f in reader.fieldnames]:
+            return [(manifest, f"{manifest}: a CSV manifest needs a 'path' column (has {reader.fieldnames})")]
+        key = next(f for f in reader.fieldnames if f.strip() == "path")
+        listed = [(reader.line_num, (row.get(key) or "").strip()) for row in reader]
+    else:
+        listed = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1)]
+        listed = [(n, p) for n, p in listed if p and not p.startswith("#")]
+    for n, p in listed:
+        if not p:
+            continue
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            out.append(_manifest_line(manifest, n, bad))
+            continue
+        q = Path(p).expanduser()
+        out.append((_absolute(q if q.is_absolute() else base / p), None))
+    return out
 
 
 def _absolute(p: Path) -> Path:
@@ -155,13 +176,13 @@ def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_EXTENSIONS
 
 
-def _expand(inp: str | os.PathLike) -> list[Path]:
+def _expand(inp: str | os.PathLike) -> list[tuple[Path, str | None]]:
     p = Path(inp).expanduser()
     if p.is_dir():
-        return _scan_folder(p)
+        return [(f, None) for f in _scan_folder(p)]
     if p.suffix.lower() in MANIFEST_EXTENSIONS and p.is_file():
         return _read_manifest(p)
-    return [_absolute(p)]  # a file (or a missing one: reported as an error item, not a crash)
+    return [(_absolute(p), None)]  # a file (or a missing one: reported as an error item, not a crash)
 
 
 def _unique_ids(paths: Sequence[Path]) -> list[str]:
@@ -196,12 +217,16 @@ def discover_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike] | No
         return [AudioEntry(id=name, path=None) for name in PROBE_NAMES]
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    paths: list[Path] = []
+    found: list[tuple[Path, str | None]] = []
     for inp in inputs:
-        paths.extend(_expand(inp))
+        found.extend(_expand(inp))
+    paths = [p for p, _ in found]
     entries = []
-    for pid, p in zip(_unique_ids(paths), paths):
+    for pid, (p, listed_err) in zip(_unique_ids(paths), found):
         seconds, err, stage = None, None, None
+        if listed_err is not None:
+            entries.append(AudioEntry(id=pid, path=str(p), error=listed_err, stage="discover"))
+            continue
         reason = unreadable_reason(p)
         if reason is not None and reason != "empty file (0 bytes)":
             err, stage = f"{p}: {reason}", "discover"
@@ -304,6 +329,18 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _check_data_settings(seconds: Any, offset: Any, batch_size: Any, num_workers: Any) -> None:
+    """Refuse settings that cannot mean anything, with one line naming the setting."""
+    if seconds is not None and not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
+        raise SettingsError(f"seconds (--seconds) must be a positive number of seconds or unset, got {seconds!r}")
+    if not (isinstance(offset, (int, float)) and np.isfinite(offset) and offset >= 0):
+        raise SettingsError(f"offset (--offset) must be >= 0 seconds, got {offset!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SettingsError(f"batch_size (--batch-size) must be an integer >= 1, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise SettingsError(f"num_workers (--num-workers) must be an integer >= 0, got {num_workers!r}")
+
+
 class AudioDataModule(L.LightningDataModule):
     """Audio files, folders, manifests or the probe set -> padded 16 kHz batches for ``trainer.predict``.
 
@@ -332,6 +369,7 @@ class AudioDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
+        _check_data_settings(seconds, offset, batch_size, num_workers)
         self.save_hyperparameters()
         for name, value in self.hparams.items():  # every argument is also a plain attribute
             setattr(self, name, value)
@@ -365,6 +403,25 @@ class AudioDataModule(L.LightningDataModule):
             self.setup("predict")
         assert self.dataset is not None
         return list(self._all_ids)
+
+    def drop_inside(self, folder: str | os.PathLike, suffixes: Sequence[str]) -> list[str]:
+        """Leave out the inputs under ``folder`` whose names end with one of ``suffixes`` (a run's own
+        outputs, ``.recon.wav`` ..., when ``--out`` is or lies inside an input folder: they are never read
+        back as inputs); returns their ids."""
+        if self.dataset is None:
+            self.setup("predict")
+        assert self.dataset is not None
+        root = os.path.abspath(folder)
+        inside = [
+            e.id
+            for e in self.dataset.entries
+            if e.path
+            and e.path.endswith(tuple(suffixes))
+            and os.path.commonpath([root, os.path.abspath(e.path)]) == root
+        ]
+        self.drop_ids(inside)
+        self._all_ids = [i for i in self._all_ids if i not in set(inside)]
+        return inside
 
     def drop_ids(self, ids: set[str] | Sequence[str]) -> int:
         """Leave ``ids`` out of the data (e.g. items a resumed run already completed); returns how many.

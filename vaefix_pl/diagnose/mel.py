@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import (
     HOP,
     LOG_MEL_FLOOR,
@@ -88,6 +89,20 @@ def _undo_scale(x: Tensor, finding: MelFinding | None) -> Tensor:
     return y.clamp(min=LOG_MEL_FLOOR)
 
 
+def _check_mel_input(raw: Tensor) -> None:
+    """Refuse what no check can judge: a 0-d value, an empty array, complex or non-numeric values."""
+    if raw.dim() == 0:
+        raise SettingsError("the mel is a single number (a 0-d array), not a (T, 64) mel")
+    if raw.numel() == 0:
+        raise SettingsError(f"the mel is empty (shape {tuple(raw.shape)}): there are no frames to check")
+    if raw.is_complex():
+        raise SettingsError(
+            f"the mel is complex ({str(raw.dtype).replace('torch.', '')}): pass the magnitude's log-mel, a real array"
+        )
+    if not raw.is_floating_point() and raw.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        raise SettingsError(f"the mel has a non-numeric dtype ({raw.dtype})")
+
+
 def diagnose_mel(
     mel: Tensor | np.ndarray,
     audio: Tensor | np.ndarray | None = None,
@@ -110,6 +125,7 @@ def diagnose_mel(
     the magnitude vs power / log10 / dB / linear), level.
     """
     raw = torch.as_tensor(mel)
+    _check_mel_input(raw)
     dtype = str(raw.dtype).replace("torch.", "")
     x2, notes = _squeeze_2d(raw)
     n_samples = None

@@ -19,9 +19,11 @@ so ``metrics.csv`` holds every input exactly once. ``overwrite=True`` redoes eve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import time
 from collections import deque
@@ -34,6 +36,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from vaefix_pl.core.errors import OutputError
 from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.data.audio import write_wav
 from vaefix_pl.runs.files import (
@@ -42,14 +45,18 @@ from vaefix_pl.runs.files import (
     jsonable,
     remove_temp_files,
     safe_output_path,
+    write_error_reason,
 )
+from vaefix_pl.runs.lock import RunLock, acquire_run_lock
 from vaefix_pl.runs.partlog import PARTS, append_jsonl
 from vaefix_pl.runs.tables import (
     AUDIO_TAGS,
     PREVIOUS,
+    identity_mismatch,
     is_complete,
     merge_parts,
     previous_rows,
+    read_summary,
     write_run_tables,
     writer_part_files,
 )
@@ -159,6 +166,15 @@ class ReconstructionWriter(BasePredictionWriter):
         #: ``summary.json`` of the last finalised run (rank 0), and whether any input failed
         self.summary: dict[str, Any] | None = None
         self.failed = False
+        #: this run's id (a uuid hex shared by its ranks): names its part and temporary files
+        self.run_id: str | None = None
+        self._lock: RunLock | None = None
+        self._dead_runs: list[str] = []
+        #: per input id: source identity (``src_size``, ``src_mtime_ns``) recorded with its row
+        self._identity: dict[str, dict[str, Any]] = {}
+        self._fingerprint = ""
+        #: ``{id: why}`` of inputs an earlier run recorded but that are redone (changed file or settings)
+        self.redone: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------ resume
     def expected_tags(self, pl_module: L.LightningModule | None) -> list[str]:
@@ -173,20 +189,35 @@ class ReconstructionWriter(BasePredictionWriter):
         # writes before the "post_setup" barrier that follows: all ranks read the same files and drop
         # the same ids, so the sampler splits identical lists.
         self._finalized = False
-        self.skipped, self._carry, self._nothing_to_do = [], [], False
+        self.skipped, self._carry, self._nothing_to_do, self.redone = [], [], False, {}
+        if stage == "predict":
+            self._lock_run(trainer)
+            self._fingerprint = settings_fingerprint(pl_module, getattr(trainer, "datamodule", None))
         dm = getattr(trainer, "datamodule", None)
         if stage != "predict" or not (hasattr(dm, "entry_ids") and hasattr(dm, "drop_ids")):
             self._input_ids = None
             return
+        if hasattr(dm, "drop_inside"):
+            own = dm.drop_inside(self.output_dir, [f".{t}.wav" for t in AUDIO_TAGS])
+            if own and trainer.is_global_zero:
+                log.warning("%s: not reading %d files inside the output folder as inputs", self.output_dir, len(own))
         self._input_ids = set(dm.entry_ids())
+        entries = getattr(getattr(dm, "dataset", None), "entries", None) or []
+        self._identity = {e.id: {"path": e.path, **file_identity(e.path)} for e in entries}
         if not self.overwrite:
             tags = self.expected_tags(pl_module)
             needs = [n for n in getattr(pl_module, "perceptual_metrics", []) or []]
-            done = [
-                r
-                for r in previous_rows(self.output_dir)
-                if r["id"] in self._input_ids and is_complete(r, self.output_dir, tags, needs)
-            ]
+            done = []
+            for r in previous_rows(self.output_dir):
+                if r["id"] not in self._input_ids or not is_complete(r, self.output_dir, tags, needs):
+                    continue
+                why = identity_mismatch(r, self._identity.get(r["id"], {}), self._fingerprint)
+                if why is None:
+                    done.append(r)
+                else:
+                    self.redone[r["id"]] = why
+                    if trainer.is_global_zero:
+                        log.warning("%s %s: redone", r.get("path") or r["id"], why)
             self._carry = done
             self.skipped = [r["id"] for r in done]
             if self.skipped:
@@ -201,18 +232,50 @@ class ReconstructionWriter(BasePredictionWriter):
                     )
         self._nothing_to_do = len(self.skipped) == len(self._input_ids)
 
+    def _lock_run(self, trainer: L.Trainer) -> None:
+        """Rank 0 takes the folder's run lock and makes the run id; every rank learns both (or the
+        refusal, raised as :class:`OutputError` on every rank)."""
+        if self._lock is not None and self._lock.fd is not None:
+            return
+        lock, msg = None, None
+        if trainer.is_global_zero:
+            try:
+                lock = acquire_run_lock(self.output_dir)
+            except OutputError as exc:
+                msg = str(exc)
+        info = (msg, lock.run_id if lock else None, lock.dead_runs if lock else [])
+        if trainer.world_size > 1:
+            info = trainer.strategy.broadcast(info, src=0)
+        msg, run_id, dead = info
+        if msg:
+            raise OutputError(msg)
+        self._lock, self.run_id, self._dead_runs = lock, run_id, list(dead)
+        os.environ["VAEFIX_RUN_TAG"] = run_id  # the temporary-file prefix of this run (every rank)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    def _part_name(self, rank: int) -> str:
+        return f"recon-{self.run_id}-rank{rank}.jsonl"
+
     def _start_parts(self) -> None:
-        """Rank 0, before any rank writes: clear temp files of a killed run, carry completed records
-        into ``previous.jsonl`` and retire the old rank parts (their other records are redone)."""
+        """Rank 0, holding the lock, before any rank writes: clear the temporary files of killed runs
+        (their own prefix only), carry completed records into ``previous.jsonl`` and retire the part
+        files of killed runs (the lock proves no live run owns them; their other records are redone)."""
         parts = self.output_dir / PARTS
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for f in remove_temp_files(self.output_dir):
+        for f in remove_temp_files(self.output_dir, self._dead_runs):
             log.info("removed %s (left by an interrupted run)", f)
         parts.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(jsonable(r)) + "\n" for r in self._carry)
         atomic_write_text(parts / PREVIOUS, text)
         for f in writer_part_files(self.output_dir):
-            if f.name != PREVIOUS:
+            if f.name != PREVIOUS and self.run_id not in f.name:
                 f.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -222,7 +285,7 @@ class ReconstructionWriter(BasePredictionWriter):
             self._start_parts()
         trainer.strategy.barrier("vaefix_writer_start")
         parts.mkdir(parents=True, exist_ok=True)
-        self._part = open(parts / f"rank{trainer.global_rank}.jsonl", "w", encoding="utf-8")
+        self._part = open(parts / self._part_name(trainer.global_rank), "w", encoding="utf-8")
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.io_workers), thread_name_prefix="vaefix-io")
         self._batch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaefix-batch")  # FIFO
         self._batches = deque()
@@ -306,6 +369,8 @@ class ReconstructionWriter(BasePredictionWriter):
                         )
                         continue
                 row: dict[str, Any] = {"id": item_id, "path": path, "seconds": n / SAMPLE_RATE, "rank": rank}
+                ident = self._identity.get(item_id, {})
+                row.update({k: v for k, v in ident.items() if k != "path"}, settings_fp=self._fingerprint)
                 for tag, scores in metrics.items():
                     prefix = "" if tag == "recon" else f"{tag}_"
                     row.update({prefix + k: _value(v[i]) for k, v in scores.items()})
@@ -349,7 +414,7 @@ class ReconstructionWriter(BasePredictionWriter):
                         {
                             "id": item_id,
                             "path": path,
-                            "error": f"cannot write the output: {type(exc).__name__}: {exc}",
+                            "error": f"cannot write the output: {write_error_reason(exc, self.output_dir)}",
                             "error_stage": "write",
                             "rank": rank,
                         }
@@ -399,29 +464,49 @@ class ReconstructionWriter(BasePredictionWriter):
                 self._t0 = time.perf_counter()
                 self._start_parts()
                 self.finalize(pl_module, trainer)
+        if stage == "predict" and trainer.is_global_zero:
+            self._release()
 
     # ------------------------------------------------------------------------------ merge
     def finalize(self, pl_module: L.LightningModule | None = None, trainer: L.Trainer | None = None) -> dict:
         """Merge the parts into ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``."""
 
-        parts = writer_part_files(self.output_dir)
+        parts = [
+            f for f in writer_part_files(self.output_dir) if f.name == PREVIOUS or (self.run_id or "") in f.name
+        ]
         rows = merge_parts(parts)
         if self._input_ids is not None:
             rows = [r for r in rows if r["id"] in self._input_ids]
         for r in rows:
             r.pop("rank", None)
         skipped = set(self.skipped)
-        audio_s = sum(r.get("seconds") or 0.0 for r in rows if not r.get("error") and r["id"] not in skipped)
-        wall = time.perf_counter() - self._t0 if self._t0 else float("nan")
+        run_audio_s = sum(
+            r.get("seconds") or 0.0 for r in rows if not r.get("error") and r["id"] not in skipped
+        )
+        run_wall = time.perf_counter() - self._t0 if self._t0 else float("nan")
+        # A resumed run keeps the figures of the runs it continues: the table's audio and the wall
+        # time of every run that produced it (this one's alone under ``this_run``).
+        prev_timing = (read_summary(self.output_dir).get("timing") or {}) if skipped else {}
+        prev_wall = prev_timing.get("wall_s") if isinstance(prev_timing.get("wall_s"), (int, float)) else 0.0
+        wall = run_wall + prev_wall
+        audio_s = run_audio_s + sum(
+            r.get("seconds") or 0.0 for r in rows if not r.get("error") and r["id"] in skipped
+        )
         extra = {
+            "resumed": len(skipped),
             "timing": {
                 **self.timing,
                 "wall_s": wall,
                 "audio_s": audio_s,
                 "x_realtime": audio_s / wall if wall and math.isfinite(wall) and wall > 0 else None,
                 "world_size": trainer.world_size if trainer is not None else 1,
+                "this_run": {"wall_s": run_wall, "audio_s": run_audio_s},
             },
-            "resume": {"skipped_complete": len(skipped), "overwrite": self.overwrite},
+            "resume": {
+                "skipped_complete": len(skipped),
+                "overwrite": self.overwrite,
+                "redone": dict(self.redone),
+            },
             "settings": {
                 "module": pl_module.settings() if hasattr(pl_module, "settings") else {},
                 "data": dict(trainer.datamodule.hparams)
@@ -452,3 +537,28 @@ class ReconstructionWriter(BasePredictionWriter):
         self.failed = summary["n_failed"] > 0
         self._finalized = True
         return summary
+
+
+def file_identity(path: str | None) -> dict[str, Any]:
+    """``{"src_size", "src_mtime_ns"}`` of an input file (``{}`` for probes or an unreadable path)."""
+    if not path:
+        return {}
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"src_size": st.st_size, "src_mtime_ns": st.st_mtime_ns}
+
+
+#: data settings that change the outputs (batching and workers do not)
+_DATA_KEYS = ("seconds", "offset", "channel", "probe_seconds", "sample_rate")
+
+
+def settings_fingerprint(pl_module: Any, datamodule: Any) -> str:
+    """A short hash of everything that decides an item's outputs: the module's settings (model,
+    reconstructor, repair chain, metrics) and the data's crop settings."""
+    module = pl_module.settings() if hasattr(pl_module, "settings") else {}
+    hp = dict(getattr(datamodule, "hparams", {}) or {})
+    data = {k: hp.get(k) for k in _DATA_KEYS if k in hp}
+    blob = json.dumps(jsonable({"module": module, "data": data}), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

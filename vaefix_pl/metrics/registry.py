@@ -99,6 +99,9 @@ def metric_info() -> dict[str, dict[str, str]]:
     }
 
 
+#: Seconds of each item that the lag is estimated from (see ``MetricContext.lag_and_peak``).
+LAG_EXCERPT_SECONDS = 60.0
+
 class MetricContext:
     """One batch's inputs plus a cache of shared intermediate results (lag, alignment, detections)."""
 
@@ -132,13 +135,20 @@ class MetricContext:
         return self.lengths.double() / self.sample_rate
 
     def lag_and_peak(self) -> tuple[Tensor, Tensor]:
+        """Lag and peak correlation from the first :data:`LAG_EXCERPT_SECONDS` of each item: the lag is
+        the pipeline's fixed delay, and a whole-file FFT of an hour of audio needs gigabytes. Items no
+        longer than the excerpt get exactly the whole-item result."""
         max_lag = int(round(0.01 * self.sample_rate))  # +-10 ms (160 samples at 16 kHz)
-        return self.cached(
-            "lag",
-            lambda: F.estimate_lag(
-                self.reference, self.estimate, self.host_lengths, max_lag=max_lag, return_peak=True
-            ),
-        )
+        m = int(LAG_EXCERPT_SECONDS * self.sample_rate)
+
+        def lag() -> tuple[Tensor, Tensor]:
+            ref, est, lens = self.reference, self.estimate, self.host_lengths
+            if ref.shape[-1] > m:
+                ref, est = ref[..., :m], est[..., :m]
+                lens = None if lens is None else lens.clamp(max=m)
+            return F.estimate_lag(ref, est, lens, max_lag=max_lag, return_peak=True)
+
+        return self.cached("lag", lag)
 
     def aligned(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.cached(

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE, valid_mask
 from vaefix_pl.core.lengths import full_lengths
 from vaefix_pl.repair.config import (
@@ -273,6 +274,12 @@ class PostProcessChain(nn.Module):
         super().__init__()
         config = config or RepairConfig()
         if settings:
+            known = {f.name for f in fields(RepairConfig)}
+            unknown = sorted(set(settings) - known)
+            if unknown:
+                raise SettingsError(
+                    f"unknown repair setting {unknown[0]!r} (postprocess keys: {', '.join(sorted(known))})"
+                )
             config = replace(config, **settings)
         self.config = config
         for f in fields(config):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
+from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import SAMPLE_RATE, TRAINED_LOG_MEL_RANGE
 from vaefix_pl.repair.dsp import BlockSize
 
@@ -60,11 +61,11 @@ class RepairConfig:
 
     def __post_init__(self) -> None:
         if self.mel_mode not in MEL_MODES:
-            raise ValueError(f"mel_mode must be one of {MEL_MODES}, got {self.mel_mode!r}")
+            raise SettingsError(f"mel_mode must be one of {MEL_MODES}, got {self.mel_mode!r}")
         if int(self.outlier_size) < 1 or int(self.outlier_size) % 2 == 0:
-            raise ValueError(f"outlier_size must be a positive odd integer, got {self.outlier_size}")
+            raise SettingsError(f"outlier_size must be a positive odd integer, got {self.outlier_size}")
         if self.block_size not in (None, "auto") and int(self.block_size) < 2:
-            raise ValueError(f"block_size must be 'auto', None or >= 2, got {self.block_size!r}")
+            raise SettingsError(f"block_size must be 'auto', None or >= 2, got {self.block_size!r}")
         for f in fields(self):
             coerce = _COERCE.get(str(f.type))
             if coerce is not None:

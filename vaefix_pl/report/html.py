@@ -27,6 +27,7 @@ import base64
 import html
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -37,10 +38,14 @@ from urllib.parse import quote
 
 import numpy as np
 
+from vaefix_pl.core.errors import OutputError
 from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS
 from vaefix_pl.report.figures import clip_clicks, clip_figure, figure_png
+from vaefix_pl.runs.files import UnsafePathError, atomic_write_bytes, atomic_write_text, safe_output_path
 from vaefix_pl.runs.tables import read_metrics_csv
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EMBED_AUDIO_CLIPS = 12
 DEFAULT_MAX_FIGURES = 100
@@ -70,8 +75,8 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _read_wav(path: Path) -> np.ndarray | None:
-    if not path.is_file():
+def _read_wav(path: Path | None) -> np.ndarray | None:
+    if path is None or not path.is_file():
         return None
     import soundfile as sf
 
@@ -501,7 +506,7 @@ def write_report(
     fig_dir = out / "figures"
     for k, r in enumerate(ok_rows):
         item_id = r["id"]
-        waves = {tag: _read_wav(out / f"{item_id}.{tag}.wav") for tag in AUDIO_TAGS}
+        waves = {tag: _read_wav(_confined(out, f"{item_id}.{tag}.wav")) for tag in AUDIO_TAGS}
         players = []
         for tag, label in AUDIO_TAGS.items():
             if waves[tag] is None:
@@ -521,9 +526,9 @@ def write_report(
                 waves["original"], waves["recon"], post=waves["post"], clicks=clicks, title=item_id
             )
             png = figure_png(fig)
-            target = fig_dir / f"{item_id}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(png)
+            target = _confined(fig_dir, f"{item_id}.png")
+            if target is not None:
+                atomic_write_bytes(target, png)
             fig_html = (
                 f"<img alt='{_e(item_id)}: log-mels, difference and waveforms' "
                 f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
@@ -555,7 +560,16 @@ def write_report(
         + f"</main><script>{_JS}</script></body></html>"
     )
     target = out / filename
-    tmp = target.with_name(f".tmp-{target.name}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    if _confined(out, filename) is None:
+        raise OutputError(f"{target}: not written (outside {out} or through a symbolic link)")
+    atomic_write_text(target, page)
     return target
+
+
+def _confined(root: Path, name: str) -> Path | None:
+    """``root / name`` when it stays inside ``root`` through no symbolic link, else ``None`` (warned)."""
+    try:
+        return safe_output_path(root, name, no_links=True)
+    except UnsafePathError as exc:
+        log.warning("report: skipping %s (%s)", name, exc)
+        return None

@@ -6,33 +6,39 @@ import csv
 import io
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
+from vaefix_pl.core.errors import OutputError
 from vaefix_pl.runs.files import (
     UnsafePathError,
-    atomic_write_text,
+    atomic_write_many,
     jsonable,
     safe_output_path,
+    write_error_reason,
 )
+from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
 
 log = logging.getLogger(__name__)
 
 PREVIOUS = "previous.jsonl"
 AUDIO_TAGS = ("original", "recon", "post")
 ERROR_COLUMNS = ("id", "path", "stage", "reason")
-_RANK_PART = r"rank\d+\.jsonl"
+#: the writer's part files: ``recon-<run id>-rank<k>.jsonl`` (and ``rank<k>.jsonl`` of older versions)
+_RANK_PART = r"recon-[0-9a-f]+-rank\d+\.jsonl|rank\d+\.jsonl"
 #: metrics.csv columns that stay strings when an earlier run's table is read back
-_TEXT_COLUMNS = {"id", "path", "error", "error_stage"}
+_TEXT_COLUMNS = {"id", "path", "error", "error_stage", "settings_fp"}
+#: bookkeeping columns: the source file's identity and the settings hash (never scores)
+IDENTITY_COLUMNS = ("src_size", "src_mtime_ns", "settings_fp")
+#: first characters a spreadsheet reads as a formula (OWASP CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
-    skip = {"id", "path", "seconds", "error", "error_stage", "rank"}
+    skip = {"id", "path", "seconds", "error", "error_stage", "rank", *IDENTITY_COLUMNS}
     cols: list[str] = []
     for r in rows:
         for k, v in r.items():
@@ -78,6 +84,19 @@ def _cell(text: str) -> Any:
     return text
 
 
+def neutralise_cell(v: Any) -> Any:
+    """A text cell safe to open in a spreadsheet (OWASP): a leading ``= + - @``, tab or CR gets a ``'``
+    in front (so does a leading ``'``, so the reader can strip exactly one back). Numbers pass unchanged."""
+    if isinstance(v, str) and v and (v.startswith(_FORMULA_START) or v.startswith("'")):
+        return "'" + v
+    return v
+
+
+def restore_cell(text: str) -> str:
+    """:func:`neutralise_cell` undone on a text cell read back."""
+    return text[1:] if text.startswith("'") else text
+
+
 def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``metrics.csv`` written by :func:`write_run_tables`, numbers as numbers ([] if absent)."""
     path = Path(path)
@@ -87,7 +106,7 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
         with open(path, newline="", encoding="utf-8") as fh:
             return [
                 {
-                    k: (v if k in _TEXT_COLUMNS else _cell(v))
+                    k: (restore_cell(v) if k in _TEXT_COLUMNS else _cell(v))
                     for k, v in r.items()
                     if k is not None and v is not None
                 }
@@ -108,6 +127,33 @@ def writer_part_files(out_dir: Path) -> list[Path]:
 def previous_rows(out_dir: Path) -> list[dict[str, Any]]:
     """What earlier runs into ``out_dir`` recorded: ``metrics.csv`` overlaid with leftover part files."""
     return merge_parts(writer_part_files(out_dir), read_metrics_csv(out_dir / "metrics.csv"))
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of an earlier run into ``out_dir`` (``{}`` if absent or unreadable)."""
+    try:
+        data = json.loads((Path(out_dir) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def identity_mismatch(row: dict[str, Any], current: dict[str, Any], fingerprint: str) -> str | None:
+    """Why an earlier run's ``row`` does not describe the input as it is now (``None``: it does).
+
+    ``current`` is ``{"path", "src_size", "src_mtime_ns"}`` of the input now; ``fingerprint`` the
+    settings hash of this run. The path, size, modification time and settings must all match.
+    """
+    if row.get("settings_fp") in (None, ""):
+        return "has no identity recorded by the last run"
+    if str(row.get("settings_fp")) != fingerprint:
+        return "was made with other settings in the last run"
+    if current.get("path") is not None and row.get("path") != current.get("path"):
+        return f"is a different file than the last run's {row.get('path')}"
+    for k in ("src_size", "src_mtime_ns"):
+        if current.get(k) is not None and row.get(k) != current.get(k):
+            return "changed since the last run"
+    return None
 
 
 def is_complete(
@@ -131,7 +177,7 @@ def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "p
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+        w.writerow({k: ("" if r.get(k) is None else neutralise_cell(r.get(k))) for k in cols})
     return buf.getvalue()
 
 
@@ -177,14 +223,21 @@ def write_run_tables(
         {"id": r["id"], "path": r.get("path"), "stage": r.get("error_stage") or "", "reason": r["error"]}
         for r in failed
     ]
-    atomic_write_text(out_dir / "metrics.csv", rows_to_csv(rows))
-    atomic_write_text(
-        out_dir / "errors.csv",
-        rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
-    )
-    atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=2))
-    atomic_write_text(
-        out_dir / "summary.md",
-        summary_markdown(summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"),
-    )
+    # One step, errors.csv and summary.json last: a failure (full disk) replaces none of the
+    # previous tables and says so in one line.
+    texts = {
+        out_dir / "metrics.csv": rows_to_csv(rows),
+        out_dir / "summary.md": summary_markdown(
+            summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"
+        ),
+        out_dir / "errors.csv": rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
+        out_dir / "summary.json": json.dumps(jsonable(summary), indent=2),
+    }
+    try:
+        atomic_write_many(texts)
+    except OSError as exc:
+        raise OutputError(
+            f"{out_dir}: cannot write the tables, {write_error_reason(exc, out_dir)}; the previous tables are "
+            "kept and a rerun with space resumes"
+        ) from exc
     return summary
