@@ -166,3 +166,12 @@ def test_auto_loader_settings_follow_the_device(monkeypatch):
     dm = AudioDataModule(inputs=None, probe_seconds=0.5, batch_size=5)
     dm.setup("predict")
     assert dm.batch_size == 5 and dm.num_workers in (0, 1, 2)
+
+
+def test_unwritable_compile_cache_does_not_stop_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("VAEFIX_CACHE_DIR", str(blocker))
+    module = ReconstructionModule(model=str(tiny_model_dir), speed="compile", metrics=[])
+    module.configure_model()
+    assert module._activate_compile_cache(SPEED_PRESETS["compile"], 64) is None

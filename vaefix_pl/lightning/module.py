@@ -9,6 +9,7 @@ no I/O: :class:`~vaefix_pl.lightning.writer.ReconstructionWriter` writes what it
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import fields, replace
 from typing import Any, get_type_hints
 
@@ -20,6 +21,8 @@ from torch import Tensor
 from vaefix_pl.core.config import SPEED_PRESETS, ReconstructorConfig
 from vaefix_pl.core.output import ItemOutOfMemoryError
 from vaefix_pl.core.reconstruct import Reconstructor
+
+log = logging.getLogger(__name__)
 
 #: The module's defaults where they differ from ReconstructorConfig's: long items run in 10.24 s windows.
 MODULE_DEFAULTS: dict[str, Any] = {"window_seconds": 10.24}
@@ -132,7 +135,10 @@ class ReconstructionModule(L.LightningModule):
         # leaves a usable cache (artefacts of later shapes are added at exit).
         if self._compile_cache is not None:
             cache, self._compile_cache = self._compile_cache, None
-            cache.seal()
+            try:
+                cache.seal()
+            except OSError as exc:
+                log.warning("compile cache %s not sealed (%s): the next run recompiles", cache.path, exc)
 
     def _call_batch_size(self) -> int | None:
         """Items per model call: the predict loader's batch size, capped by ``max_windows``."""
@@ -158,8 +164,12 @@ class ReconstructionModule(L.LightningModule):
         c = self.config
         settings = {**preset, "speed": c.speed, "batch_size": batch, "pad_frames_to": c.pad_frames_to}
         settings.update(framing=c.framing, window_seconds=c.window_seconds, max_windows=c.max_windows)
-        cache = compile_cache_for(folder, self.device, self.reconstructor.precision, settings)
-        return cache.activate(seal_at_exit=True)
+        try:
+            cache = compile_cache_for(folder, self.device, self.reconstructor.precision, settings)
+            return cache.activate(seal_at_exit=True)
+        except OSError as exc:  # an unwritable cache folder costs the reuse, never the run
+            log.warning("compile cache not used (%s); set VAEFIX_CACHE_DIR to a writable folder", exc)
+            return None
 
     @classmethod
     def from_reconstructor(cls, reconstructor: Reconstructor, **kwargs: Any) -> ReconstructionModule:
