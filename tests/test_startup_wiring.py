@@ -175,3 +175,20 @@ def test_unwritable_compile_cache_does_not_stop_the_run(tiny_model_dir, tmp_path
     module = ReconstructionModule(model=str(tiny_model_dir), speed="compile", metrics=[])
     module.configure_model()
     assert module._activate_compile_cache(SPEED_PRESETS["compile"], 64) is None
+
+
+def test_configure_model_loads_onto_the_trainers_device(tiny_model_dir, monkeypatch):
+    seen = []
+    real = Reconstructor.from_config.__func__
+
+    def spy(cls, config, device=None):
+        seen.append(device)
+        return real(cls, config, device)
+
+    monkeypatch.setattr(Reconstructor, "from_config", classmethod(spy))
+    module = ReconstructionModule(model=str(tiny_model_dir), metrics=[])
+    strategy = type("S", (), {"root_device": torch.device("cpu")})()
+    module._trainer = type("T", (), {"strategy": strategy})()
+    module.configure_model()
+    assert seen == [torch.device("cpu")]
+    assert all(p.device.type == "cpu" for p in module.reconstructor.parameters())

@@ -116,7 +116,10 @@ class ReconstructionModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.reconstructor is not None:
             return
-        self.reconstructor = Reconstructor.from_config(self.config)
+        # the Trainer's device: weights are read straight onto it (no CPU copy first) and its
+        # precision policy (TF32 for fp32 on CUDA) applies
+        device = self._trainer.strategy.root_device if self._trainer is not None else None
+        self.reconstructor = Reconstructor.from_config(self.config, device)
 
     def on_predict_start(self) -> None:
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
