@@ -14,7 +14,8 @@ the speed settings/shapes, so a changed model, torch or GPU never finds an old a
 whose files do not match its manifest (or that has no manifest: a run that died while compiling) is
 deleted and rebuilt. Why this cache and not Mega-Cache or AOTInductor: docs/STARTUP.md.
 
-Imports only torch and the standard library.
+Imports only the standard library at module level (torch inside the functions that need it), so
+:func:`cache_main` (``vaefix cache info|clear``) starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ENV_CACHE_DIR = "VAEFIX_CACHE_DIR"
 MANIFEST = "manifest.json"
@@ -77,6 +79,8 @@ def model_fingerprint(
 
 def environment_key(device: torch.device | str = "cpu") -> dict[str, str]:
     """torch/CUDA/Python versions and, on CUDA, the GPU name and compute capability."""
+    import torch
+
     device = torch.device(device)
     env = {
         "torch": torch.__version__,
@@ -288,6 +292,8 @@ def run_with_cache(fn, cache: CompileCache, *args: Any, **kwargs: Any) -> Any:
     try:
         out = fn(*args, **kwargs)
     except Exception:  # noqa: BLE001 - any failure here is retried once from an empty cache
+        import torch._dynamo
+
         cache.clear()
         torch._dynamo.reset()
         cache.activate(seal_at_exit=False)
@@ -329,3 +335,52 @@ def clear_cache(key: str | None = None, root: str | os.PathLike | None = None) -
             freed += sum(p.stat().st_size for p in t.rglob("*") if p.is_file())
             shutil.rmtree(t, ignore_errors=True)
     return freed
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cache_main(argv: list[str] | None = None) -> int:
+    """``vaefix cache info|clear [KEY]``: list the compile cache's key folders, or delete one or all.
+
+    Prints to stdout; returns the exit code (0; 2 for an unknown key). Needs neither torch nor a GPU.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="vaefix cache",
+        description=f"The torch.compile cache of `speed: compile` runs (folder: {cache_root()}; "
+        f"set {ENV_CACHE_DIR} to move it). Deleting it is always safe: the next run recompiles.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("info", help="list the cached keys: size, files, sealed, model, GPU, precision")
+    clear = sub.add_parser("clear", help="delete one key folder, or the whole cache")
+    clear.add_argument("key", nargs="?", default=None, help="key to delete (default: all)")
+    args = parser.parse_args(argv)
+    root = cache_root()
+    if args.action == "info":
+        rows = cache_info(root)
+        print(
+            f"{root}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, "
+            f"{_human(sum(r['bytes'] for r in rows))}"
+        )
+        for r in rows:
+            m = r["meta"]
+            what = ", ".join(
+                str(m[k]) for k in ("model_dir", "gpu", "device", "precision", "torch") if m.get(k)
+            )
+            state = "sealed" if r["sealed"] else "unsealed"
+            print(f"  {r['key']}  {_human(r['bytes']):>10}  {r['files']:>5} files  {state}  {what}")
+        return 0
+    if args.key is not None and not (root / args.key).is_dir():
+        print(f"error: no cache entry {args.key!r} in {root} (see `vaefix cache info`)", file=sys.stderr)
+        return 2
+    freed = clear_cache(args.key, root)
+    print(f"deleted {'entry ' + args.key if args.key else root}: {_human(freed)} freed")
+    return 0

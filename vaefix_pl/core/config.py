@@ -23,11 +23,11 @@ Speed = Literal["none", "auto", "compile"]
 #: rewrite is exact; each was kept because it measured faster on an H100 (docs/PERFORMANCE.md).
 SPEED_PRESETS: dict[str, dict[str, Any]] = {
     "none": {"vocoder_channels_last": False, "cudnn_benchmark": False},
-    "auto": {"vocoder_channels_last": True, "cudnn_benchmark": True},
+    "auto": {"vocoder_channels_last": True, "cudnn_benchmark": None},
     "compile": {
         "channels_last": True,
         "vocoder_channels_last": True,
-        "cudnn_benchmark": True,
+        "cudnn_benchmark": None,
         "compile": True,
         "freeze": True,
         "pad_narrow_convs": True,

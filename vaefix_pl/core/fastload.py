@@ -7,7 +7,8 @@ makes the loaded tensors the parameters. Only safetensors are read. A checkpoint
 understand (renamed keys, missing parameters) raises :class:`FastLoadError`; callers fall back to
 ``from_pretrained`` (:func:`load_models` does).
 
-This module imports only torch, safetensors, diffusers and transformers (the specific submodules).
+This module imports only torch, safetensors, diffusers and transformers (the specific submodules) and
+:mod:`vaefix_pl.core.hifires` (which vocoder class a config asks for).
 """
 
 from __future__ import annotations
@@ -84,19 +85,23 @@ def load_vae(folder: str | os.PathLike, device: torch.device | str = "cpu") -> n
 
 
 def load_vocoder(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """transformers ``SpeechT5HifiGan`` from ``folder``, float32, ``eval()``, weight norm folded.
+    """The vocoder of ``folder``, float32, ``eval()``, weight norm folded: the class
+    :func:`vaefix_pl.core.hifires.vocoder_class_for` picks for its config (transformers
+    ``SpeechT5HifiGan``, or ``HiFiResVocoder`` for ``"upsample_padding": "hifires"``).
 
     The ``mean``/``scale`` buffers are taken from the checkpoint; where it lacks them they get the
     model's own init (zeros / ones), as ``from_pretrained`` gives them.
     """
     from transformers.models.speecht5.configuration_speecht5 import SpeechT5HifiGanConfig
-    from transformers.models.speecht5.modeling_speecht5 import SpeechT5HifiGan
+
+    from vaefix_pl.core.hifires import vocoder_class_for
 
     folder, device = Path(folder), torch.device(device)
     with open(folder / "config.json", encoding="utf-8") as f:
-        config = SpeechT5HifiGanConfig(**{k: v for k, v in json.load(f).items() if k != "model_type"})
+        raw = {k: v for k, v in json.load(f).items() if k != "model_type"}
+    config = SpeechT5HifiGanConfig(**raw)
     with torch.device("meta"):
-        vocoder = SpeechT5HifiGan(config)
+        vocoder = vocoder_class_for(raw)(config)
     sd = _fold_weight_norm(_read_state_dict(folder / VOCODER_WEIGHTS, device))
     n_mels = config.model_in_dim
     sd.setdefault("mean", torch.zeros(n_mels, device=device))
@@ -133,14 +138,7 @@ def load_models(
     except FastLoadError:
         if not fallback:
             raise
-        from transformers.models.speecht5.modeling_speecht5 import SpeechT5HifiGan
+        from vaefix_pl.core.hifires import load_vocoder as load_by_class
 
-        vocoder = (
-            SpeechT5HifiGan.from_pretrained(
-                str(root / "vocoder"), use_safetensors=True, local_files_only=True
-            )
-            .to(device)
-            .float()
-            .eval()
-        )
+        vocoder = load_by_class(root / "vocoder").to(device).float().eval()
     return vae, vocoder

@@ -15,6 +15,7 @@ Two framings exist upstream; both are supported and they differ by half a hop (8
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, get_args
 
@@ -128,6 +129,12 @@ def slaney_mel_basis(dtype: torch.dtype = torch.float64) -> Tensor:
     frequency grids with the default dtype, so it runs here with float64 as the default: a float32
     grid would cap the float64 front-end's agreement with librosa near 1e-7.
     """
+    return _slaney_mel_basis64().to(dtype, copy=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _slaney_mel_basis64() -> Tensor:
+    # built once per process: the pipeline's front-end and the metrics' front-end share it
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -139,7 +146,7 @@ def slaney_mel_basis(dtype: torch.dtype = torch.float64) -> Tensor:
             )
     finally:
         torch.set_default_dtype(previous)
-    return fb.T.contiguous().to(dtype)
+    return fb.T.contiguous()
 
 
 class LogMelFrontend(nn.Module):

@@ -245,8 +245,8 @@ def load_audioldm2(
     (naming the mismatching field). Weights stay float32 for every precision; the pipeline applies
     bf16/fp16 through autocast and keeps the VAE out of float16.
     """
-    from diffusers import AutoencoderKL
-    from transformers import SpeechT5HifiGan
+    # meta-device build, safetensors straight to ``device``, no random init (core/fastload.py)
+    from vaefix_pl.core.fastload import load_models
 
     p = apply_precision_policy(precision, device)
     path = resolve_source(source, allow_download=allow_download, revision=revision, cache_dir=cache_dir)
@@ -259,16 +259,8 @@ def load_audioldm2(
             hint = f" (found {others}: only safetensors weights are loaded)" if others else ""
             raise ModelNotFoundError(f"{folder / weights} is missing{hint}. " + _how_to_get(str(source)))
 
-    # low_cpu_mem_usage=False: the models are small (55 M parameters each) and this avoids needing
-    # `accelerate` just to load them.
-    vae = AutoencoderKL.from_pretrained(
-        str(vae_dir), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
-    )
-    vocoder = SpeechT5HifiGan.from_pretrained(str(voc_dir), use_safetensors=True, local_files_only=True)
+    vae, vocoder = load_models(path, device if device is not None else "cpu")
     vae, vocoder = freeze(vae.float()), freeze(vocoder.float())
-    if device is not None:
-        vae.to(device)
-        vocoder.to(device)
     return AudioLDM2Models(
         vae=vae,
         vocoder=vocoder,

@@ -10,7 +10,6 @@ near-silence (the log floor, level normalisation of almost nothing).
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
 
@@ -62,12 +61,16 @@ def piano_notes(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
 
 def chirp(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     """Linear chirp 50 Hz -> 7.9 kHz over the clip."""
+    from scipy import signal  # scipy.signal costs seconds to import: only when probes are made
+
     t = np.arange(n) / sr
     return signal.chirp(t, f0=50.0, t1=t[-1], f1=7900.0, method="linear") * _envelope(n, sr, 0.01, 0.01)
 
 
 def speech_like(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     """Glottal pulse train (110-160 Hz intonation, jitter) through vowel formants, in syllables."""
+    from scipy import signal  # scipy.signal costs seconds to import: only when probes are made
+
     t = np.arange(n) / sr
     f0 = 135 + 25 * np.sin(2 * np.pi * 0.7 * t) + 3 * rng.standard_normal(n).cumsum() / np.sqrt(n)
     phase = np.cumsum(f0 / sr)
@@ -89,6 +92,8 @@ def speech_like(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
 
 def noise_bursts(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     """200 ms bursts of pink-ish noise with 300 ms of digital silence between them."""
+    from scipy import signal  # scipy.signal costs seconds to import: only when probes are made
+
     x = np.zeros(n)
     burst, gap = int(0.2 * sr), int(0.3 * sr)
     white = rng.standard_normal(n)

@@ -154,7 +154,7 @@ class Reconstructor(nn.Module):
         self,
         channels_last: bool = False,
         vocoder_channels_last: bool = True,
-        cudnn_benchmark: bool = True,
+        cudnn_benchmark: bool | None = None,
         compile: bool | str = False,
         freeze: bool = False,
         pad_narrow_convs: bool = False,
@@ -162,6 +162,7 @@ class Reconstructor(nn.Module):
         polyphase_dilated: bool = False,
         cudnn_benchmark_limit: int | None = None,
         narrow_convs: bool | dict[tuple[int, int], str] = False,
+        batch_size: int | None = None,
     ) -> Reconstructor:
         """Inference speed settings for fixed-length GPU work (each measured in ``docs/PERFORMANCE.md``).
 
@@ -171,8 +172,10 @@ class Reconstructor(nn.Module):
             channels_last: store the VAE's 2-D activations NHWC.
             vocoder_channels_last: run the vocoder's 1-D convolutions as channels-last ``(1, k)``
                 2-D convolutions (:mod:`vaefix_pl.core.speed`): same math, no NCHW<->NHWC transposes.
-            cudnn_benchmark: let cuDNN time its algorithms per shape (pays off when clip lengths
-                repeat, as with ``pad_frames_to=1024``).
+            cudnn_benchmark: let cuDNN time its algorithms per shape. ``None`` (default): the policy of
+                :func:`vaefix_pl.core.autotune.want_cudnn_benchmark` for ``batch_size`` (on CUDA only for
+                model calls of at most 8 items: it pays there and costs about a minute at batch 64);
+                ``True``/``False``: the caller's choice wins. Off by the policy leaves torch's flag as is.
             compile: ``True`` or a ``torch.compile`` mode: compile the VAE encoder/decoder and the
                 vocoder in place with static shapes (fuses GroupNorm+SiLU and the element-wise chains).
             freeze: with ``compile``, let Inductor treat the frozen weights as constants (folds the
@@ -193,6 +196,8 @@ class Reconstructor(nn.Module):
                 ``vocoder_channels_last``; not applied to the fp16 vocoder (not measured).
             cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
                 default 10; 0 = all of them: slower first batch, sometimes faster kernels).
+            batch_size: items per model call (data batch; capped by ``max_windows``) for the
+                ``cudnn_benchmark=None`` policy; with neither known the policy leaves autotuning off.
         """
         if channels_last:
             self.vae.to(memory_format=torch.channels_last)
@@ -221,8 +226,10 @@ class Reconstructor(nn.Module):
             from diffusers.models.attention_processor import AttnProcessor
 
             self.vae.set_attn_processor(AttnProcessor())
-        if cudnn_benchmark:
+        if self._autotune_decision(cudnn_benchmark, batch_size):
             torch.backends.cudnn.benchmark = True
+        elif cudnn_benchmark is False:
+            torch.backends.cudnn.benchmark = False
         if cudnn_benchmark_limit is not None:
             torch.backends.cudnn.benchmark_limit = int(cudnn_benchmark_limit)
         if compile:
@@ -234,6 +241,16 @@ class Reconstructor(nn.Module):
             for part in (self.vae.encoder, self.vae.decoder, self.vocoder):
                 part.compile(mode=mode, dynamic=False)
         return self
+
+    def _autotune_decision(self, requested: bool | None, batch_size: int | None) -> bool:
+        """Whether ``optimize`` turns cuDNN autotuning on (see its ``cudnn_benchmark``)."""
+        from vaefix_pl.core.autotune import want_cudnn_benchmark
+
+        calls = [n for n in (batch_size, self.max_windows) if n is not None]
+        if requested is None and not calls:
+            return False
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        return want_cudnn_benchmark(min(calls) if calls else 1, device, requested)
 
     def compile_models(self, mode: str | None = None) -> Reconstructor:
         """Shorthand for ``optimize(compile=mode or True)``."""

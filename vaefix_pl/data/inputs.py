@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -335,10 +335,32 @@ def _check_data_settings(seconds: Any, offset: Any, batch_size: Any, num_workers
         raise SettingsError(f"seconds (--seconds) must be a positive number of seconds or unset, got {seconds!r}")
     if not (isinstance(offset, (int, float)) and np.isfinite(offset) and offset >= 0):
         raise SettingsError(f"offset (--offset) must be >= 0 seconds, got {offset!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise SettingsError(f"batch_size (--batch-size) must be an integer >= 1, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+    if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
         raise SettingsError(f"num_workers (--num-workers) must be an integer >= 0, got {num_workers!r}")
+
+
+#: ``batch_size: auto`` on CUDA: GPU-sized batches (the reconstructor halves a sub-batch that runs out
+#: of memory; cuDNN autotuning stays off at this size, see core/autotune.py). On the CPU: 8.
+AUTO_BATCH_SIZE = {"cuda": 64, "cpu": 8}
+#: ``num_workers: auto``: at most this many decoding workers on CUDA (the CPU does the model's work
+#: on the CPU accelerator, so there 2).
+AUTO_MAX_WORKERS = {"cuda": 8, "cpu": 2}
+
+
+def resolve_loader_settings(
+    batch_size: int | Literal["auto"], num_workers: int | Literal["auto"], device_type: str
+) -> tuple[int, int]:
+    """``(batch_size, num_workers)`` with ``"auto"`` resolved for ``device_type`` (``"cuda"``: 64 and
+    ``min(8, cpu_count)``; anything else: 8 and ``min(2, cpu_count)``). Numbers pass through."""
+    kind = "cuda" if device_type == "cuda" else "cpu"
+    if batch_size == "auto":
+        batch_size = AUTO_BATCH_SIZE[kind]
+    if num_workers == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_workers = min(AUTO_MAX_WORKERS[kind], cpus)
+    return int(batch_size), int(num_workers)
 
 
 class AudioDataModule(L.LightningDataModule):
@@ -350,7 +372,9 @@ class AudioDataModule(L.LightningDataModule):
             ``None`` = the built-in probe set.
         seconds: crop/zero-pad every clip to this length (``None``: full length).
         offset: seconds skipped at the start of every file.
-        batch_size, num_workers: DataLoader settings (decoding and resampling run in the workers).
+        batch_size, num_workers: DataLoader settings (decoding and resampling run in the workers);
+            ``"auto"`` (default) is resolved at :meth:`setup` from the Trainer's device
+            (:func:`resolve_loader_settings`: 64 and up to 8 workers on CUDA, 8 and 2 on the CPU).
         sort_by_duration: order by duration (longest first) so batches carry little padding.
         channel: ``"mean"`` (mix-down) or a channel index (upstream AudioLDM2 takes channel 0).
         probe_seconds: length of each probe signal.
@@ -361,8 +385,8 @@ class AudioDataModule(L.LightningDataModule):
         inputs: str | list[str] | None = None,
         seconds: float | None = None,
         offset: float = 0.0,
-        batch_size: int = 8,
-        num_workers: int = 2,
+        batch_size: int | Literal["auto"] = "auto",
+        num_workers: int | Literal["auto"] = "auto",
         sort_by_duration: bool = True,
         channel: str | int = "mean",
         probe_seconds: float = 4.0,
@@ -377,6 +401,10 @@ class AudioDataModule(L.LightningDataModule):
         self._all_ids: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
+        if "auto" in (self.batch_size, self.num_workers):
+            self.batch_size, self.num_workers = resolve_loader_settings(
+                self.batch_size, self.num_workers, self._device_type()
+            )
         if self.dataset is not None:
             return
         entries = discover_inputs(self.inputs)
@@ -396,6 +424,13 @@ class AudioDataModule(L.LightningDataModule):
         self.dataset = AudioDataset(
             entries, self.seconds, self.offset, channel=self.channel, probe_seconds=self.probe_seconds
         )
+
+    def _device_type(self) -> str:
+        """The Trainer's device type (``"cuda"``, ``"cpu"``, ...); without a Trainer, CUDA if available."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device.type
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def entry_ids(self) -> list[str]:
         """Ids of every input of this run (after :meth:`setup`), skipped ones included."""

@@ -9,6 +9,7 @@ no I/O: :class:`~vaefix_pl.lightning.writer.ReconstructionWriter` writes what it
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import fields, replace
 from typing import Any, get_type_hints
 
@@ -20,6 +21,8 @@ from torch import Tensor
 from vaefix_pl.core.config import SPEED_PRESETS, ReconstructorConfig
 from vaefix_pl.core.output import ItemOutOfMemoryError
 from vaefix_pl.core.reconstruct import Reconstructor
+
+log = logging.getLogger(__name__)
 
 #: The module's defaults where they differ from ReconstructorConfig's: long items run in 10.24 s windows.
 MODULE_DEFAULTS: dict[str, Any] = {"window_seconds": 10.24}
@@ -102,6 +105,7 @@ class ReconstructionModule(L.LightningModule):
         self.perceptual_metrics = list(dict.fromkeys(slow))
         self.reconstructor: Reconstructor | None = None
         self._optimized = False
+        self._compile_cache: Any = None
         self.chain = None
         if postprocess is not None:
             from vaefix_pl.repair.chain import PostProcessChain
@@ -112,15 +116,63 @@ class ReconstructionModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.reconstructor is not None:
             return
-        self.reconstructor = Reconstructor.from_config(self.config)
+        # the Trainer's device: weights are read straight onto it (no CPU copy first) and its
+        # precision policy (TF32 for fp32 on CUDA) applies
+        device = self._trainer.strategy.root_device if self._trainer is not None else None
+        self.reconstructor = Reconstructor.from_config(self.config, device)
 
     def on_predict_start(self) -> None:
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
         if self._optimized or self.reconstructor is None or self.device.type != "cuda":
             return
         if self.hparams.speed != "none":
-            self.reconstructor.optimize(**SPEED_PRESETS[self.hparams.speed])
+            preset = SPEED_PRESETS[self.hparams.speed]
+            batch = self._call_batch_size()
+            if preset.get("compile"):
+                self._compile_cache = self._activate_compile_cache(preset, batch)
+            self.reconstructor.optimize(**preset, batch_size=batch)
         self._optimized = True
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # The first compiled batch has written its artefacts: checksum them now, so a run killed later
+        # leaves a usable cache (artefacts of later shapes are added at exit).
+        if self._compile_cache is not None:
+            cache, self._compile_cache = self._compile_cache, None
+            try:
+                cache.seal()
+            except OSError as exc:
+                log.warning("compile cache %s not sealed (%s): the next run recompiles", cache.path, exc)
+
+    def _call_batch_size(self) -> int | None:
+        """Items per model call: the predict loader's batch size, capped by ``max_windows``."""
+        trainer = self._trainer
+        batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if not isinstance(batch, int) and trainer is not None:
+            loaders = trainer.predict_dataloaders
+            loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+            batch = getattr(loader, "batch_size", None)
+        calls = [n for n in (batch, self.config.max_windows) if isinstance(n, int)]
+        return min(calls) if calls else None
+
+    def _activate_compile_cache(self, preset: dict[str, Any], batch: int | None) -> Any:
+        """The persistent compile cache of this model folder, device, precision and shapes, active
+        (:mod:`vaefix_pl.core.compile_cache`); ``None`` for models not loaded from a folder."""
+        from vaefix_pl.core.compile_cache import compile_cache_for
+        from vaefix_pl.core.models import ModelNotFoundError, resolve_source
+
+        try:
+            folder = resolve_source(self.config.model)
+        except (ModelNotFoundError, OSError, ValueError):
+            return None  # in-memory models: nothing to key the cache on
+        c = self.config
+        settings = {**preset, "speed": c.speed, "batch_size": batch, "pad_frames_to": c.pad_frames_to}
+        settings.update(framing=c.framing, window_seconds=c.window_seconds, max_windows=c.max_windows)
+        try:
+            cache = compile_cache_for(folder, self.device, self.reconstructor.precision, settings)
+            return cache.activate(seal_at_exit=True)
+        except OSError as exc:  # an unwritable cache folder costs the reuse, never the run
+            log.warning("compile cache not used (%s); set VAEFIX_CACHE_DIR to a writable folder", exc)
+            return None
 
     @classmethod
     def from_reconstructor(cls, reconstructor: Reconstructor, **kwargs: Any) -> ReconstructionModule:

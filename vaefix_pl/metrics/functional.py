@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import scipy.fft
 import torch
 from torch import Tensor
 
@@ -181,6 +180,8 @@ def _masked_mean(values: Tensor, mask: Tensor, dim: int | tuple[int, ...]) -> Te
 # ----------------------------------------------------------------------------------------------------------
 def _fast_len(n: int) -> int:
     """An FFT-friendly (5-smooth) size >= ``n``; scipy's table, a plain int computed on the host."""
+    import scipy.fft
+
     return int(scipy.fft.next_fast_len(int(n), real=True))
 
 

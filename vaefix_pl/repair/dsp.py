@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
-import scipy.signal
 import torch
 import torchaudio
 from torch import Tensor
@@ -35,6 +34,8 @@ BlockSize = int | Literal["auto"] | None
 def _design_cached(
     sample_rate: float, low_hz: float, high_hz: float, order: int, ripple_db: float, stop_db: float
 ) -> np.ndarray:
+    import scipy.signal  # deferred: seconds to import, needed only when a filter is designed
+
     nyq = sample_rate / 2
     if not 0 < low_hz < high_hz < nyq:
         raise ValueError(f"need 0 < low_hz < high_hz < {nyq} Hz, got {low_hz}, {high_hz}")
@@ -82,6 +83,8 @@ class _RowPlan:
     zero-input responses to the unit DF2T states over ``length`` samples, and ``sosfilt_zi``."""
 
     def __init__(self, sos: np.ndarray, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        import scipy.signal
+
         self.n_sections = len(sos)
         self.dtype = dtype
         self.b = torch.tensor(sos[:, :3], dtype=dtype, device=device)
@@ -134,6 +137,8 @@ class _BlockPlan:
     the flattened ``sosfilt_zi``."""
 
     def __init__(self, sos: np.ndarray, block: int, device: torch.device, dtype: torch.dtype) -> None:
+        import scipy.signal
+
         self.block = block
         self.dtype = dtype
         t, e, g, p = _cascade_matrices(sos, block)
