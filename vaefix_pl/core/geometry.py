@@ -141,6 +141,14 @@ def get_geometry(name: str) -> Geometry:
         raise UnsupportedGeometry(f"unknown geometry {name!r}; supported: {', '.join(GEOMETRIES)}") from None
 
 
+def geometry_for_rate(sample_rate: int) -> Geometry:
+    """The table entry at ``sample_rate`` Hz (each supported rate has one); :class:`UnsupportedGeometry` otherwise."""
+    for g in GEOMETRIES.values():
+        if g.sample_rate == int(sample_rate):
+            return g
+    raise UnsupportedGeometry(f"no supported geometry at {sample_rate} Hz; supported: {supported_summary()}")
+
+
 # ----------------------------------------------------------------------------------------- validation
 
 

@@ -113,6 +113,12 @@ class ReconstructionModule(L.LightningModule):
         if self.reconstructor is not None:
             return
         self.reconstructor = Reconstructor.from_config(self.config)
+        postprocess = self.hparams.postprocess
+        if self.chain is not None and "sample_rate" not in (postprocess or {}):
+            # the repair chain (its band-pass) runs at the model's rate unless it was given one
+            from vaefix_pl.repair.chain import PostProcessChain
+
+            self.chain = PostProcessChain(**{**(postprocess or {}), "sample_rate": self.sample_rate})
 
     def on_predict_start(self) -> None:
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
@@ -132,6 +138,12 @@ class ReconstructionModule(L.LightningModule):
         module.reconstructor = reconstructor
         return module
 
+    @property
+    def sample_rate(self) -> int | None:
+        """The loaded model's rate in Hz (inputs are resampled to it, outputs written at it);
+        ``None`` before :meth:`configure_model`."""
+        return None if self.reconstructor is None else int(self.reconstructor.sample_rate)
+
     def settings(self) -> dict[str, Any]:
         """Everything that determines the outputs, for ``summary.json``."""
         out = {k: v for k, v in dict(self.hparams).items()}
@@ -146,7 +158,8 @@ class ReconstructionModule(L.LightningModule):
             return {}
         from vaefix_pl.metrics import compute_metrics
 
-        return compute_metrics(reference, estimate, lengths, self.metric_names)
+        rate = self.sample_rate or 16000
+        return compute_metrics(reference, estimate, lengths, self.metric_names, sample_rate=rate)
 
     def forward(
         self, waveform: Tensor, lengths: Tensor, host_lengths: Tensor | None = None

@@ -26,13 +26,15 @@ AUDIO_TAGS = ("original", "recon", "post")
 ERROR_COLUMNS = ("id", "path", "stage", "reason")
 _RANK_PART = r"rank\d+\.jsonl"
 #: metrics.csv columns that stay strings when an earlier run's table is read back
-_TEXT_COLUMNS = {"id", "path", "error", "error_stage"}
+_TEXT_COLUMNS = {"id", "path", "error", "error_stage", "geometry"}
+#: per-row model facts (the checkpoint's geometry and own scaling_factor), not scores
+MODEL_COLUMNS = ("geometry", "scaling_factor")
 
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
-    skip = {"id", "path", "seconds", "error", "error_stage", "rank"}
+    skip = {"id", "path", "seconds", "error", "error_stage", "rank", *MODEL_COLUMNS}
     cols: list[str] = []
     for r in rows:
         for k, v in r.items():
