@@ -311,6 +311,8 @@ COMMANDS: dict[str, str] = {
     "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
     "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
     "report": "vaefix_pl.cli.report:report_main",
+    "models": "vaefix_pl.convert.catalog:models_main",
+    "convert": "vaefix_pl.convert.cli:convert_main",
 }
 
 
