@@ -285,6 +285,12 @@ def load_audioldm2(
     )
 
 
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """The geometry of a local model folder from its two ``config.json`` files (no weights loaded)."""
+    folder = Path(path)
+    return match_geometry_at(_read_config(folder / "vae"), _read_config(folder / "vocoder"), folder)
+
+
 class ModelConfigTypeError(ModelConfigError, ConfigTypeError):
     """A model folder's config field has the wrong type or value (one line: folder, part, key)."""
 
