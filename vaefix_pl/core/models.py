@@ -331,3 +331,29 @@ def match_geometry_at(vae_config: Any, vocoder_config: Any, where: str | os.Path
         raise UnsupportedModelGeometry(f"{where}: {diff}: {exc}") from None
     except ConfigTypeError as exc:
         raise ModelConfigTypeError(f"{where}: {exc}") from None
+
+
+def is_full_size(rec: Any) -> bool:
+    """True when ``rec.vae`` and ``rec.vocoder`` have AudioLDM2's full-size architecture (not tiny test models)."""
+    vae = list(getattr(rec.vae.config, "block_out_channels", []))
+    voc = getattr(getattr(rec.vocoder, "config", None), "upsample_initial_channel", None)
+    return (
+        vae == FULL_VAE_CONFIG["block_out_channels"]
+        and voc == FULL_VOCODER_CONFIG["upsample_initial_channel"]
+    )
+
+
+def resolve_model(
+    model: str | None, fallback: Callable[[ModelNotFoundError], str | os.PathLike] | None = None
+) -> tuple[str, bool]:
+    """``(path, is_real)``: the given or cached AudioLDM2 weights (``True``); when ``model`` is ``None``
+    and none are found, ``(fallback(error), False)``. Quiet: printing a banner is the caller's (CLI) job.
+
+    Raises :class:`ModelNotFoundError` when ``model`` was given, or no fallback, and nothing is found.
+    """
+    try:
+        return str(resolve_source(model or DEFAULT_SOURCE)), True
+    except ModelNotFoundError as exc:
+        if model is not None or fallback is None:
+            raise
+        return str(fallback(exc)), False
