@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing import time_device  # noqa: E402
 
 from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
+from vaefix_pl.core.geometry import GEOMETRIES  # noqa: E402
 from vaefix_pl.core.probes import probe_signals  # noqa: E402
 from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
-from vaefix_pl.core.geometry import GEOMETRIES  # noqa: E402
 from vaefix_pl.testing import build_geometry_models, geometry_configs  # noqa: E402
 
 DEVICE = "cuda"
@@ -212,7 +212,9 @@ def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference:
     vae.to(memory_format=torch.contiguous_format)
     if _rewrites_models(cfg):
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)  # optimize() rewrites them in place
-    rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"], geometry=GEOMETRY).to(DEVICE), cfg)
+    rec = _optimize(
+        Reconstructor(vae, vocoder, precision=cfg["precision"], geometry=GEOMETRY).to(DEVICE), cfg
+    )
     x = make_inputs(batch).to(DEVICE)
     # host-side lengths, as ReconstructionModule passes them: the forward then never waits for the GPU
     lengths = torch.full((batch,), CLIP_N)
@@ -294,7 +296,9 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
     vae.to(memory_format=torch.contiguous_format)
     if _rewrites_models(cfg):
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)
-    rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"], geometry=GEOMETRY).to(DEVICE), cfg)
+    rec = _optimize(
+        Reconstructor(vae, vocoder, precision=cfg["precision"], geometry=GEOMETRY).to(DEVICE), cfg
+    )
     x = make_inputs(batch).to(DEVICE)
     # host-side lengths, as ReconstructionModule passes them: the forward then never waits for the GPU
     lengths = torch.full((batch,), CLIP_N)
@@ -358,7 +362,9 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
-    p.add_argument("--geometry", default="audioldm_16k", choices=sorted(GEOMETRIES), help="architecture family")
+    p.add_argument(
+        "--geometry", default="audioldm_16k", choices=sorted(GEOMETRIES), help="architecture family"
+    )
     args = p.parse_args()
     global DEVICE, GEOMETRY, CLIP_N
     GEOMETRY = GEOMETRIES[args.geometry]

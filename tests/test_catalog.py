@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from vaefix_pl.convert.catalog import list_models, models_main
@@ -37,7 +35,12 @@ def test_list_models_reports_cache_presence_and_geometry(tmp_path, monkeypatch):
     assert rows["haoheliu/audioldm_48k"]["present"] == str(orig)
     assert rows["haoheliu/audioldm_48k"]["format"] == "original"
     local = rows[str(folder48)]
-    assert (local["geometry"], local["sample_rate"], local["n_mels"], local["hop"]) == ("audioldm_48k", 48000, 256, 480)
+    assert (local["geometry"], local["sample_rate"], local["n_mels"], local["hop"]) == (
+        "audioldm_48k",
+        48000,
+        256,
+        480,
+    )
     assert models_main([]) == 0
 
 

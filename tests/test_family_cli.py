@@ -96,7 +96,12 @@ def test_unsupported_geometry_is_one_line_nonzero_exit(tmp_path):
     folder = write_tiny_geometry(tmp_path / "m", "audioldm_16k")
     voc = folder / "vocoder" / "config.json"
     cfg = json.loads(voc.read_text())
-    cfg.update(sampling_rate=22050, model_in_dim=80, upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4])
+    cfg.update(
+        sampling_rate=22050,
+        model_in_dim=80,
+        upsample_rates=[8, 8, 2, 2],
+        upsample_kernel_sizes=[16, 16, 4, 4],
+    )
     voc.write_text(json.dumps(cfg))
     wav = _wav_44k(tmp_path / "in.wav", 0.3)
     proc = _run("reconstruct", str(wav), "--model", str(folder), "--out", str(tmp_path / "out"))

@@ -55,7 +55,9 @@ def _geometry_fields(name: str) -> dict[str, Any]:
     return {"geometry": g.name, "sample_rate": g.sample_rate, "n_mels": g.n_mels, "hop": g.hop}
 
 
-def list_models(extra_folders: Iterable[str | os.PathLike] = (), cache_dir: str | os.PathLike | None = None) -> list[dict]:
+def list_models(
+    extra_folders: Iterable[str | os.PathLike] = (), cache_dir: str | os.PathLike | None = None
+) -> list[dict]:
     """One dict per known checkpoint, then per extra folder: ``hub_id``, ``geometry``, ``sample_rate``,
     ``n_mels``, ``hop``, ``scaling_factor`` (the cached config's when present, else the recorded one,
     ``None`` if unknown), ``format`` (``diffusers`` | ``original``) and ``present`` (local path or ``None``)."""

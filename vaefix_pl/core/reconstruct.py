@@ -114,7 +114,9 @@ class Reconstructor(nn.Module):
         self.geometry = replace(g, scaling_factor=self.scaling_factor)
         self.sample_rate, self.hop, self.n_mels, self.down = g.sample_rate, g.hop, g.n_mels, g.vae_down
         if config.pad_frames_to % self.down:
-            raise ValueError(f"pad_frames_to must be a multiple of {self.down} for {g.name}, got {config.pad_frames_to}")
+            raise ValueError(
+                f"pad_frames_to must be a multiple of {self.down} for {g.name}, got {config.pad_frames_to}"
+            )
         self.frontend = LogMelFrontend(config.framing, g)
         self.framing = config.framing
         self.latent_mode = config.latent_mode

@@ -225,7 +225,8 @@ class MelExportWriter(BasePredictionWriter):
                 "format_version": FORMAT_VERSION,
                 "clips": len(manifest),
                 "frames": sum(int(e["frames"]) for e in manifest),
-                "seconds": sum(int(e["samples"]) for e in manifest) / int(self.settings.get("sample_rate", SAMPLE_RATE)),
+                "seconds": sum(int(e["samples"]) for e in manifest)
+                / int(self.settings.get("sample_rate", SAMPLE_RATE)),
                 "shards": len({e["shard"] for e in manifest}),
                 "settings": self.settings,
                 "world_size": trainer.world_size,

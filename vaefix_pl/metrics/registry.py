@@ -214,7 +214,9 @@ def _lsd(ctx: MetricContext) -> Tensor:
     return F.log_spectral_distance(ctx.reference, ctx.estimate, ctx.host_lengths, ctx.sample_rate)
 
 
-@register_metric("mel_distance", "nats", "lower", "L1 between the model geometry's log-mels (64 bands/hop 160 at 16 kHz)")
+@register_metric(
+    "mel_distance", "nats", "lower", "L1 between the model geometry's log-mels (64 bands/hop 160 at 16 kHz)"
+)
 def _mel_distance(ctx: MetricContext) -> Tensor:
     # the front-end of the geometry at this rate (a rate no geometry has raises a one-line ModelError)
     return F.mel_distance(ctx.reference, ctx.estimate, ctx.host_lengths, sample_rate=ctx.sample_rate)
