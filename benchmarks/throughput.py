@@ -8,6 +8,11 @@ the same run, counts FLOPs with ``torch.utils.flop_counter``, and compares each 
 fp32 (no TF32) reference on the same inputs (relative L2 of waveform and decoded mel).
 
     python benchmarks/throughput.py --variants all --batches 16,64 --json out.json
+    python benchmarks/throughput.py --geometry audioldm_48k --variants tf32,bf16,bf16_compile
+
+``--geometry audioldm_48k`` builds the full-size 48 kHz architecture instead (4-level VAE, z 16,
+256-mel HiFiRes vocoder: ``vaefix_pl.testing.geometry_configs("audioldm_48k", "full")``), with 10.24 s
+clips at 48 kHz (1024 frames of hop 480, 491520 samples).
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing import time_device  # noqa: E402
 
 from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
+from vaefix_pl.core.geometry import GEOMETRIES  # noqa: E402
 from vaefix_pl.core.probes import probe_signals  # noqa: E402
 from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
-from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
+from vaefix_pl.testing import build_geometry_models, geometry_configs  # noqa: E402
 
 DEVICE = "cuda"
 CLIP_S = 10.24
+#: the geometry benchmarked (--geometry); CLIP_N = CLIP_S at its rate (163840 at 16 kHz, 491520 at 48 kHz)
+GEOMETRY = GEOMETRIES["audioldm_16k"]
 CLIP_N = 163840
 
 # ReconstructionModule(speed="compile"): NHWC VAE, channels-last vocoder, static torch.compile with
@@ -186,7 +194,7 @@ def count_flops(rec: Reconstructor, x: torch.Tensor) -> dict[str, float]:
 
 
 def make_inputs(batch: int) -> torch.Tensor:
-    probes = probe_signals(seconds=CLIP_S)
+    probes = probe_signals(seconds=CLIP_S, sample_rate=GEOMETRY.sample_rate)
     sigs = [probes[k] for k in probes if k != "near_silence"]
     x = np.stack([sigs[i % len(sigs)] for i in range(batch)])
     return torch.from_numpy(x).float()
@@ -195,7 +203,7 @@ def make_inputs(batch: int) -> torch.Tensor:
 def seed_chain_cpu(wav: np.ndarray) -> np.ndarray:
     from seed_oracle import advanced_audio_denoising
 
-    return advanced_audio_denoising(wav.astype(np.float64).copy(), sr=16000)
+    return advanced_audio_denoising(wav.astype(np.float64).copy(), sr=GEOMETRY.sample_rate)
 
 
 def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference: dict | None) -> dict:
@@ -204,7 +212,9 @@ def run_variant(name: str, cfg: dict, vae, vocoder, batch: int, args, reference:
     vae.to(memory_format=torch.contiguous_format)
     if _rewrites_models(cfg):
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)  # optimize() rewrites them in place
-    rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
+    rec = _optimize(
+        Reconstructor(vae, vocoder, precision=cfg["precision"], geometry=GEOMETRY).to(DEVICE), cfg
+    )
     x = make_inputs(batch).to(DEVICE)
     # host-side lengths, as ReconstructionModule passes them: the forward then never waits for the GPU
     lengths = torch.full((batch,), CLIP_N)
@@ -286,7 +296,9 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
     vae.to(memory_format=torch.contiguous_format)
     if _rewrites_models(cfg):
         vae, vocoder = copy.deepcopy(vae), copy.deepcopy(vocoder)
-    rec = _optimize(Reconstructor(vae, vocoder, precision=cfg["precision"]).to(DEVICE), cfg)
+    rec = _optimize(
+        Reconstructor(vae, vocoder, precision=cfg["precision"], geometry=GEOMETRY).to(DEVICE), cfg
+    )
     x = make_inputs(batch).to(DEVICE)
     # host-side lengths, as ReconstructionModule passes them: the forward then never waits for the GPU
     lengths = torch.full((batch,), CLIP_N)
@@ -350,8 +362,13 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--json", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script runs")
+    p.add_argument(
+        "--geometry", default="audioldm_16k", choices=sorted(GEOMETRIES), help="architecture family"
+    )
     args = p.parse_args()
-    global DEVICE
+    global DEVICE, GEOMETRY, CLIP_N
+    GEOMETRY = GEOMETRIES[args.geometry]
+    CLIP_N = round(CLIP_S * GEOMETRY.sample_rate)
     if args.narrow_from:
         from narrow_rule import narrow_rule_from_rows
 
@@ -371,22 +388,24 @@ def main() -> None:
 
         m = load_audioldm2(args.model)
         vae, vocoder = m.vae.to(DEVICE), m.vocoder.to(DEVICE)
+        GEOMETRY = m.geometry
+        CLIP_N = round(CLIP_S * GEOMETRY.sample_rate)
         weights = f"real weights from {args.model}"
     elif args.smoke:
-        from vaefix_pl.testing import tiny_configs
-
-        vae, vocoder = build_models(*tiny_configs(), seed=0)
-        weights = "tiny models (smoke test)"
+        vae, vocoder = build_geometry_models(*geometry_configs(args.geometry, "tiny"), seed=0)
+        weights = f"tiny {args.geometry} models (smoke test)"
     else:
-        vae, vocoder = build_models(*full_size_configs(), seed=0)
+        vae, vocoder = build_geometry_models(*geometry_configs(args.geometry, "full"), seed=0)
         vae, vocoder = vae.to(DEVICE).requires_grad_(False), vocoder.to(DEVICE).requires_grad_(False)
-        weights = "random weights (seed 0), full-size AudioLDM2 configs"
+        weights = f"random weights (seed 0), full-size {args.geometry} configs"
 
     result = {
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "weights": weights,
+        "geometry": GEOMETRY.name,
+        "clip_samples": CLIP_N,
         "command": " ".join(sys.argv),
         "params_m": {
             "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
@@ -399,7 +418,7 @@ def main() -> None:
     set_tf32(True)
     result["ceiling_tflops"]["tf32"] = matmul_ceiling(torch.float32, n)
     set_tf32(False)
-    rec = Reconstructor(vae, vocoder).to(DEVICE)
+    rec = Reconstructor(vae, vocoder, geometry=GEOMETRY).to(DEVICE)
     flops = count_flops(rec, make_inputs(1).to(DEVICE))
     result["gflop_per_clip"] = flops
     # fp32 reference (no TF32) on 4 clips

@@ -311,6 +311,8 @@ COMMANDS: dict[str, str] = {
     "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
     "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
     "report": "vaefix_pl.cli.report:report_main",
+    "models": "vaefix_pl.convert.catalog:models_main",
+    "convert": "vaefix_pl.convert.cli:convert_main",
 }
 
 
@@ -327,7 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: vaefix {" + ",".join(COMMANDS) + "} ...\n")
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return _resolve(COMMANDS[argv[0]])(argv[1:]) or 0
+    from vaefix_pl.core.errors import VaefixError
+
+    try:
+        return _resolve(COMMANDS[argv[0]])(argv[1:]) or 0
+    except VaefixError as exc:  # minimal until the CLI's error plumbing (issue 16) lands
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

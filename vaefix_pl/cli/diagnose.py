@@ -73,8 +73,8 @@ def diagnose_main(argv: Sequence[str]) -> int:
     if args.seed_repair:
         from vaefix_pl.repair.chain import PostProcessChain
 
-        chain = PostProcessChain.seed_final().to(device)
-    items, failed = _load_inputs(args.audio, args.seconds)
+        chain = PostProcessChain.seed_final(sample_rate=rec.sample_rate).to(device)
+    items, failed = _load_inputs(args.audio, args.seconds, rec.sample_rate)
     items = [(i, p, w.to(device)) for i, p, w in items]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
+from vaefix_pl.core.geometry import AUDIOLDM_16K, Geometry
+
 SAMPLE_RATE = 16000
 N_FFT = 1024
 HOP = 160
@@ -122,8 +124,10 @@ def normalize_level(
 _LEVEL_BLOCK = 1 << 20
 
 
-def slaney_mel_basis(dtype: torch.dtype = torch.float64) -> Tensor:
+def slaney_mel_basis(dtype: torch.dtype = torch.float64, geometry: Geometry | None = None) -> Tensor:
     """``(64, 513)`` AudioLDM2 mel basis == ``librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmax=8000)``.
+
+    With ``geometry``: that geometry's ``(n_mels, n_fft//2 + 1)`` basis (same construction).
 
     Built by torchaudio's ``melscale_fbanks`` (Slaney scale and norm). torchaudio builds its
     frequency grids with the default dtype, so it runs here with float64 as the default: a float32
@@ -141,8 +145,9 @@ def _slaney_mel_basis64() -> Tensor:
         # On the CPU whatever the default device: Lightning's configure_model runs under a CUDA
         # default device, where torchaudio mixed CUDA grids with CPU tensors and failed.
         with torch.device("cpu"):
+            g = geometry or AUDIOLDM_16K
             fb = torchaudio.functional.melscale_fbanks(
-                N_FFT // 2 + 1, F_MIN, F_MAX, N_MELS, SAMPLE_RATE, norm="slaney", mel_scale="slaney"
+                g.n_fft // 2 + 1, g.fmin, g.fmax, g.n_mels, g.sample_rate, norm="slaney", mel_scale="slaney"
             )
     finally:
         torch.set_default_dtype(previous)
@@ -152,6 +157,9 @@ def _slaney_mel_basis64() -> Tensor:
 class LogMelFrontend(nn.Module):
     """``(B, N)`` waveform at 16 kHz -> ``(B, 1, T, 64)`` natural-log mel (AudioLDM2's VAE/vocoder input).
 
+    ``geometry`` (default ``audioldm_16k``) sets rate, n_fft, hop, mel bank and floor: at 48 kHz
+    ``(B, N)`` -> ``(B, 1, T, 256)`` with hop 480 (same computation as :func:`vaefix_pl.core.melspec.log_mel`).
+
     Computes in the input's dtype (float64 in, float64 out; anything narrower runs in float32 and
     autocast is switched off: the STFT and the log of small mel values are not safe in bf16/fp16).
     No cropping: ``T = N // 160 + 1`` (``"tacotron"``) or ``N // 160`` (``"hifigan"``).
@@ -160,27 +168,31 @@ class LogMelFrontend(nn.Module):
     mel_basis: Tensor
     window: Tensor
 
-    def __init__(self, framing: Framing = "tacotron") -> None:
+    def __init__(self, framing: Framing = "tacotron", geometry: Geometry | None = None) -> None:
         super().__init__()
         _check_framing(framing)
+        g = geometry or AUDIOLDM_16K
+        self.geometry = g
         self.framing = framing
-        self.pad = frame_padding(framing)
+        self.n_fft, self.hop, self.n_mels = g.n_fft, g.hop, g.n_mels
+        self.sample_rate, self.floor = g.sample_rate, g.log_floor
+        self.pad = g.frame_padding(framing)
         # Kept in float64 and cast per call, so float64 inputs get a float64 basis even after .float().
-        self.register_buffer("mel_basis", slaney_mel_basis(torch.float64), persistent=False)
+        self.register_buffer("mel_basis", slaney_mel_basis(torch.float64, g), persistent=False)
         self.register_buffer(
             "window",
-            torch.hann_window(N_FFT, periodic=True, dtype=torch.float64, device="cpu"),
+            torch.hann_window(g.win_length, periodic=True, dtype=torch.float64, device="cpu"),
             persistent=False,
         )
 
     def extra_repr(self) -> str:
-        return f"framing={self.framing!r}, n_fft={N_FFT}, hop={HOP}, n_mels={N_MELS}"
+        return f"framing={self.framing!r}, n_fft={self.n_fft}, hop={self.hop}, n_mels={self.n_mels}"
 
     def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
-        return num_frames(num_samples, self.framing)
+        return num_samples // self.hop + 1 if self.framing == "tacotron" else num_samples // self.hop
 
     def magnitude(self, waveform: Tensor) -> Tensor:
-        """``(B, N)`` -> ``(B, 513, T)`` STFT magnitude."""
+        """``(B, N)`` -> ``(B, n_fft//2 + 1, T)`` STFT magnitude (``(B, 513, T)`` at 16 kHz)."""
         if waveform.ndim != 2:
             raise ValueError(f"waveform must be (B, N), got shape {tuple(waveform.shape)}")
         if waveform.shape[-1] <= self.pad:
@@ -193,9 +205,9 @@ class LogMelFrontend(nn.Module):
         x = torch.nn.functional.pad(x, (self.pad, self.pad), mode="reflect")[:, 0]
         spec = torch.stft(
             x,
-            n_fft=N_FFT,
-            hop_length=HOP,
-            win_length=N_FFT,
+            n_fft=self.n_fft,
+            hop_length=self.hop,
+            win_length=self.window.shape[0],
             window=self.window.to(dtype),
             center=False,
             return_complex=True,
@@ -211,4 +223,4 @@ class LogMelFrontend(nn.Module):
     def forward(self, waveform: Tensor) -> Tensor:
         """``(B, N)`` -> ``(B, 1, T, 64)`` natural-log mel, floor ``log(1e-5)``."""
         with torch.autocast(waveform.device.type, enabled=False):
-            return torch.log(torch.clamp(self.mel(waveform), min=MEL_FLOOR))[:, None]
+            return torch.log(torch.clamp(self.mel(waveform), min=self.floor))[:, None]

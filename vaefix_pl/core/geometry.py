@@ -5,7 +5,7 @@ A geometry is everything the reconstruction path needs to know about a checkpoin
 ``scaling_factor``, ``latent_channels`` and ``sample_size`` are read from its config and recorded on
 the matched :class:`Geometry`, never assumed.
 
-Self-contained: imports only the standard library (no other ``vaefix_pl`` module).
+Imports only the standard library and :mod:`vaefix_pl.core.errors` (its errors are model errors).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vaefix_pl.core.errors import ModelError
+
 Framing = Literal["tacotron", "hifigan"]
 FRAMINGS: tuple[str, ...] = ("tacotron", "hifigan")
 LOG_FLOOR = 1e-5
 
 
-class GeometryError(ValueError):
+class GeometryError(ModelError, ValueError):
     """A model config cannot be matched to a supported geometry; the message is one line."""
 
 
@@ -137,6 +139,14 @@ def get_geometry(name: str) -> Geometry:
         return GEOMETRIES[name]
     except KeyError:
         raise UnsupportedGeometry(f"unknown geometry {name!r}; supported: {', '.join(GEOMETRIES)}") from None
+
+
+def geometry_for_rate(sample_rate: int) -> Geometry:
+    """The table entry at ``sample_rate`` Hz (each supported rate has one); :class:`UnsupportedGeometry` otherwise."""
+    for g in GEOMETRIES.values():
+        if g.sample_rate == int(sample_rate):
+            return g
+    raise UnsupportedGeometry(f"no supported geometry at {sample_rate} Hz; supported: {supported_summary()}")
 
 
 # ----------------------------------------------------------------------------------------- validation

@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from vaefix_pl.core.errors import ModelError
-from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE
+from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.core.geometry import (
+    GEOMETRIES,
+    KNOWN_CHECKPOINTS,
+    ConfigTypeError,
+    Geometry,
+    UnsupportedGeometry,
+    match_geometry,
+)
 
 DEFAULT_SOURCE = "cvssp/audioldm2"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -83,12 +91,17 @@ def normalize_precision(precision: str) -> Precision:
 
 
 def _how_to_get(source: str) -> str:
+    known = KNOWN_CHECKPOINTS.get(source)
+    if known is not None and known.format == "original":
+        files = " ".join(known.files) or "the checkpoint"
+        return (
+            f"{source} has no diffusers folder: download {files} (e.g. `hf download {source} {files}`) "
+            f"and run `vaefix convert <file> --out DIR`, then pass --model DIR."
+        )
     return (
-        f"Get the weights once with\n"
-        f"    huggingface-cli download {source} --include 'vae/*' 'vocoder/*'\n"
-        f"(or `hf download ...`), or point --model / `model:` at a local diffusers-format folder that has "
-        f"vae/ and vocoder/ subfolders (config.json + safetensors), or pass allow_download=True "
-        f"(--allow-download) to let this run fetch them."
+        f"Get the weights once with `huggingface-cli download {source} --include 'vae/*' 'vocoder/*'` "
+        f"(or `hf download ...`), or point --model / `model:` at a local diffusers-format folder "
+        f"with vae/ and vocoder/ subfolders (config.json + safetensors), or pass --allow-download."
     )
 
 
@@ -127,6 +140,9 @@ def resolve_source(
         raise ModelNotFoundError(f"{path} exists but is not a folder. " + _how_to_get(DEFAULT_SOURCE))
     if not _looks_like_hub_id(src):
         raise ModelNotFoundError(f"No model folder at {path}. " + _how_to_get(DEFAULT_SOURCE))
+    known = KNOWN_CHECKPOINTS.get(src)
+    if known is not None and known.format == "original":
+        raise ModelNotFoundError(_how_to_get(src))
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -158,42 +174,22 @@ def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelNotFoundError(f"{cfg_path} is missing. " + _how_to_get(DEFAULT_SOURCE))
-    with open(cfg_path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def validate_configs(
-    vae_config: Mapping[str, Any], vocoder_config: Mapping[str, Any], where: str = ""
-) -> None:
-    """Check the VAE/vocoder pair against AudioLDM2's front-end; raise :class:`ModelConfigError` naming the field."""
-    at = f" ({where})" if where else ""
-
-    def bad(part: str, field: str, got: Any, want: str) -> ModelConfigError:
-        return ModelConfigError(f"{part} config field {field!r} is {got!r}, expected {want}{at}")
-
-    for field in ("in_channels", "out_channels"):
-        if vae_config.get(field, None) != 1:
-            raise bad("vae", field, vae_config.get(field), "1 (one mel 'image' channel)")
-    blocks = vae_config.get("block_out_channels")
-    if not blocks or 2 ** (len(blocks) - 1) != 4:
-        raise bad("vae", "block_out_channels", blocks, "3 levels (down factor 4 on time and mel axes)")
-    sf = vae_config.get("scaling_factor")
-    if not isinstance(sf, (int, float)) or not math.isfinite(sf) or sf <= 0:
-        raise bad("vae", "scaling_factor", sf, "a positive number")
-    if vocoder_config.get("model_in_dim") != N_MELS:
-        raise bad("vocoder", "model_in_dim", vocoder_config.get("model_in_dim"), f"{N_MELS} (mel bins)")
-    rates = vocoder_config.get("upsample_rates") or []
-    if math.prod(rates) != HOP:
-        raise bad("vocoder", "upsample_rates", rates, f"rates whose product is the hop, {HOP}")
-    if vocoder_config.get("sampling_rate") != SAMPLE_RATE:
-        raise bad("vocoder", "sampling_rate", vocoder_config.get("sampling_rate"), f"{SAMPLE_RATE}")
-    if vocoder_config.get("normalize_before", False):
-        raise bad("vocoder", "normalize_before", True, "false (AudioLDM2's vocoder takes the raw log-mel)")
+    try:
+        with open(cfg_path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelConfigError(f"{cfg_path}: not readable JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(cfg, dict):
+        raise ModelConfigError(f"{cfg_path}: must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
 
 
 @dataclass
 class AudioLDM2Models:
-    """The frozen VAE and vocoder, with what the pipeline needs to know about them."""
+    """The frozen VAE and vocoder, with what the pipeline needs to know about them.
+
+    ``geometry``: the matched front-end geometry, carrying the checkpoint's own ``scaling_factor``.
+    """
 
     vae: nn.Module
     vocoder: nn.Module
@@ -201,6 +197,11 @@ class AudioLDM2Models:
     precision: Precision = "fp32"
     source: str = ""
     path: Path | None = None
+    geometry: Geometry | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.geometry.sample_rate if self.geometry is not None else SAMPLE_RATE
 
     @property
     def latent_channels(self) -> int:
@@ -239,10 +240,13 @@ def load_audioldm2(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> AudioLDM2Models:
-    """Load AudioLDM2's VAE (``<source>/vae``) and vocoder (``<source>/vocoder``), frozen, in float32.
+    """Load the VAE (``<source>/vae``) and vocoder (``<source>/vocoder``) of any supported geometry, frozen.
 
-    Raises :class:`ModelNotFoundError` (with how to get the weights) or :class:`ModelConfigError`
-    (naming the mismatching field). Weights stay float32 for every precision; the pipeline applies
+    The configs are matched with :func:`~vaefix_pl.core.geometry.match_geometry`; the vocoder is
+    loaded through :func:`~vaefix_pl.core.hifires.load_vocoder` (HiFiRes padding where its config asks).
+    Raises :class:`ModelNotFoundError` (with how to get the weights), :class:`ModelConfigError`
+    (unreadable config) or a :class:`~vaefix_pl.core.geometry.GeometryError` (naming the field, or
+    listing the supported geometries), all :class:`~vaefix_pl.core.errors.ModelError`. Weights stay float32 for every precision; the pipeline applies
     bf16/fp16 through autocast and keeps the VAE out of float16.
     """
     # meta-device build, safetensors straight to ``device``, no random init (core/fastload.py)
@@ -252,7 +256,7 @@ def load_audioldm2(
     path = resolve_source(source, allow_download=allow_download, revision=revision, cache_dir=cache_dir)
     vae_dir, voc_dir = path / "vae", path / "vocoder"
     vae_cfg, voc_cfg = _read_config(vae_dir), _read_config(voc_dir)
-    validate_configs(vae_cfg, voc_cfg, where=str(path))
+    geometry = match_geometry_at(vae_cfg, voc_cfg, path)
     for folder, weights in ((vae_dir, VAE_WEIGHTS), (voc_dir, VOCODER_WEIGHTS)):
         if not (folder / weights).is_file():
             others = sorted(p.name for p in folder.glob("*.bin"))
@@ -268,7 +272,56 @@ def load_audioldm2(
         precision=p,
         source=str(source),
         path=path,
+        geometry=geometry,
     )
+
+
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """The geometry of a local model folder from its two ``config.json`` files (no weights loaded)."""
+    folder = Path(path)
+    return match_geometry_at(_read_config(folder / "vae"), _read_config(folder / "vocoder"), folder)
+
+
+class ModelConfigTypeError(ModelConfigError, ConfigTypeError):
+    """A model folder's config field has the wrong type or value (one line: folder, part, key)."""
+
+
+class UnsupportedModelGeometry(ModelConfigError, UnsupportedGeometry):
+    """A model folder's configs describe an unsupported geometry (one line: folder, the differing
+    fields, the supported geometries)."""
+
+
+def _differences(vae: Mapping[str, Any], voc: Mapping[str, Any]) -> str:
+    """The fields that differ from the nearest supported geometry, e.g. ``vocoder model_in_dim 80 (not 64)``."""
+    got = {
+        "vocoder sampling_rate": voc.get("sampling_rate"),
+        "vocoder model_in_dim": voc.get("model_in_dim"),
+        "vocoder upsample_rates": math.prod(voc.get("upsample_rates") or [0]),
+        "vae block_out_channels": 2 ** (len(vae.get("block_out_channels") or [0]) - 1),
+    }
+
+    def want(g: Geometry) -> dict[str, Any]:
+        return dict(zip(got, (g.sample_rate, g.n_mels, g.hop, g.vae_down)))
+
+    nearest = max(GEOMETRIES.values(), key=lambda g: sum(got[k] == v for k, v in want(g).items()))
+    what = {"vocoder upsample_rates": "product", "vae block_out_channels": "down factor"}
+    return ", ".join(
+        f"{k} {what.get(k, '')}{' ' if k in what else ''}{got[k]} (not {v})"
+        for k, v in want(nearest).items()
+        if got[k] != v
+    )
+
+
+def match_geometry_at(vae_config: Any, vocoder_config: Any, where: str | os.PathLike) -> Geometry:
+    """:func:`~vaefix_pl.core.geometry.match_geometry` for a model folder: one line naming the folder,
+    and for an unsupported geometry the fields that differ from the nearest supported one."""
+    try:
+        return match_geometry(vae_config, vocoder_config)
+    except UnsupportedGeometry as exc:
+        diff = _differences(vae_config, vocoder_config)
+        raise UnsupportedModelGeometry(f"{where}: {diff}: {exc}") from None
+    except ConfigTypeError as exc:
+        raise ModelConfigTypeError(f"{where}: {exc}") from None
 
 
 def is_full_size(rec: Any) -> bool:

@@ -46,7 +46,8 @@ import torch
 from torch import Tensor, nn
 
 from vaefix_pl.core.config import ReconstructorConfig
-from vaefix_pl.core.frontend import HOP, LOG_MEL_FLOOR, LogMelFrontend, normalize_level, valid_mask
+from vaefix_pl.core.frontend import LogMelFrontend, normalize_level, valid_mask
+from vaefix_pl.core.geometry import AUDIOLDM_16K, Geometry
 from vaefix_pl.core.health import mel_health, repair_mel, repair_waveform
 from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2
 from vaefix_pl.core.output import ItemOutOfMemoryError, ReconstructionOutput, _autocast, _scale_rows
@@ -86,6 +87,8 @@ class Reconstructor(nn.Module):
         max_windows: most items or windows run through the models at once (``None``: a batch's item
             count for windows, a whole length group for short items, as before).
         crossfade: ``"equal_gain"`` (default) or ``"equal_power"``; see :mod:`vaefix_pl.core.windowing`.
+        geometry: the models' :class:`~vaefix_pl.core.geometry.Geometry` (``None``: ``audioldm_16k``); rate,
+            hop, mel bins (64 -> 256 at 48 kHz) and VAE down factor (4 -> 8) below follow it.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Reconstructor(nn.Module):
         vocoder: nn.Module,
         scaling_factor: float | None = None,
         config: ReconstructorConfig | None = None,
+        geometry: Geometry | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -106,7 +110,14 @@ class Reconstructor(nn.Module):
         if scaling_factor is None:
             scaling_factor = float(vae.config.scaling_factor)
         self.scaling_factor = float(scaling_factor)
-        self.frontend = LogMelFrontend(config.framing)
+        g = geometry or AUDIOLDM_16K
+        self.geometry = replace(g, scaling_factor=self.scaling_factor)
+        self.sample_rate, self.hop, self.n_mels, self.down = g.sample_rate, g.hop, g.n_mels, g.vae_down
+        if config.pad_frames_to % self.down:
+            raise ValueError(
+                f"pad_frames_to must be a multiple of {self.down} for {g.name}, got {config.pad_frames_to}"
+            )
+        self.frontend = LogMelFrontend(config.framing, g)
         self.framing = config.framing
         self.latent_mode = config.latent_mode
         self.seed = int(config.seed)
@@ -118,7 +129,7 @@ class Reconstructor(nn.Module):
         self.overlap_frames = 0
         if self.window_seconds is not None:
             self.window_frames, self.overlap_frames = window_geometry(
-                self.window_seconds, self.window_overlap_seconds
+                self.window_seconds, self.window_overlap_seconds, self.sample_rate, self.hop, self.down
             )
         self.max_windows = None if config.max_windows is None else int(config.max_windows)
         self.crossfade = config.crossfade
@@ -135,7 +146,11 @@ class Reconstructor(nn.Module):
             config.model, precision=config.precision, device=device, allow_download=config.allow_download
         )
         rec = cls(
-            models.vae, models.vocoder, models.scaling_factor, replace(config, precision=models.precision)
+            models.vae,
+            models.vocoder,
+            models.scaling_factor,
+            replace(config, precision=models.precision),
+            geometry=models.geometry,
         )
         return rec.to(device) if device is not None else rec
 
@@ -272,14 +287,16 @@ class Reconstructor(nn.Module):
         return {
             **out,
             "scaling_factor": self.scaling_factor,
+            "geometry": self.geometry.name,
+            "sample_rate": self.sample_rate,
             "window_frames": self.window_frames,
             "overlap_frames": self.overlap_frames,
         }
 
     # ----------------------------------------------------------------------------------- lengths
     def covered_frames(self, lengths: Tensor) -> Tensor:
-        """``(B,)`` frames whose vocoder output covers each item: ``max(1, ceil(N / 160))``."""
-        return ((lengths + HOP - 1) // HOP).clamp(min=1)
+        """``(B,)`` frames whose vocoder output covers each item: ``max(1, ceil(N / hop))``."""
+        return ((lengths + self.hop - 1) // self.hop).clamp(min=1)
 
     def windowed(self, lengths: Tensor) -> Tensor:
         """``(B,)`` bool: items longer than the window, which run in overlapping windows."""
@@ -458,9 +475,9 @@ class Reconstructor(nn.Module):
             windows = mel[p.item[:, None], :, p.start[:, None] + steps[None, :]].transpose(
                 1, 2
             )  # (m, 1, w, 64)
-            wav = self._vocoder(windows)[:, : w * HOP]
-            weights = crossfade_weights(p, w * HOP, self.overlap_frames * HOP, self.crossfade)
-            overlap_add(out, wav, p.item, p.start * HOP, weights, dim=-1)
+            wav = self._vocoder(windows)[:, : w * self.hop]
+            weights = crossfade_weights(p, w * self.hop, self.overlap_frames * self.hop, self.crossfade)
+            overlap_add(out, wav, p.item, p.start * self.hop, weights, dim=-1)
 
         self._run_chunks(
             len(plan),
@@ -518,16 +535,17 @@ class Reconstructor(nn.Module):
         canon = canon_host.to(device, non_blocking=True)
         t_max = int(canon_host.max())
         c = int(self.vae.config.latent_channels)
-        mel = torch.full((b, 1, t_max, 64), LOG_MEL_FLOOR, device=device)
-        mel_hat_raw = torch.full_like(mel, LOG_MEL_FLOOR)
-        latent = torch.zeros(b, c, t_max // 4, 16, device=device)
+        floor, d = self.geometry.log_floor_value, self.down
+        mel = torch.full((b, 1, t_max, self.n_mels), floor, device=device)
+        mel_hat_raw = torch.full_like(mel, floor)
+        latent = torch.zeros(b, c, t_max // d, self.n_mels // d, device=device)
 
         # 1a. items that run whole, one sub-batch per canonical length
         for frames_g, idx in self._groups(host):
 
             def run(a: int, b: int, idx: Tensor = idx, frames_g: int = frames_g) -> None:
                 rows = self._rows(idx[a:b], device)
-                samples = frames_g * HOP
+                samples = frames_g * self.hop
                 x = normed[rows, :samples]
                 if x.shape[1] < samples:
                     x = torch.nn.functional.pad(x, (0, samples - x.shape[1]))
@@ -550,15 +568,15 @@ class Reconstructor(nn.Module):
 
             def run_windows(a: int, b: int) -> None:
                 p = plan.select(slice(a, b))
-                x = gather_window_samples(normed, lengths, p, w, canon)
+                x = gather_window_samples(normed, lengths, p, w, canon, hop=self.hop)
                 mel_w = self.frontend(x)[:, :, MEL_CONTEXT : MEL_CONTEXT + w]
                 z = self.encode(mel_w)
                 mh_raw = self.decode(z)
                 weights = crossfade_weights(p, w, o, "equal_gain")
                 overlap_add(mel, mel_w, p.item, p.start, weights, dim=1)
                 overlap_add(mel_hat_raw, mh_raw, p.item, p.start, weights, dim=1)
-                weights = crossfade_weights(p, w // 4, o // 4, "equal_gain")
-                overlap_add(latent, z, p.item, p.start // 4, weights, dim=1)
+                weights = crossfade_weights(p, w // d, o // d, "equal_gain")
+                overlap_add(latent, z, p.item, p.start // d, weights, dim=1)
 
             self._run_chunks(
                 len(plan), self._cap(b), run_windows, lambda a, b: plan.item[a:b].unique().tolist(), "window"

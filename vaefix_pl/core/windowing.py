@@ -60,25 +60,30 @@ __all__ = [
 ]
 
 
-def _align_up(frames: int) -> int:
-    return -(-frames // FRAME_ALIGN) * FRAME_ALIGN
+def _align_up(frames: int, align: int = FRAME_ALIGN) -> int:
+    return -(-frames // align) * align
 
 
 def window_geometry(
-    window_seconds: float, overlap_seconds: float, sample_rate: int = SAMPLE_RATE
+    window_seconds: float,
+    overlap_seconds: float,
+    sample_rate: int = SAMPLE_RATE,
+    hop: int = HOP,
+    align: int = FRAME_ALIGN,
 ) -> tuple[int, int]:
-    """``(window, overlap)`` in mel frames for window/overlap lengths in seconds.
+    """``(window, overlap)`` in mel frames (of ``hop`` samples at ``sample_rate``) for lengths in seconds.
 
-    Both are rounded up to a multiple of 4 frames (40 ms at 16 kHz); the overlap must be at least
-    one such step and at most half the window (so that no more than two windows overlap).
+    Both are rounded up to a multiple of ``align`` frames, the VAE's down factor (4 frames = 40 ms at
+    16 kHz; 8 frames = 80 ms at 48 kHz); the overlap must be at least one such step and at most half
+    the window (so that no more than two windows overlap).
     """
-    frame_s = HOP / sample_rate
+    frame_s = hop / sample_rate
     if not window_seconds > 0:
         raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
     if not overlap_seconds > 0:
         raise ValueError(f"window_overlap_seconds must be > 0, got {overlap_seconds}")
-    window = max(2 * FRAME_ALIGN, _align_up(math.ceil(window_seconds / frame_s - 1e-9)))
-    overlap = _align_up(math.ceil(overlap_seconds / frame_s - 1e-9))
+    window = max(2 * align, _align_up(math.ceil(window_seconds / frame_s - 1e-9), align))
+    overlap = _align_up(math.ceil(overlap_seconds / frame_s - 1e-9), align)
     if 2 * overlap > window:
         raise ValueError(
             f"window_overlap_seconds ({overlap_seconds} s = {overlap} frames) must be at most half of "
@@ -203,6 +208,7 @@ def gather_window_samples(
     window: int,
     total_frames: Tensor,
     context: int = MEL_CONTEXT,
+    hop: int = HOP,
 ) -> Tensor:
     """``(M, 160 * (window + 2 * context))`` samples around each window, for the log-mel front-end.
 
@@ -216,9 +222,9 @@ def gather_window_samples(
     reflection, at their edges.
     """
     n = waveform.shape[-1]
-    span = HOP * (window + 2 * context)
-    pos = (plan.start[:, None] - context) * HOP + torch.arange(span, device=waveform.device)[None, :]
-    big_l = (total_frames[plan.item] * HOP)[:, None]
+    span = hop * (window + 2 * context)
+    pos = (plan.start[:, None] - context) * hop + torch.arange(span, device=waveform.device)[None, :]
+    big_l = (total_frames[plan.item] * hop)[:, None]
     pos = pos.abs()
     pos = torch.where(pos >= big_l, 2 * (big_l - 1) - pos, pos)
     inside = (pos >= 0) & (pos < lengths[plan.item][:, None]) & (pos < n)
@@ -226,10 +232,10 @@ def gather_window_samples(
     return torch.where(inside, vals, torch.zeros((), dtype=waveform.dtype, device=waveform.device))
 
 
-def boundary_samples(plan: WindowPlan, overlap: int) -> tuple[Tensor, Tensor]:
+def boundary_samples(plan: WindowPlan, overlap: int, hop: int = HOP) -> tuple[Tensor, Tensor]:
     """``(item, sample)`` ``(3 P,)`` of the landmarks of each of the ``P`` overlaps in ``plan``: where the
     fade starts, its middle and where it ends (the places a badly joined window would click)."""
     has_prev = plan.index > 0
     start = plan.start[has_prev]
-    pos = torch.stack([start, start + overlap // 2, start + overlap], dim=1) * HOP
+    pos = torch.stack([start, start + overlap // 2, start + overlap], dim=1) * hop
     return plan.item[has_prev].repeat_interleave(3), pos.flatten()

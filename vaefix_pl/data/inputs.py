@@ -378,6 +378,9 @@ class AudioDataModule(L.LightningDataModule):
         sort_by_duration: order by duration (longest first) so batches carry little padding.
         channel: ``"mean"`` (mix-down) or a channel index (upstream AudioLDM2 takes channel 0).
         probe_seconds: length of each probe signal.
+        sample_rate: rate (Hz) the inputs are resampled to. ``None`` (default): the model's, read
+            from the Trainer's module (``ReconstructionModule.sample_rate``) when the dataloader is
+            built, 16000 without one.
     """
 
     def __init__(
@@ -391,6 +394,7 @@ class AudioDataModule(L.LightningDataModule):
         channel: str | int = "mean",
         probe_seconds: float = 4.0,
         pin_memory: bool | None = None,
+        sample_rate: int | None = None,
     ) -> None:
         super().__init__()
         _check_data_settings(seconds, offset, batch_size, num_workers)
@@ -472,9 +476,20 @@ class AudioDataModule(L.LightningDataModule):
         self.dataset.entries = [e for e in self.dataset.entries if e.id not in drop]
         return before - len(self.dataset.entries)
 
+    def resolved_sample_rate(self) -> int:
+        """``sample_rate``, else the Trainer's module's (the loaded model's), else 16000."""
+        if self.sample_rate is not None:
+            return int(self.sample_rate)
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return int(getattr(module, "sample_rate", None) or SAMPLE_RATE)
+
     def _loader(self) -> DataLoader:
         if self.dataset is None:
             self.setup("predict")
+        assert self.dataset is not None
+        # set here, not in setup(): the Trainer loads the model (configure_model) after the data's setup
+        self.dataset.sample_rate = self.resolved_sample_rate()
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         return DataLoader(
             self.dataset,

@@ -92,6 +92,8 @@ class Decomposition:
     audio: dict[str, Tensor]
     output: Any
     mel_mode: str | None = None
+    #: the model's rate (Hz) of ``audio`` and ``lengths``
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def stages(self) -> list[str]:
@@ -109,7 +111,7 @@ class Decomposition:
         """Everything about item ``i`` as plain JSON-able values."""
         return {
             "id": self.ids[i],
-            "seconds": int(self.lengths[i]) / SAMPLE_RATE,
+            "seconds": int(self.lengths[i]) / self.sample_rate,
             "stages": {s: {k: _num(v[i]) for k, v in m.items()} for s, m in self.metrics.items()},
             "health": {s: items[i] for s, items in self.health.items()},
             "warnings": [w.to_dict() for w in self.warnings[i]],
@@ -125,7 +127,7 @@ class Decomposition:
         out = []
         health = {k: v.detach().cpu().tolist() for k, v in self.output.health.items()}
         for i, item_id in enumerate(self.ids):
-            row: dict[str, Any] = {"id": item_id, "seconds": int(self.lengths[i]) / SAMPLE_RATE}
+            row: dict[str, Any] = {"id": item_id, "seconds": int(self.lengths[i]) / self.sample_rate}
             for stage, scores in self.metrics.items():
                 for k, v in scores.items():
                     key = f"vae_{k}" if stage == "vae_roundtrip" else STAGE_PREFIX[stage] + k
@@ -148,12 +150,15 @@ def _num(x: Any) -> float | int | None:
     return x
 
 
-def _stage_metrics(reference: Tensor, estimate: Tensor, lengths: Tensor, names: Sequence[str]) -> dict:
+def _stage_metrics(
+    reference: Tensor, estimate: Tensor, lengths: Tensor, names: Sequence[str], sample_rate: int = SAMPLE_RATE
+) -> dict:
     if not names:
         return {}
     from vaefix_pl.metrics import compute_metrics
 
-    return {k: v.double() for k, v in compute_metrics(reference, estimate, lengths, list(names)).items()}
+    scores = compute_metrics(reference, estimate, lengths, list(names), sample_rate=sample_rate)
+    return {k: v.double() for k, v in scores.items()}
 
 
 def available_stage_metrics(names: Sequence[str] = DEFAULT_STAGE_METRICS) -> list[str]:
@@ -192,6 +197,7 @@ def decompose(
         lengths = torch.full((b,), n, dtype=torch.long, device=waveform.device)
     lengths = lengths.to(device=waveform.device, dtype=torch.long)
     names = available_stage_metrics() if metrics is None else list(metrics)
+    rate = int(getattr(rec, "sample_rate", SAMPLE_RATE))  # the model's rate: metrics and seconds
     out = rec(waveform, lengths)
     frames = out.frames
     gain = out.gain
@@ -200,12 +206,12 @@ def decompose(
     ceiling = rec.vocode(out.mel, lengths, gain)
     audio = {"original": out.reference, "ceiling": ceiling, "recon": out.waveform}
     stage_metrics: dict[str, dict[str, Tensor]] = {}
-    stage_metrics["vocoder_ceiling"] = _stage_metrics(out.reference, ceiling, lengths, names)
+    stage_metrics["vocoder_ceiling"] = _stage_metrics(out.reference, ceiling, lengths, names, rate)
     stage_metrics["vocoder_ceiling"]["input_mel_l1"] = masked_mel_error(out.mel, out.mel, frames)["l1"]
     # (b) the VAE round trip on the mel alone (decoded mel after non-finite repair vs the true mel)
     vae = masked_mel_error(out.mel_hat, out.mel, frames)
     stage_metrics["vae_roundtrip"] = {f"mel_{k}": v for k, v in vae.items()}
-    stage_metrics["pipeline"] = _stage_metrics(out.reference, out.waveform, lengths, names)
+    stage_metrics["pipeline"] = _stage_metrics(out.reference, out.waveform, lengths, names, rate)
     stage_metrics["pipeline"]["input_mel_l1"] = vae["l1"]
 
     mel_mode = None
@@ -220,7 +226,7 @@ def decompose(
                 post_in = rec.vocode(post_mel, lengths, gain)
         post = chain(post_in, lengths)
         audio["post"] = post
-        stage_metrics["repaired"] = _stage_metrics(out.reference, post, lengths, names)
+        stage_metrics["repaired"] = _stage_metrics(out.reference, post, lengths, names, rate)
         stage_metrics["repaired"]["input_mel_l1"] = masked_mel_error(post_mel, out.mel, frames)["l1"]
         stage_metrics["repaired"]["mel_step_l1"] = masked_mel_error(post_mel, out.mel_hat, frames)["l1"]
 
@@ -257,7 +263,7 @@ def decompose(
                     )
                 )
     ids = list(ids) if ids is not None else [f"item{i}" for i in range(b)]
-    return Decomposition(ids, lengths, stage_metrics, health, item_warnings, audio, out, mel_mode)
+    return Decomposition(ids, lengths, stage_metrics, health, item_warnings, audio, out, mel_mode, rate)
 
 
 def _health_of(
@@ -376,7 +382,7 @@ def stage_verdicts(d: Decomposition, i: int) -> dict[str, str]:
 def format_verdicts(d: Decomposition, i: int) -> str:
     """Multi-line text of item ``i``: one line per stage, then every warning, then the overall line."""
     v = d.verdict(i)
-    out = [f"== {d.ids[i]} ({int(d.lengths[i]) / SAMPLE_RATE:.2f} s) =="]
+    out = [f"== {d.ids[i]} ({int(d.lengths[i]) / d.sample_rate:.2f} s) =="]
     for stage in d.stages:
         out.append(f"  {STAGES[stage]:<34} {v[stage]}")
     for w in d.warnings[i]:

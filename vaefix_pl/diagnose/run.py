@@ -16,14 +16,14 @@ from vaefix_pl.diagnose.decompose import decompose, format_verdicts
 
 
 def _load_inputs(
-    audio: Sequence[str], seconds: float | None
+    audio: Sequence[str], seconds: float | None, sample_rate: int = 16000
 ) -> tuple[list[tuple[str, str | None, Tensor]], list[dict[str, Any]]]:
     """``([(id, path, (N,) waveform)], failed rows)`` for files/folders/manifests, or the probe set."""
 
     items: list[tuple[str, str | None, Tensor]] = []
     failed: list[dict[str, Any]] = []
     if not audio:
-        for name, x in probe_signals(seconds=seconds or 4.0).items():
+        for name, x in probe_signals(seconds=seconds or 4.0, sample_rate=sample_rate).items():
             items.append((name, None, torch.from_numpy(x)))
         return items, failed
     for entry in discover_inputs(list(audio)):
@@ -31,7 +31,7 @@ def _load_inputs(
             failed.append({"id": entry.id, "path": entry.path, "error": entry.error})
             continue
         try:
-            items.append((entry.id, entry.path, load_audio(entry.path, seconds=seconds)))
+            items.append((entry.id, entry.path, load_audio(entry.path, sample_rate, seconds=seconds)))
         except AudioReadError as exc:
             failed.append({"id": entry.id, "path": entry.path, "error": str(exc)})
     return items, failed
@@ -67,7 +67,7 @@ def run_diagnosis(
             n = int(lengths[i])
             if write_audio:
                 for tag, w in d.audio.items():
-                    write_wav(out / f"{item_id}.{tag}.wav", w[i, :n])
+                    write_wav(out / f"{item_id}.{tag}.wav", w[i, :n], d.sample_rate)
             if log is not None:
                 log(format_verdicts(d, i))
         for row, (_, path, _) in zip(d.rows(), chunk):

@@ -108,6 +108,8 @@ class DecodedMelDataset(Dataset):
             raise ValueError(f"segment_frames must be >= 1 or None, got {segment_frames}")
         self.settings: dict[str, Any] = dict(entries[0]["settings"])
         self.framing: Framing = self.settings["framing"]
+        #: the export's geometry (exports made before it was recorded are 16 kHz: hop 160, 64 mels)
+        self.hop, self.n_mels = int(self.settings.get("hop", HOP)), int(self.settings.get("n_mels", N_MELS))
         train, val = split_ids([e["id"] for e in entries], val_fraction, split_seed, val_ids)
         keep = set(train if split == "train" else val if split == "val" else train + val)
         if ids is not None:
@@ -199,8 +201,8 @@ class DecodedMelDataset(Dataset):
         f, n = int(e["frames"]), int(e["samples"])
         frames = f if self.segment_frames is None else int(self.segment_frames)
         s = self.segment_start(index)
-        a, b = segment_samples(s, frames)
-        mel = torch.full((frames, N_MELS), LOG_MEL_FLOOR, dtype=torch.float32)
+        a, b = segment_samples(s, frames, self.hop)
+        mel = torch.full((frames, self.n_mels), LOG_MEL_FLOOR, dtype=torch.float32)
         rows = self._rows(e, self.which, s, s + frames)
         mel[: rows.shape[0]] = rows
         wave = torch.zeros(b - a, dtype=torch.float32)
@@ -219,14 +221,16 @@ class DecodedMelDataset(Dataset):
 def collate_decoded_mels(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Batch :class:`DecodedMelDataset` items.
 
-    Returns ``{"mel": (B, T, 64)`` (padded with the log floor), ``"waveform": (B, T*160)`` (zero-padded),
+    Returns ``{"mel": (B, T, n_mels)`` (padded with the log floor), ``"waveform": (B, T*hop)`` (zero-padded),
     ``"lengths": (B,)`` valid samples, ``"frames": (B,)``, ``"start_frame": (B,)``, ``"ids": [B]}`` with
     ``T`` the longest item's frames.
     """
     t = max(int(it["frames"]) for it in items)
     b = len(items)
-    mel = torch.full((b, t, N_MELS), LOG_MEL_FLOOR, dtype=torch.float32)
-    wave = torch.zeros(b, t * HOP, dtype=torch.float32)
+    first = items[0]
+    hop = first["waveform"].shape[0] // max(int(first["frames"]), 1)  # every item: frames * hop samples
+    mel = torch.full((b, t, first["mel"].shape[-1]), LOG_MEL_FLOOR, dtype=torch.float32)
+    wave = torch.zeros(b, t * hop, dtype=torch.float32)
     for i, it in enumerate(items):
         mel[i, : it["mel"].shape[0]] = it["mel"]
         wave[i, : it["waveform"].shape[0]] = it["waveform"]

@@ -87,19 +87,20 @@ class ExportSettingsError(ValueError):
 
 
 # ============================================================================== alignment (pure functions)
-def segment_samples(start_frame: int, frames: int) -> tuple[int, int]:
+def segment_samples(start_frame: int, frames: int, hop: int = HOP) -> tuple[int, int]:
     """Waveform span ``[a, b)`` that mel frames ``[start_frame, start_frame + frames)`` pair with.
 
-    ``(160 * start_frame, 160 * (start_frame + frames))`` in both framings (see the module docstring).
+    ``(hop * start_frame, hop * (start_frame + frames))`` in both framings (hop 160 at 16 kHz, 480 at
+    48 kHz; see the module docstring).
     """
-    return HOP * int(start_frame), HOP * (int(start_frame) + int(frames))
+    return hop * int(start_frame), hop * (int(start_frame) + int(frames))
 
 
-def frame_centre(frame: int, framing: Framing) -> float:
+def frame_centre(frame: int, framing: Framing, hop: int = HOP) -> float:
     """Sample on which frame ``frame``'s analysis window is centred: ``160 k`` (tacotron), ``160 k + 80`` (hifigan)."""
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
-    return HOP * frame + (0 if framing == "tacotron" else HOP / 2)
+    return hop * frame + (0 if framing == "tacotron" else hop / 2)
 
 
 # ============================================================================== manifest and shards (I/O)

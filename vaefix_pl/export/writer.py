@@ -85,6 +85,8 @@ class MelExportWriter(BasePredictionWriter):
         rec = getattr(pl_module, "reconstructor", None)
         if rec is not None and hasattr(rec, "settings"):
             s.update(rec.settings())
+        if rec is not None and hasattr(rec, "geometry"):
+            s.update(sample_rate=rec.sample_rate, hop=rec.hop, n_mels=rec.n_mels)
         hp = getattr(pl_module, "hparams", {}) or {}
         s["model"] = _model_id(hp.get("model"))
         dm = getattr(trainer, "datamodule", None)
@@ -223,12 +225,15 @@ class MelExportWriter(BasePredictionWriter):
                 "format_version": FORMAT_VERSION,
                 "clips": len(manifest),
                 "frames": sum(int(e["frames"]) for e in manifest),
-                "seconds": sum(int(e["samples"]) for e in manifest) / SAMPLE_RATE,
+                "seconds": sum(int(e["samples"]) for e in manifest)
+                / int(self.settings.get("sample_rate", SAMPLE_RATE)),
                 "shards": len({e["shard"] for e in manifest}),
                 "settings": self.settings,
                 "world_size": trainer.world_size,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "alignment": "mel frame k <-> waveform samples [160k, 160k+160) (see vaefix_pl.finetune.baseline)",
+                "alignment": "mel frame k <-> waveform samples [{h}k, {h}k+{h}) (see vaefix_pl.finetune.baseline)".format(
+                    h=int(self.settings.get("hop", HOP))
+                ),
             }
             atomic_write_bytes(self.output_dir / EXPORT_INFO, json.dumps(jsonable(info), indent=2).encode())
         trainer.strategy.barrier("vaefix_mel_export_done")  # the manifest is final on every rank
@@ -249,10 +254,14 @@ class MelExportWriter(BasePredictionWriter):
 
 
 class _NoVocoder(nn.Module):
-    """Stands in for the vocoder during export: ``(B, T, 64) -> zeros (B, T*160)`` (its output is not used)."""
+    """Stands in for the vocoder during export: ``(B, T, n_mels) -> zeros (B, T*hop)`` (output not used)."""
+
+    def __init__(self, hop: int = HOP) -> None:
+        super().__init__()
+        self.hop = hop
 
     def forward(self, mel: Tensor) -> Tensor:
-        return mel.new_zeros(mel.shape[0], mel.shape[1] * HOP)
+        return mel.new_zeros(mel.shape[0], mel.shape[1] * self.hop)
 
 
 def export_mels(
@@ -284,22 +293,29 @@ def export_mels(
     The vocoder is not run (export needs only the VAE). Returns a summary dict (``clips``,
     ``exported``, ``skipped``, ``failed``, ``manifest``); under DDP the counts are complete on rank 0.
     """
-    from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2, normalize_precision, resolve_source
+    from vaefix_pl.core.models import (
+        DEFAULT_SOURCE,
+        load_audioldm2,
+        normalize_precision,
+        read_geometry,
+        resolve_source,
+    )
     from vaefix_pl.core.reconstruct import Reconstructor
     from vaefix_pl.data.inputs import AudioDataModule
     from vaefix_pl.lightning.module import ReconstructionModule
 
     out = Path(output_dir)
     source = str(resolve_source(model or DEFAULT_SOURCE, allow_download=allow_download).resolve())
+    g = read_geometry(source)  # configs only: rate, hop and mel bins of the export
     dm = AudioDataModule(
         inputs, seconds=seconds, offset=offset, batch_size=batch_size, num_workers=num_workers,
-        channel=channel, probe_seconds=probe_seconds,
+        channel=channel, probe_seconds=probe_seconds, sample_rate=g.sample_rate,
     )  # fmt: skip
     planned = {
         "format_version": FORMAT_VERSION, "framing": framing, "model": source, "latent_mode": latent_mode,
         "precision": normalize_precision(precision), "pad_frames_to": pad_frames_to, "seconds": seconds,
-        "offset": offset, "channel": channel, "probe_seconds": probe_seconds, "sample_rate": SAMPLE_RATE,
-        "hop": HOP, "n_mels": N_MELS, **({"seed": seed} if latent_mode == "sample" else {}),
+        "offset": offset, "channel": channel, "probe_seconds": probe_seconds, "sample_rate": g.sample_rate,
+        "hop": g.hop, "n_mels": g.n_mels, **({"seed": seed} if latent_mode == "sample" else {}),
     }  # fmt: skip
     check_settings_compatible(existing_settings(out), planned, str(out))  # before any work
     dm.setup("predict")
@@ -321,8 +337,8 @@ def export_mels(
 
     models = load_audioldm2(source, precision=precision, allow_download=allow_download)
     rec = Reconstructor(
-        models.vae, _NoVocoder(), models.scaling_factor, framing=framing, latent_mode=latent_mode,
-        seed=seed, precision=models.precision, pad_frames_to=pad_frames_to,
+        models.vae, _NoVocoder(g.hop), models.scaling_factor, framing=framing, latent_mode=latent_mode,
+        seed=seed, precision=models.precision, pad_frames_to=pad_frames_to, geometry=models.geometry,
     )  # fmt: skip
     module = ReconstructionModule.from_reconstructor(
         rec, model=source, metrics=[], return_mels=True, seed=seed

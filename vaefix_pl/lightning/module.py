@@ -120,6 +120,12 @@ class ReconstructionModule(L.LightningModule):
         # precision policy (TF32 for fp32 on CUDA) applies
         device = self._trainer.strategy.root_device if self._trainer is not None else None
         self.reconstructor = Reconstructor.from_config(self.config, device)
+        postprocess = self.hparams.postprocess
+        if self.chain is not None and "sample_rate" not in (postprocess or {}):
+            # the repair chain (its band-pass) runs at the model's rate unless it was given one
+            from vaefix_pl.repair.chain import PostProcessChain
+
+            self.chain = PostProcessChain(**{**(postprocess or {}), "sample_rate": self.sample_rate})
 
     def on_predict_start(self) -> None:
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
@@ -184,6 +190,12 @@ class ReconstructionModule(L.LightningModule):
         module.reconstructor = reconstructor
         return module
 
+    @property
+    def sample_rate(self) -> int | None:
+        """The loaded model's rate in Hz (inputs are resampled to it, outputs written at it);
+        ``None`` before :meth:`configure_model`."""
+        return None if self.reconstructor is None else int(self.reconstructor.sample_rate)
+
     def settings(self) -> dict[str, Any]:
         """Everything that determines the outputs, for ``summary.json``."""
         out = {k: v for k, v in dict(self.hparams).items()}
@@ -198,7 +210,8 @@ class ReconstructionModule(L.LightningModule):
             return {}
         from vaefix_pl.metrics import compute_metrics
 
-        return compute_metrics(reference, estimate, lengths, self.metric_names)
+        rate = self.sample_rate or 16000
+        return compute_metrics(reference, estimate, lengths, self.metric_names, sample_rate=rate)
 
     def forward(
         self, waveform: Tensor, lengths: Tensor, host_lengths: Tensor | None = None

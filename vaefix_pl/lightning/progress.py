@@ -24,7 +24,9 @@ class ClipsPerSecondProgressBar(TQDMProgressBar):
     ) -> None:
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         self._clips += len(batch["ids"])
-        self._audio_s += float(batch["lengths"].sum()) / SAMPLE_RATE
+        self._audio_s += float(batch["lengths"].sum()) / (
+            getattr(pl_module, "sample_rate", None) or SAMPLE_RATE
+        )
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         if self.predict_progress_bar is not None:
             self.predict_progress_bar.set_postfix(

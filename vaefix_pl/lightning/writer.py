@@ -155,6 +155,8 @@ class ReconstructionWriter(BasePredictionWriter):
         self._part = None
         self._scorer = None
         self._t0 = 0.0
+        self._rate = SAMPLE_RATE
+        self._model_fields: dict[str, Any] = {}
         self._audio_seconds = 0.0
         self.timing: dict[str, float] = {}
         #: ids an earlier run completed, left out of this run (set in ``setup``)
@@ -291,11 +293,22 @@ class ReconstructionWriter(BasePredictionWriter):
         self._batches = deque()
         self._wait_s = 0.0
         self._pending = []
+        #: the model's rate: WAVs are written and scored at it
+        self._rate = int(getattr(pl_module, "sample_rate", None) or SAMPLE_RATE)
+        rec = getattr(pl_module, "reconstructor", None)
+        #: recorded on every metrics.csv row: which geometry and the checkpoint's own scaling_factor
+        self._model_fields = (
+            {"geometry": rec.geometry.name, "scaling_factor": float(rec.scaling_factor)}
+            if rec is not None and hasattr(rec, "geometry")
+            else {}
+        )
         names = list(getattr(pl_module, "perceptual_metrics", []) or [])
         if names:
             from vaefix_pl.metrics import PerceptualScorer
 
-            self._scorer = PerceptualScorer(names=names, max_workers=self.perceptual_workers)
+            self._scorer = PerceptualScorer(
+                names=names, sample_rate=self._rate, max_workers=self.perceptual_workers
+            )
         self._t0 = time.perf_counter()
         self._audio_seconds = 0.0
         self.timing = {}
@@ -368,18 +381,19 @@ class ReconstructionWriter(BasePredictionWriter):
                             }
                         )
                         continue
-                row: dict[str, Any] = {"id": item_id, "path": path, "seconds": n / SAMPLE_RATE, "rank": rank}
+                row: dict[str, Any] = {"id": item_id, "path": path, "seconds": n / self._rate, "rank": rank}
                 ident = self._identity.get(item_id, {})
                 row.update({k: v for k, v in ident.items() if k != "path"}, settings_fp=self._fingerprint)
+                row.update(self._model_fields)
                 for tag, scores in metrics.items():
                     prefix = "" if tag == "recon" else f"{tag}_"
                     row.update({prefix + k: _value(v[i]) for k, v in scores.items()})
                 row.update({f"health_{k}": _value(v[i]) for k, v in health.items()})
                 records.append(row)
                 for tag, target in targets.items():
-                    fut = self._pool.submit(write_wav, target, audio[tag][i, :n].clone())
+                    fut = self._pool.submit(write_wav, target, audio[tag][i, :n].clone(), self._rate)
                     self._pending.append((fut, item_id, path))
-                self._audio_seconds += n / SAMPLE_RATE
+                self._audio_seconds += n / self._rate
                 scored.append(i)
             if self._scorer is not None and scored:
                 s_ids = [ids[i] for i in scored]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE, LogMelFrontend, valid_mask
+from vaefix_pl.core.geometry import geometry_for_rate
 
 __all__ = [
     "MRSTFT_RESOLUTIONS",
@@ -349,20 +350,27 @@ def log_spectral_distance(
     return _masked_mean(per_frame.double(), fmask, dim=1)
 
 
-_MEL_FRONTENDS: dict[tuple[str, str], LogMelFrontend] = {}
+_MEL_FRONTENDS: dict[tuple[str, str, int], LogMelFrontend] = {}
 
 
-def _frontend(framing: str, device: torch.device) -> LogMelFrontend:
-    key = (framing, str(device))
+def _frontend(framing: str, device: torch.device, sample_rate: int = SAMPLE_RATE) -> LogMelFrontend:
+    key = (framing, str(device), int(sample_rate))
     if key not in _MEL_FRONTENDS:
-        _MEL_FRONTENDS[key] = LogMelFrontend(framing).to(device)  # type: ignore[arg-type]
+        g = geometry_for_rate(sample_rate)
+        _MEL_FRONTENDS[key] = LogMelFrontend(framing, g).to(device)  # type: ignore[arg-type]
     return _MEL_FRONTENDS[key]
 
 
 def mel_distance(
-    reference: Tensor, estimate: Tensor, lengths: Tensor | None = None, framing: str = "tacotron"
+    reference: Tensor,
+    estimate: Tensor,
+    lengths: Tensor | None = None,
+    framing: str = "tacotron",
+    sample_rate: int = SAMPLE_RATE,
 ) -> Tensor:
     """Mean absolute difference of AudioLDM2 log-mels (natural log, ``LogMelFrontend``), float64 ``(B,)``.
+
+    ``sample_rate`` picks the geometry's front-end (16000: 64 bands, hop 160; 48000: 256 bands, hop 480).
 
     Averaged over the 64 bands and over the frames the item has alone (``N // 160 + 1`` for
     ``"tacotron"``); each item's tail is reflect-padded about its own end before the front-end, so the
@@ -370,7 +378,7 @@ def mel_distance(
     """
     full = _all_full(lengths, reference.shape[-1])
     lengths = _check_pair(reference, estimate, lengths)
-    fe = _frontend(framing, reference.device)
+    fe = _frontend(framing, reference.device, sample_rate)
     b, n = reference.shape
     dtype = _work_dtype(reference)
     both = torch.cat([reference, estimate]).to(dtype)  # one front-end call for both signals

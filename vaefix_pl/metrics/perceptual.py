@@ -58,9 +58,18 @@ def _pesq(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> floa
     import torch
     from torchmetrics.functional.audio import perceptual_evaluation_speech_quality
 
-    mode = {16000: "wb", 8000: "nb"}.get(sample_rate)
-    if mode is None:
-        raise _Unscorable(f"PESQ needs 8 or 16 kHz audio, got {sample_rate} Hz")
+    if sample_rate not in (8000, 16000):
+        # PESQ is defined at 8/16 kHz only: other rates (48 kHz models) are scored wide-band on a
+        # 16 kHz copy (SciPy's polyphase resampler, Kaiser-windowed anti-aliasing)
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(int(sample_rate), 16000)
+        reference = resample_poly(reference, 16000 // g, int(sample_rate) // g)
+        estimate = resample_poly(estimate, 16000 // g, int(sample_rate) // g)
+        sample_rate = 16000
+    mode = "wb" if sample_rate == 16000 else "nb"
     if reference.shape[-1] < PESQ_MIN_SECONDS * sample_rate:
         raise _Unscorable(
             f"too short for PESQ ({reference.shape[-1] / sample_rate:.3f} s < {PESQ_MIN_SECONDS} s)"
@@ -161,7 +170,8 @@ class PerceptualScorer:
 
     Args:
         names: subset of ``("pesq", "stoi", "estoi")``.
-        sample_rate: of the arrays (PESQ: 16000 wide-band or 8000 narrow-band).
+        sample_rate: of the arrays (PESQ: 8000 narrow-band, 16000 wide-band, any other rate is
+            resampled to 16000 wide-band; STOI/ESTOI: pystoi resamples to its own 10 kHz).
         max_workers: pool size; default ``max(1, cpu_count // 2)`` so the data loader keeps cores.
         mp_context: multiprocessing context; default ``forkserver`` where available, else ``spawn``.
     """

@@ -224,11 +224,12 @@ def _lsd(ctx: MetricContext) -> Tensor:
     return F.log_spectral_distance(ctx.reference, ctx.estimate, ctx.host_lengths, ctx.sample_rate)
 
 
-@register_metric("mel_distance", "nats", "lower", "L1 between AudioLDM2 log-mels (64 bands, hop 160)")
+@register_metric(
+    "mel_distance", "nats", "lower", "L1 between the model geometry's log-mels (64 bands/hop 160 at 16 kHz)"
+)
 def _mel_distance(ctx: MetricContext) -> Tensor:
-    if ctx.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"mel_distance uses AudioLDM2's 16 kHz front-end; got sample_rate={ctx.sample_rate}")
-    return F.mel_distance(ctx.reference, ctx.estimate, ctx.host_lengths)
+    # the front-end of the geometry at this rate (a rate no geometry has raises a one-line ModelError)
+    return F.mel_distance(ctx.reference, ctx.estimate, ctx.host_lengths, sample_rate=ctx.sample_rate)
 
 
 @register_metric("mrstft_distance", "", "lower", "multi-resolution STFT: SC + log-mag L1 at 512/1024/2048")

@@ -13,7 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from vaefix_pl.core.frontend import F_MAX, F_MIN, HOP, N_MELS, SAMPLE_RATE, LogMelFrontend, normalize_level
+from vaefix_pl.core.frontend import F_MAX, F_MIN, N_MELS, SAMPLE_RATE, LogMelFrontend, normalize_level
+from vaefix_pl.core.geometry import geometry_for_rate
 
 #: Okabe-Ito colours (colour-blind safe): original, reconstruction, repaired, clicks.
 COLORS = {"original": "#0072B2", "recon": "#E69F00", "post": "#009E73", "clicks": "#D55E00"}
@@ -48,9 +49,15 @@ def mel_band_centres_hz(n_mels: int = N_MELS, f_min: float = F_MIN, f_max: float
     return edges[1:-1]
 
 
-def _hz_ticks(ax: Any, n_mels: int = N_MELS, ticks_hz: Sequence[float] = (200, 500, 1000, 2000, 4000, 7000)):
-    """Label the mel-band axis of an image (band index on y) in Hz."""
-    centres = mel_band_centres_hz(n_mels)
+def _hz_ticks(
+    ax: Any,
+    n_mels: int = N_MELS,
+    ticks_hz: Sequence[float] = (200, 500, 1000, 2000, 4000, 7000, 12000, 20000),
+    f_min: float = F_MIN,
+    f_max: float = F_MAX,
+):
+    """Label the mel-band axis of an image (band index on y) in Hz (ticks outside the bands are left out)."""
+    centres = mel_band_centres_hz(n_mels, f_min, f_max)
     pos = [
         float(np.interp(f, centres, np.arange(n_mels))) for f in ticks_hz if centres[0] <= f <= centres[-1]
     ]
@@ -63,9 +70,13 @@ def _hz_ticks(ax: Any, n_mels: int = N_MELS, ticks_hz: Sequence[float] = (200, 5
 
 
 def display_log_mels(
-    original: Tensor | np.ndarray, estimate: Tensor | np.ndarray, framing: str = "tacotron"
+    original: Tensor | np.ndarray,
+    estimate: Tensor | np.ndarray,
+    framing: str = "tacotron",
+    sample_rate: int = SAMPLE_RATE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(T, 64)`` natural-log mels of ``(N,)`` original and estimate, both at the original's level step.
+    """``(T, n_mels)`` natural-log mels of ``(N,)`` original and estimate (the front-end of the geometry at
+    ``sample_rate``: 64 mels at 16 kHz, 256 at 48 kHz), both at the original's level step.
 
     The level-step gain of the original is applied to both, so their difference shows what the
     reconstruction changed, not a level offset.
@@ -76,7 +87,7 @@ def display_log_mels(
     x, y = x[:, :n], y[:, :n]
     xn, gain = normalize_level(x)
     yn = (y - x.mean(dim=1, keepdim=True)) * gain[:, None]
-    fe = LogMelFrontend(framing).double()  # type: ignore[arg-type]
+    fe = LogMelFrontend(framing, geometry_for_rate(sample_rate)).double()  # type: ignore[arg-type]
     return fe(xn)[0, 0].numpy(), fe(yn)[0, 0].numpy()
 
 
@@ -92,14 +103,15 @@ def clip_figure(
     """The per-clip figure: log-mels of original and reconstruction, their difference, the waveforms.
 
     Args:
-        original, recon, post: ``(N,)`` waveforms at ``sample_rate`` (16 kHz), same level.
+        original, recon, post: ``(N,)`` waveforms at ``sample_rate`` (the model's: 16 or 48 kHz), same level.
         clicks: sample indices of clicks in ``recon`` to mark (e.g. from ``added_clicks``).
     Returns:
         a ``matplotlib.figure.Figure`` on the Agg canvas (save with :func:`figure_png`).
     """
-    mo, mr = display_log_mels(original, recon)
+    mo, mr = display_log_mels(original, recon, sample_rate=sample_rate)
+    g = geometry_for_rate(sample_rate)
     t = mo.shape[0]
-    dur = t * HOP / sample_rate
+    dur = t * g.hop / sample_rate
     extent = (0.0, dur, -0.5, mo.shape[1] - 0.5)
     vmin, vmax = float(np.percentile(mo, 1)), float(max(mo.max(), mr.max()))
     diff = mr - mo
@@ -125,7 +137,7 @@ def clip_figure(
             interpolation="nearest",
         )
         ax.set_title(label, fontsize=10, loc="left")
-        _hz_ticks(ax, data.shape[1])
+        _hz_ticks(ax, data.shape[1], f_min=g.fmin, f_max=g.fmax)
         fig.colorbar(im, ax=ax, label=unit, pad=0.01, fraction=0.04)
 
     ax = axes[3]
@@ -174,7 +186,7 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def clip_clicks(original: np.ndarray, recon: np.ndarray) -> np.ndarray:
+def clip_clicks(original: np.ndarray, recon: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Sample indices of clicks in ``recon`` that ``original`` does not explain (empty without metrics)."""
     try:
         from vaefix_pl.metrics import added_clicks
@@ -183,4 +195,4 @@ def clip_clicks(original: np.ndarray, recon: np.ndarray) -> np.ndarray:
     n = min(original.shape[-1], recon.shape[-1])
     ref = torch.as_tensor(original[:n]).float()[None]
     est = torch.as_tensor(recon[:n]).float()[None]
-    return added_clicks(ref, est, torch.tensor([n]))[0].cpu().numpy()
+    return added_clicks(ref, est, torch.tensor([n]), sample_rate)[0].cpu().numpy()

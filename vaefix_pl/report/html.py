@@ -75,6 +75,15 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _wav_rate(path: Path | None) -> int:
+    """The sample rate of a written WAV (the run's model rate); 16000 when it is not there."""
+    if path is None or not path.is_file():
+        return SAMPLE_RATE
+    import soundfile as sf
+
+    return int(sf.info(str(path)).samplerate)
+
+
 def _read_wav(path: Path | None) -> np.ndarray | None:
     if path is None or not path.is_file():
         return None
@@ -507,12 +516,13 @@ def write_report(
     for k, r in enumerate(ok_rows):
         item_id = r["id"]
         waves = {tag: _read_wav(_confined(out, f"{item_id}.{tag}.wav")) for tag in AUDIO_TAGS}
+        rate = _wav_rate(_confined(out, f"{item_id}.original.wav"))  # the model's rate (16 or 48 kHz)
         players = []
         for tag, label in AUDIO_TAGS.items():
             if waves[tag] is None:
                 continue
             if k < embed_audio_clips:
-                src = "data:audio/wav;base64," + wav_base64(waves[tag])
+                src = "data:audio/wav;base64," + wav_base64(waves[tag], rate)
             else:
                 src = _e(quote(f"{item_id}.{tag}.wav"))
             players.append(_player(src, label))
@@ -521,9 +531,14 @@ def write_report(
         side.append(_warnings_html(all_warnings.get(item_id, [])))
         fig_html = ""
         if k < max_figures and waves["original"] is not None and waves["recon"] is not None:
-            clicks = clip_clicks(waves["original"], waves["recon"])
+            clicks = clip_clicks(waves["original"], waves["recon"], rate)
             fig = clip_figure(
-                waves["original"], waves["recon"], post=waves["post"], clicks=clicks, title=item_id
+                waves["original"],
+                waves["recon"],
+                post=waves["post"],
+                clicks=clicks,
+                title=item_id,
+                sample_rate=rate,
             )
             png = figure_png(fig)
             target = _confined(fig_dir, f"{item_id}.png")

@@ -28,17 +28,19 @@ ERROR_COLUMNS = ("id", "path", "stage", "reason")
 #: the writer's part files: ``recon-<run id>-rank<k>.jsonl`` (and ``rank<k>.jsonl`` of older versions)
 _RANK_PART = r"recon-[0-9a-f]+-rank\d+\.jsonl|rank\d+\.jsonl"
 #: metrics.csv columns that stay strings when an earlier run's table is read back
-_TEXT_COLUMNS = {"id", "path", "error", "error_stage", "settings_fp"}
+_TEXT_COLUMNS = {"id", "path", "error", "error_stage", "settings_fp", "geometry"}
 #: bookkeeping columns: the source file's identity and the settings hash (never scores)
 IDENTITY_COLUMNS = ("src_size", "src_mtime_ns", "settings_fp")
 #: first characters a spreadsheet reads as a formula (OWASP CSV injection)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: per-row model facts (the checkpoint's geometry and own scaling_factor), not scores
+MODEL_COLUMNS = ("geometry", "scaling_factor")
 
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
-    skip = {"id", "path", "seconds", "error", "error_stage", "rank", *IDENTITY_COLUMNS}
+    skip = {"id", "path", "seconds", "error", "error_stage", "rank", *IDENTITY_COLUMNS, *MODEL_COLUMNS}
     cols: list[str] = []
     for r in rows:
         for k, v in r.items():
