@@ -83,9 +83,8 @@ def normalize_precision(precision: str) -> Precision:
 
 def _how_to_get(source: str) -> str:
     return (
-        f"Get the weights once with\n"
-        f"    huggingface-cli download {source} --include 'vae/*' 'vocoder/*'\n"
-        f"(or `hf download ...`), or point --model / `model:` at a local diffusers-format folder that has "
+        f'Get the weights once (~440 MB) with `hf download {source} --include "vae/*" "vocoder/*"`, '
+        f"or point --model / `model:` at a local diffusers-format folder that has "
         f"vae/ and vocoder/ subfolders (config.json + safetensors), or pass allow_download=True "
         f"(--allow-download) to let this run fetch them."
     )
