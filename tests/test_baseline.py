@@ -349,7 +349,9 @@ def test_unreadable_input_is_listed_not_exported(tmp_path, tiny_model_dir):
     out = tmp_path / "export"
     summary = export_mels(inputs, out, model=tiny_model_dir, **EXPORT_KW)
     assert summary["clips"] == 1 and summary["failed"] == 1
-    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    import csv
+
+    errors = list(csv.DictReader((out / "errors.csv").open()))
     assert [e["id"] for e in errors] == ["broken"] and "broken.wav" in errors[0]["reason"]
 
 

@@ -257,7 +257,7 @@ def test_cli_print_config_lists_every_option(capsys):
         assert key in printed
 
 
-@pytest.mark.parametrize("name", ["seed_repair.yaml", "bf16.yaml", "multi_gpu.yaml"])
+@pytest.mark.parametrize("name", ["repair.yaml", "bf16.yaml", "multi_gpu.yaml"])
 def test_shipped_configs_parse(name):
     with pytest.raises(SystemExit) as info:
         vaefix(["predict", "--config", str(ROOT / "configs" / "default.yaml"),
@@ -319,7 +319,7 @@ def test_predict_step_never_waits_for_the_gpu(tiny_model_dir):
 def test_cli_reconstruct_with_seed_repair_config_scores_both(tmp_path, tiny_model_dir):
     _make_files(tmp_path / "in", [("v.wav", 20000, 16000, 1)])
     out = tmp_path / "out"
-    rc = vaefix(["reconstruct", str(tmp_path / "in" / "v.wav"), "--config", str(ROOT / "configs" / "seed_repair.yaml"),
+    rc = vaefix(["reconstruct", str(tmp_path / "in" / "v.wav"), "--config", str(ROOT / "configs" / "repair.yaml"),
                  "--model", str(tiny_model_dir), "--out", str(out), "--accelerator", "cpu", "--num-workers", "0"])  # fmt: skip
     assert rc == 0
     assert sf.info(out / "v.post.wav").frames == sf.info(out / "v.recon.wav").frames == 20000

@@ -30,8 +30,8 @@ from typing import Any
 
 from vaefix_pl.cli.common import Parser, inputs_parser, require_some_input
 from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
-from vaefix_pl.core.errors import InputsError
 from vaefix_pl.core.config import SPEEDS
+from vaefix_pl.core.errors import InputsError
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS
 from vaefix_pl.core.windowing import CROSSFADES
@@ -153,7 +153,9 @@ def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) ->
     lines = [f"{'metric':<26}{'mean':>10}{'95% CI':>24}{'median':>10}{'n':>6}"]
     for k in names:
         m = metrics[k]
-        ci = f"[{_fmt(m.get('ci95_low'))}, {_fmt(m.get('ci95_high'))}]"
+        lo, hi = m.get("ci95_low"), m.get("ci95_high")
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
+        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if finite else "-"  # n = 1, or no spread to bootstrap
         lines.append(f"{k:<26}{_fmt(m.get('mean')):>10}{ci:>24}{_fmt(m.get('median')):>10}{m.get('n', 0):>6}")
     t = summary.get("timing", {})
     lines.append(
@@ -180,7 +182,7 @@ def print_summary(out_dir: str | Path) -> None:
     print(summary_table(summary))
     out = Path(out_dir)
     print(f"\nwrote {out}/: metrics.csv, summary.json, summary.md and the WAV files")
-    if (out / "errors.csv").is_file():
+    if summary.get("n_failed") and (out / "errors.csv").is_file():
         print(f"failed inputs: {out / 'errors.csv'}")
     if (out / "report.html").is_file():
         print(f"report: {out / 'report.html'}")
