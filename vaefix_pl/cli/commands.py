@@ -355,7 +355,7 @@ COMMANDS: dict[str, str] = {
     "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
     "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
     "report": "vaefix_pl.cli.report:report_main",
-    "convert": "vaefix_pl.convert.cli:convert_main",
+    "convert": "vaefix_pl.cli.convert:convert_main",
 }
 
 
@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command '{command}'{hint}", file=sys.stderr)
         return 2
     quiet_libraries(debug)
+    if debug and command == "convert":
+        argv.append("--debug")  # convert prints its own one-line errors unless asked for the traceback
     try:
         return _resolve(COMMANDS[command])(argv[1:]) or 0
     except SystemExit as exc:  # --help, --print_config, or a library that exits on its own
