@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vaefix_pl.cli import main
 from vaefix_pl.cli import commands as commands_module
+from vaefix_pl.cli import main
 from vaefix_pl.cli.errors import EXIT_INTERNAL, exit_code
 from vaefix_pl.core.errors import EXIT_CODES
 
