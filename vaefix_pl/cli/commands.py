@@ -190,7 +190,7 @@ def print_summary(out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------- reconstruct
 def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
-    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.")
+    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.", config_options=False)
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")

@@ -16,19 +16,64 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 class Parser(argparse.ArgumentParser):
     """An argparse parser whose errors raise :class:`SettingsError` (printed as one line by ``main``)
-    instead of printing the usage and exiting, and whose ``--help`` shows the defaults."""
+    instead of printing the usage and exiting, and whose ``--help`` shows the defaults.
 
-    def __init__(self, *args, **kwargs) -> None:
+    With ``config_options`` (the default) it also takes ``--config FILE.yaml`` (keys are the long
+    option names, ``-`` or ``_``; later files and explicit flags win) and ``--print_config`` (print the
+    resulting settings as YAML and exit), like the LightningCLI commands.
+    """
+
+    def __init__(self, *args, config_options: bool = True, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._config_options = config_options
+        if config_options:
+            self.add_argument("--config", action="append", default=[], help="YAML file(s) of option values")
+            self.add_argument("--print_config", action="store_true", help="print the settings as YAML and exit")
 
     def error(self, message: str):  # noqa: D102 (argparse API)
         raise SettingsError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse API)
+        if not self._config_options:
+            return super().parse_args(args, namespace)
+        ns = super().parse_args(args, namespace)
+        if ns.config:
+            self.set_defaults(**self._read_configs(ns.config))
+            ns = super().parse_args(args, namespace)  # explicit flags still win over the files
+        if ns.print_config:
+            import yaml
 
-def inputs_parser(prog: str, description: str) -> Parser:
+            shown = {k: v for k, v in vars(ns).items() if k not in ("config", "print_config")}
+            print(yaml.safe_dump(shown, sort_keys=False), end="")
+            raise SystemExit(0)
+        return ns
+
+    def _read_configs(self, paths: Sequence[str]) -> dict:
+        import yaml
+
+        known = {a.dest for a in self._actions}
+        values: dict = {}
+        for path in paths:
+            try:
+                data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except FileNotFoundError:
+                raise SettingsError(f"{path}: no such config file") from None
+            except (OSError, yaml.YAMLError) as exc:
+                raise SettingsError(f"{path}: cannot read this YAML config ({type(exc).__name__})") from None
+            if not isinstance(data, dict):
+                raise SettingsError(f"{path}: a config must be a mapping of option names to values")
+            for key, value in data.items():
+                dest = str(key).replace("-", "_")
+                if dest not in known or dest in ("config", "print_config", "help"):
+                    raise SettingsError(f"{path}: unknown option '{key}' for {self.prog}")
+                values[dest] = value
+        return values
+
+
+def inputs_parser(prog: str, description: str, config_options: bool = True) -> Parser:
     """A parser whose positional ``audio`` takes files, folders or manifests (none: the probe set)."""
-    p = Parser(prog=prog, description=description)
+    p = Parser(prog=prog, description=description, config_options=config_options)
     p.add_argument("audio", nargs="*", help="files, folders or manifests (none: the built-in probe set)")
     return p
 
