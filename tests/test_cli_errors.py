@@ -172,3 +172,24 @@ def test_clean_run_has_no_library_noise(tmp_path, wav, tiny_model_dir):
         assert noise not in text, noise
     assert f"report: {out / 'report.html'}" in proc.stdout
     assert "[nan, nan]" not in proc.stdout  # n = 1: no interval to show
+
+
+@pytest.mark.parametrize("command", ["diagnose", "diagnose-mel", "export-mels", "report", "demo"])
+def test_config_file_and_print_config_on_argparse_commands(command, tmp_path, capfd):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    key, value = {"diagnose": ("seconds", 3.0), "diagnose-mel": ("framing", "hifigan"),
+                  "export-mels": ("shard-size", 5), "report": ("max-figures", 2),
+                  "demo": ("out", "elsewhere")}[command]  # fmt: skip
+    cfg.write_text(yaml.safe_dump({key: value}))
+    positional = {"diagnose-mel": ["m.npy"], "report": ["x"], "export-mels": ["--out", "o"]}.get(command, [])
+    assert main([command, *positional, "--config", str(cfg), "--print_config"]) == 0
+    shown = yaml.safe_load(capfd.readouterr().out)
+    assert shown[key.replace("-", "_")] == value
+    # an explicit flag wins over the file
+    assert main([command, *positional, "--config", str(cfg), f"--{key}", "7" if key != "framing" and key != "out" else "tacotron", "--print_config"]) == 0  # noqa: E501
+    assert yaml.safe_load(capfd.readouterr().out)[key.replace("-", "_")] != value
+    cfg.write_text("no_such_option: 1\n")
+    rc = main([command, *positional, "--config", str(cfg)])
+    assert rc == 2 and "unknown option 'no_such_option'" in _one_error_line(capfd, rc)
