@@ -334,9 +334,7 @@ def test_writer_mode_beside_the_reconstruction_writer(tmp_path, tiny_model_dir, 
 
 
 def test_cli_help_lists_the_options(capsys):
-    with pytest.raises(SystemExit) as info:
-        vaefix(["export-mels", "--help"])
-    assert info.value.code == 0
+    assert vaefix(["export-mels", "--help"]) == 0
     text = capsys.readouterr().out
     for flag in ("--out", "--model", "--seconds", "--framing", "--shard-size", "--devices"):
         assert flag in text
