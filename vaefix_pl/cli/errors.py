@@ -86,6 +86,7 @@ _QUIET_WARNINGS = (
     r".*does not have many workers which may be a bottleneck",
     r"The '(predict|val|test)_dataloader' does not have many workers",
     r".*`torch\.set_float32_matmul_precision",
+    r"Total length of `DataLoader` across ranks is zero",  # a resumed run with nothing left to do
 )
 
 
