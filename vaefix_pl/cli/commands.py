@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vaefix_pl.cli.common import Parser, inputs_parser, require_some_input
+from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
 from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
 from vaefix_pl.core.config import SPEEDS
 from vaefix_pl.core.errors import InputsError
@@ -211,12 +211,10 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument("--max-windows", type=int, default=None, help="windows per model call (bounds memory)")
     p.add_argument("--crossfade", default=None, choices=CROSSFADES)
     p.add_argument("--config", action="append", default=[], help="YAML config(s), as for `vaefix predict`")
-    p.add_argument(
-        "--repair",
-        action="store_true",
-        help="also run the click-repair chain from the original bug report (writes <id>.post.wav, scores post_*)",
+    add_repair_flag(
+        p,
+        "also run the click-repair chain from the original bug report (writes <id>.post.wav, scores post_*)",
     )
-    p.add_argument("--seed-repair", dest="repair", action="store_true", help=argparse.SUPPRESS)  # old name
     p.add_argument(
         "--perceptual",
         action="store_true",
@@ -273,16 +271,14 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
         args.append("--model.postprocess=" + json.dumps(SEED_FINAL_SETTINGS))
     if ns.perceptual:
         args.append('--model.perceptual=["pesq", "stoi", "estoi"]')
-    if ns.report:
-        args.append("--writer.report=true")
-    if ns.allow_download:
-        args.append("--model.allow_download=true")
-    if ns.overwrite:
-        args.append("--writer.overwrite=true")
-    if ns.strict:
-        args.append("--writer.strict=true")
-    if ns.print_config:
-        args.append("--print_config")
+    switches = {
+        "report": "--writer.report=true",
+        "allow_download": "--model.allow_download=true",
+        "overwrite": "--writer.overwrite=true",
+        "strict": "--writer.strict=true",
+        "print_config": "--print_config",
+    }
+    args += [arg for name, arg in switches.items() if getattr(ns, name)]
     return args
 
 
@@ -327,7 +323,9 @@ def demo_main(argv: Sequence[str]) -> int:
         "(<id>.post.wav, post_* scores), PESQ/STOI/ESTOI and report.html. Real AudioLDM2 weights when "
         "--model or the HF cache has them, else tiny random models (said loudly).",
     )
-    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: cached cvssp/audioldm2)")
+    p.add_argument(
+        "--model", default=None, help="diffusers folder or hub id (default: cached cvssp/audioldm2)"
+    )
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--devices", default=None, help="number of devices (GPUs) or 'auto'")
     args = p.parse_args(list(argv))

@@ -29,7 +29,9 @@ class Parser(argparse.ArgumentParser):
         self._config_options = config_options
         if config_options:
             self.add_argument("--config", action="append", default=[], help="YAML file(s) of option values")
-            self.add_argument("--print_config", action="store_true", help="print the settings as YAML and exit")
+            self.add_argument(
+                "--print_config", action="store_true", help="print the settings as YAML and exit"
+            )
 
     def error(self, message: str):  # noqa: D102 (argparse API)
         raise SettingsError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -76,6 +78,12 @@ def inputs_parser(prog: str, description: str, config_options: bool = True) -> P
     p = Parser(prog=prog, description=description, config_options=config_options)
     p.add_argument("audio", nargs="*", help="files, folders or manifests (none: the built-in probe set)")
     return p
+
+
+def add_repair_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """``--repair``, and its old name ``--seed-repair`` as a hidden alias."""
+    p.add_argument("--repair", action="store_true", help=help)
+    p.add_argument("--seed-repair", dest="repair", action="store_true", help=argparse.SUPPRESS)
 
 
 def require_some_input(inputs: str | os.PathLike | Sequence[str | os.PathLike] | None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaefix_pl.cli.common import Parser, inputs_parser, require_some_input
+from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS, is_full_size
 from vaefix_pl.diagnose.mel import diagnose_mel
@@ -34,12 +34,7 @@ def _diagnose_parser() -> argparse.ArgumentParser:
         "else tiny random models, said loudly)",
     )
     p.add_argument("--out", default="outputs/diagnose", help="output folder")
-    p.add_argument(
-        "--repair",
-        action="store_true",
-        help="stage (d): the click-repair chain from the original bug report",
-    )
-    p.add_argument("--seed-repair", dest="repair", action="store_true", help=argparse.SUPPRESS)  # old name
+    add_repair_flag(p, "stage (d): the click-repair chain from the original bug report")
     p.add_argument(
         "--seconds", type=float, default=None, help="crop each file (probe set: length, default 4)"
     )
