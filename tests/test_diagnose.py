@@ -448,7 +448,7 @@ def test_diagnose_cli_on_the_probe_set(tiny_model_dir, tmp_path, capsys):
 
     out = tmp_path / "diag"
     argv = ["--model", str(tiny_model_dir), "--out", str(out), "--seconds", "0.5", "--pad-frames-to", "4"]
-    assert diagnose_main(argv + ["--seed-repair", "--embed-audio", "2"]) == 0
+    assert diagnose_main(argv + ["--repair", "--embed-audio", "2"]) == 0
     text = capsys.readouterr().out
     for name in PROBE_NAMES:
         assert f"== {name} (0.50 s) ==" in text

@@ -61,7 +61,7 @@ def test_hub_id_resolves_from_local_cache_without_network(tmp_path, tiny_model_d
 
 def test_hub_id_missing_from_cache_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotFoundError, match=r"huggingface-cli download cvssp/audioldm2 --include"):
+    with pytest.raises(ModelNotFoundError, match=r"hf download cvssp/audioldm2 --include"):
         resolve_source("cvssp/audioldm2", cache_dir=tmp_path / "empty")
 
 

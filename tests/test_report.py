@@ -76,12 +76,19 @@ def test_clip_figure_panels_labels_and_clicks():
     # x axis in seconds over the clip; y ticks in Hz at the bands' centres
     assert mel_axes[0].images[0].get_extent()[1] == pytest.approx(mo.shape[0] * 160 / SR)
     assert [t.get_text() for t in mel_axes[0].get_yticklabels()] == ["200", "500", "1k", "2k", "4k", "7k"]
-    wave = [ax for ax in fig.axes if ax.get_xlabel() == "time (s)"]
-    assert len(wave) == 1 and wave[0].get_ylabel() == "amplitude"
-    labels = wave[0].get_legend_handles_labels()[1]
-    assert labels == ["original", "repaired", "reconstruction", "added clicks (2)"]
-    marker = [line for line in wave[0].lines if line.get_label() == "added clicks (2)"][0]
-    np.testing.assert_allclose(marker.get_xdata(), [4000 / SR, 12000 / SR])
+    # one waveform panel each (not drawn over each other), stacked below the mels, same y scale
+    wave = [ax for ax in fig.axes if ax.get_ylabel() == "amplitude"]
+    titles = [ax.get_title(loc="left") for ax in wave]
+    assert [t.split(":")[0] for t in titles] == ["original", "reconstruction", "repaired (repair chain)"]
+    assert wave[-1].get_xlabel() == "time (s)" and "2 added click(s)" in titles[1]
+    assert len({ax.get_ylim() for ax in wave}) == 1
+    assert wave[0].get_ylim()[1] == pytest.approx(1.15 * max(np.abs(x).max(), np.abs(y).max()))
+    # the envelope keeps every peak: the drawn band of the reconstruction reaches its extremes
+    band = wave[1].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() == pytest.approx(y.max()) and band.min() == pytest.approx(y.min())
+    click_lines = [line.get_xdata()[0] for line in wave[1].lines]
+    np.testing.assert_allclose(click_lines, [4000 / SR, 12000 / SR])
+    assert fig._suptitle is not None and fig._suptitle.get_text() == "speech"
     png = figure_png(fig)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
@@ -238,7 +245,10 @@ def test_write_report_contents(tmp_path):
 
 
 def test_report_main(tmp_path, capsys):
-    assert report_main([str(tmp_path)]) == 2
+    from vaefix_pl.core.errors import InputsError
+
+    with pytest.raises(InputsError, match="no metrics.csv"):  # `vaefix` prints it as one line, exit 4
+        report_main([str(tmp_path)])
     out = make_run(tmp_path / "run", n=2, failed=False)
     assert report_main([str(out), "--embed-audio", "0", "--max-figures", "1", "--title", "T-123"]) == 0
     html = (out / "report.html").read_text()

@@ -3,7 +3,7 @@
 No weights can be downloaded here, so tests load small models of AudioLDM2's exact geometry
 (1 input channel, 64 mel bins, VAE down factor 4, vocoder hop 160 at 16 kHz) written in diffusers
 format by :func:`write_tiny_audioldm2`, through the real loader. :func:`full_size_configs` gives the
-real architectures (``shared/reference/audioldm2.md`` sections 3-4) for cost and speed measurements
+real architectures (``docs/FRONTEND.md``, ``docs/MODELS.md``) for cost and speed measurements
 with random weights. Outputs of random weights are not meaningful audio.
 """
 

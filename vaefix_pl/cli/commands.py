@@ -1,13 +1,17 @@
 """The ``vaefix`` command line.
 
 * ``vaefix reconstruct AUDIO... [--seconds 10] [--model SOURCE] [--out DIR] [--devices N]``: the
-  seed's one-liner done right; prints a summary table at the end.
+  reconstruct files, folders or manifests; prints a summary table and where every output went.
 * ``vaefix predict --config configs/default.yaml [--data.inputs DIR ...]``: the same run through
   LightningCLI (``--print_config`` works; every option can be overridden).
 * ``vaefix demo``: reconstruct the built-in probe set with real AudioLDM2 weights when they are
   present (a ``--model`` folder or the HF cache), else with tiny random models, and say which.
-* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``: see
-  ``vaefix <command> --help``.
+* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``, ``vaefix convert``:
+  see ``vaefix <command> --help``.
+
+``--debug`` (or ``VAEFIX_DEBUG=1``) shows tracebacks. Exit codes: 0 ok, 1 ``--strict`` and an input
+failed, 2 bad flag/config/setting, 3 model missing or unusable, 4 no usable input, 5 output folder
+unusable, 70 internal error, 130 interrupted.
 
 ``reconstruct`` is sugar over ``predict``: it builds the LightningCLI arguments, so both paths run
 the same code and accept the same ``--config`` files.
@@ -24,8 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vaefix_pl.cli.common import inputs_parser
+from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
+from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
 from vaefix_pl.core.config import SPEEDS
+from vaefix_pl.core.errors import InputsError
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS
 from vaefix_pl.core.windowing import CROSSFADES
@@ -51,6 +57,7 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
     finally:
         sys.argv = saved_argv
     if run:
+        require_some_input(getattr(cli.datamodule, "inputs", None))
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     return cli
 
@@ -67,6 +74,8 @@ def _make(cli_class, args: Sequence[str]):
         args=list(args),
         save_config_callback=None,
         seed_everything_default=False,
+        auto_configure_optimizers=False,  # an inference config: no optimizer/lr_scheduler keys
+        parser_kwargs={"exit_on_error": False},  # parse errors raise; `main` prints them as one line
         trainer_defaults={
             "logger": False,
             "enable_checkpointing": False,
@@ -95,6 +104,7 @@ def predict_main(argv: Sequence[str]) -> int:
 
         write_report(writer.output_dir)
     print_summary(writer.output_dir)
+    _raise_if_nothing_read(writer.output_dir)
     if writer.strict and writer.failed:
         n = (writer.summary or {}).get("n_failed", "some")
         print(
@@ -103,6 +113,21 @@ def predict_main(argv: Sequence[str]) -> int:
         )
         return EXIT_INPUTS_FAILED
     return 0
+
+
+def _raise_if_nothing_read(out_dir: str | Path) -> None:
+    """Every input failed: one line naming the first reason (all are in errors.csv)."""
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    failed = summary.get("failed") or []
+    if summary.get("n_ok", 0) == 0 and failed and not (summary.get("resume") or {}).get("skipped_complete"):
+        first = failed[0]
+        raise InputsError(
+            f"no input could be used ({len(failed)} failed, listed in {Path(out_dir) / 'errors.csv'}); "
+            f"first: {first.get('reason') or first.get('id')}"
+        )
 
 
 def _writer(trainer):
@@ -128,7 +153,9 @@ def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) ->
     lines = [f"{'metric':<26}{'mean':>10}{'95% CI':>24}{'median':>10}{'n':>6}"]
     for k in names:
         m = metrics[k]
-        ci = f"[{_fmt(m.get('ci95_low'))}, {_fmt(m.get('ci95_high'))}]"
+        lo, hi = m.get("ci95_low"), m.get("ci95_high")
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
+        ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if finite else "-"  # n = 1, or no spread to bootstrap
         lines.append(f"{k:<26}{_fmt(m.get('mean')):>10}{ci:>24}{_fmt(m.get('median')):>10}{m.get('n', 0):>6}")
     t = summary.get("timing", {})
     lines.append(
@@ -153,12 +180,17 @@ def print_summary(out_dir: str | Path) -> None:
     summary = json.loads(path.read_text())
     print()
     print(summary_table(summary))
-    print(f"\nwrote {out_dir}/metrics.csv, summary.json, summary.md and the WAV files")
+    out = Path(out_dir)
+    print(f"\nwrote {out}/: metrics.csv, summary.json, summary.md and the WAV files")
+    if summary.get("n_failed") and (out / "errors.csv").is_file():
+        print(f"failed inputs: {out / 'errors.csv'}")
+    if (out / "report.html").is_file():
+        print(f"report: {out / 'report.html'}")
 
 
 # ---------------------------------------------------------------------------------- reconstruct
 def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
-    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.")
+    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.", config_options=False)
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")
@@ -179,10 +211,16 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument("--max-windows", type=int, default=None, help="windows per model call (bounds memory)")
     p.add_argument("--crossfade", default=None, choices=CROSSFADES)
     p.add_argument("--config", action="append", default=[], help="YAML config(s), as for `vaefix predict`")
-    p.add_argument(
-        "--seed-repair", action="store_true", help="turn the seed's repair chain on (<id>.post.wav)"
+    add_repair_flag(
+        p,
+        "also run the click-repair chain from the original bug report (writes <id>.post.wav, scores post_*)",
     )
-    p.add_argument("--perceptual", action="store_true", help="also score PESQ/STOI/ESTOI (CPU pool)")
+    p.add_argument(
+        "--perceptual",
+        action="store_true",
+        help="also score PESQ/STOI/ESTOI (slow CPU metrics; config key model.perceptual)",
+    )
+    p.add_argument("--print_config", action="store_true", help="print the resulting config and exit")
     p.add_argument("--report", action="store_true", help="write report.html at the end")
     p.add_argument("--allow-download", action="store_true", help="let the loader fetch missing weights")
     p.add_argument(
@@ -227,25 +265,27 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
     for flag, value in pairs.items():
         if value is not None:
             args.append(f"{flag}={value}")
-    if ns.seed_repair:
+    if ns.repair:
         from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
 
         args.append("--model.postprocess=" + json.dumps(SEED_FINAL_SETTINGS))
     if ns.perceptual:
         args.append('--model.perceptual=["pesq", "stoi", "estoi"]')
-    if ns.report:
-        args.append("--writer.report=true")
-    if ns.allow_download:
-        args.append("--model.allow_download=true")
-    if ns.overwrite:
-        args.append("--writer.overwrite=true")
-    if ns.strict:
-        args.append("--writer.strict=true")
+    switches = {
+        "report": "--writer.report=true",
+        "allow_download": "--model.allow_download=true",
+        "overwrite": "--writer.overwrite=true",
+        "strict": "--writer.strict=true",
+        "print_config": "--print_config",
+    }
+    args += [arg for name, arg in switches.items() if getattr(ns, name)]
     return args
 
 
 def reconstruct_main(argv: Sequence[str]) -> int:
     ns = _reconstruct_parser().parse_args(argv)
+    if not ns.print_config:
+        require_some_input(ns.audio)
     return predict_main(reconstruct_args(ns))
 
 
@@ -266,7 +306,7 @@ def resolve_demo_model(model: str | None) -> tuple[str, bool]:
             + f"\nREAL AudioLDM2 WEIGHTS NOT FOUND ({reason})\n"
             + f"Using TINY RANDOM-WEIGHT models from {DEMO_TINY_DIR}: the pipeline, metrics and files are real,\n"
             + "but the audio is NOT a meaningful reconstruction. For the real thing run\n"
-            + "    huggingface-cli download cvssp/audioldm2 --include 'vae/*' 'vocoder/*'\n"
+            + '    hf download cvssp/audioldm2 --include "vae/*" "vocoder/*"\n'
             + "or pass --model /path/to/audioldm2 (a diffusers folder with vae/ and vocoder/).\n"
             + "=" * 100,
             flush=True,
@@ -277,23 +317,25 @@ def resolve_demo_model(model: str | None) -> tuple[str, bool]:
 
 
 def demo_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="vaefix demo", description="Reconstruct the built-in probe set.")
-    p.add_argument("--model", default=None)
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--devices", default=None)
-    args, rest = p.parse_known_args(argv)
+    p = Parser(
+        prog="vaefix demo",
+        description="Reconstruct the built-in probe set with everything on: the click-repair chain "
+        "(<id>.post.wav, post_* scores), PESQ/STOI/ESTOI and report.html. Real AudioLDM2 weights when "
+        "--model or the HF cache has them, else tiny random models (said loudly).",
+    )
+    p.add_argument(
+        "--model", default=None, help="diffusers folder or hub id (default: cached cvssp/audioldm2)"
+    )
+    p.add_argument("--out", default="demo_out", help="output folder")
+    p.add_argument("--devices", default=None, help="number of devices (GPUs) or 'auto'")
+    args = p.parse_args(list(argv))
     source, real = resolve_demo_model(args.model)
     print(f"model: {source} ({'real AudioLDM2 weights' if real else 'tiny random models'})", flush=True)
-    cli_args = ["--model", source, "--out", args.out, "--perceptual", "--seed-repair"]
+    print("demo turns on: the click-repair chain, PESQ/STOI/ESTOI scoring, report.html", flush=True)
+    cli_args = ["--model", source, "--out", args.out, "--perceptual", "--repair", "--report"]
     if args.devices:
         cli_args += ["--devices", args.devices]
-    try:
-        import vaefix_pl.report.html  # noqa: F401
-
-        cli_args.append("--report")
-    except ImportError:
-        pass
-    rc = reconstruct_main(cli_args + list(rest))
+    rc = reconstruct_main(cli_args)
     print(
         f"\nmodel used: {source} ({'real AudioLDM2 weights' if real else 'TINY RANDOM MODELS, not real audio'})"
     )
@@ -312,7 +354,7 @@ COMMANDS: dict[str, str] = {
     "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
     "report": "vaefix_pl.cli.report:report_main",
     "models": "vaefix_pl.convert.catalog:models_main",
-    "convert": "vaefix_pl.convert.cli:convert_main",
+    "convert": "vaefix_pl.cli.convert:convert_main",
 }
 
 
@@ -323,19 +365,37 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), func)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: vaefix {" + ",".join(COMMANDS) + "} ...\n")
-        print(__doc__)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    from vaefix_pl.core.errors import VaefixError
+def _usage() -> str:
+    return "usage: vaefix [--debug] {" + ",".join(COMMANDS) + "} ...\n" + (__doc__ or "")
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user-facing errors become ``error: <one line>`` on stderr and an exit code
+    (see :mod:`vaefix_pl.cli.errors`); ``--debug`` or ``VAEFIX_DEBUG=1`` re-raises with the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; commands: {', '.join(COMMANDS)}"
+        print(f"error: unknown command '{command}'{hint}", file=sys.stderr)
+        return 2
+    quiet_libraries(debug)
+    if debug and command == "convert":
+        argv.append("--debug")  # convert prints its own one-line errors unless asked for the traceback
     try:
-        return _resolve(COMMANDS[argv[0]])(argv[1:]) or 0
-    except VaefixError as exc:  # minimal until the CLI's error plumbing (issue 16) lands
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _resolve(COMMANDS[command])(argv[1:]) or 0
+    except SystemExit as exc:  # --help, --print_config, or a library that exits on its own
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except BaseException as exc:
+        if debug:
+            raise
+        return report_error(exc)
 
 
 if __name__ == "__main__":

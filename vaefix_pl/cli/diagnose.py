@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaefix_pl.cli.common import inputs_parser
+from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS, is_full_size
 from vaefix_pl.diagnose.mel import diagnose_mel
@@ -34,7 +34,7 @@ def _diagnose_parser() -> argparse.ArgumentParser:
         "else tiny random models, said loudly)",
     )
     p.add_argument("--out", default="outputs/diagnose", help="output folder")
-    p.add_argument("--seed-repair", action="store_true", help="stage (d): the seed's final repair chain")
+    add_repair_flag(p, "stage (d): the click-repair chain from the original bug report")
     p.add_argument(
         "--seconds", type=float, default=None, help="crop each file (probe set: length, default 4)"
     )
@@ -51,10 +51,11 @@ def _diagnose_parser() -> argparse.ArgumentParser:
 
 
 def diagnose_main(argv: Sequence[str]) -> int:
-    """``vaefix diagnose AUDIO... [--model] [--out] [--seed-repair]``: prints the verdict per stage per clip,
+    """``vaefix diagnose AUDIO... [--model] [--out] [--repair]``: prints the verdict per stage per clip,
     writes the WAVs of every stage, ``metrics.csv``, ``summary.json``, ``diagnosis.json``, figures and
     ``report.html``. Exit code 0, or 1 when no clip could be diagnosed."""
     args = _diagnose_parser().parse_args(list(argv))
+    require_some_input(args.audio)
     from vaefix_pl.cli.commands import resolve_demo_model
     from vaefix_pl.core.reconstruct import Reconstructor
 
@@ -70,7 +71,7 @@ def diagnose_main(argv: Sequence[str]) -> int:
         pad_frames_to=args.pad_frames_to,
     )
     chain = None
-    if args.seed_repair:
+    if args.repair:
         from vaefix_pl.repair.chain import PostProcessChain
 
         chain = PostProcessChain.seed_final(sample_rate=rec.sample_rate).to(device)
@@ -125,7 +126,7 @@ def diagnose_mel_main(argv: Sequence[str]) -> int:
 
     Prints the verdict. Exit code 0 when the mel looks right, 1 when a mistake was found.
     """
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="vaefix diagnose-mel",
         description="Check a mel computed with your own front-end against AudioLDM2's (64-band natural-log "
         "magnitude mel, hop 160 at 16 kHz, (T, 64)). Give the audio it came from for a certain verdict.",
@@ -139,6 +140,9 @@ def diagnose_mel_main(argv: Sequence[str]) -> int:
         "--save-corrected", default=None, help="write the corrected (1, 1, T, 64) mel here (.npy/.pt)"
     )
     args = p.parse_args(list(argv))
+    require_some_input([args.mel])
+    if args.audio:
+        require_some_input([args.audio])
     mel = load_mel(args.mel, key=args.key)
     audio = None
     if args.audio:

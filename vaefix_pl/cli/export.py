@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from vaefix_pl.cli.common import inputs_parser
+from vaefix_pl.cli.common import inputs_parser, require_some_input
 from vaefix_pl.core.config import LATENT_MODES
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS
@@ -44,6 +44,7 @@ def _export_parser() -> argparse.ArgumentParser:
 def export_main(argv: Sequence[str]) -> int:
     """``vaefix export-mels AUDIO... --out DIR [--model] [--seconds] [--framing] [--shard-size N] [--devices N]``."""
     ns = _export_parser().parse_args(list(argv))
+    require_some_input(ns.audio)
     devices: int | str = int(ns.devices) if str(ns.devices).isdigit() else ns.devices
     summary = export_mels(
         ns.audio or None, ns.out, model=ns.model, seconds=ns.seconds, offset=ns.offset, framing=ns.framing,
@@ -54,7 +55,7 @@ def export_main(argv: Sequence[str]) -> int:
     )  # fmt: skip
     if summary.get("is_global_zero", True):
         print(
-            f"export {summary['output_dir']}: {summary['clips']} clips in the manifest; "
+            f"exported to {summary['output_dir']}: {summary['clips']} clips in the manifest; "
             f"{summary['exported']} exported now, {summary['skipped']} already there, {summary['failed']} failed"
         )
         if summary["failed"]:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from vaefix_pl.cli.common import Parser
+from vaefix_pl.core.errors import InputsError
 from vaefix_pl.report.html import DEFAULT_EMBED_AUDIO_CLIPS, DEFAULT_MAX_FIGURES, write_report
 
 
 def report_main(argv: Sequence[str]) -> int:
     """``vaefix report OUT_DIR [--title T] [--embed-audio N] [--max-figures N]``: write ``OUT_DIR/report.html``."""
-    p = argparse.ArgumentParser(
-        prog="vaefix report", description="Write report.html (and figures/) for a run folder."
-    )
+    p = Parser(prog="vaefix report", description="Write report.html (and figures/) for a run folder.")
     p.add_argument(
         "out_dir", help="a folder written by `vaefix reconstruct`, `vaefix predict` or `vaefix diagnose`"
     )
@@ -28,8 +27,7 @@ def report_main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
     out = Path(args.out_dir)
     if not (out / "metrics.csv").is_file():
-        print(f"{out}: no metrics.csv (not a vaefix run folder)")
-        return 2
+        raise InputsError(f"{out}: no metrics.csv here (not a folder written by vaefix)")
     path = write_report(
         out, title=args.title, embed_audio_clips=args.embed_audio, max_figures=args.max_figures
     )

@@ -1,6 +1,6 @@
 """AudioLDM2's log-mel front-end and level step, as pure tensor code (no I/O).
 
-Facts matched (``shared/reference/audioldm2.md`` section 1-2, upstream ``audioldm2/utilities/audio/stft.py``):
+Facts matched (``docs/FRONTEND.md``; upstream ``audioldm2/utilities/audio/stft.py``):
 16 kHz, n_fft = win_length = 1024, hop 160, periodic Hann window, magnitude (not power) STFT,
 64 Slaney mel bands 0-8000 Hz with Slaney area norm (librosa's defaults), natural log of
 ``clamp(mel, 1e-5)``, no mean/std normalisation.

@@ -1,6 +1,6 @@
 """Numeric health of a tensor per item: non-finite counts, float64 statistics, range, constancy.
 
-The seed's symptoms (``std=inf`` from float16 statistics, a constant ``[-4.000, -4.000]`` vocoder input)
+The original bug report's symptoms (``std=inf`` from float16 statistics, a constant ``[-4.000, -4.000]`` vocoder input)
 are what these numbers catch. Pure tensor code; statistics in float64 over each item's valid part.
 """
 
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from vaefix_pl.core.frontend import LOG_MEL_CEIL, LOG_MEL_FLOOR, TRAINED_LOG_MEL_RANGE, valid_mask
 
-#: Spread below which an item counts as constant (the seed's ``[-4.000, -4.000]`` symptom).
+#: Spread below which an item counts as constant (the original bug report's ``[-4.000, -4.000]`` symptom).
 CONSTANT_STD = 1e-6
 
 

@@ -99,9 +99,10 @@ def _how_to_get(source: str) -> str:
             f"and run `vaefix convert <file> --out DIR`, then pass --model DIR."
         )
     return (
-        f"Get the weights once with `huggingface-cli download {source} --include 'vae/*' 'vocoder/*'` "
-        f"(or `hf download ...`), or point --model / `model:` at a local diffusers-format folder "
-        f"with vae/ and vocoder/ subfolders (config.json + safetensors), or pass --allow-download."
+        f'Get the weights once (~440 MB) with `hf download {source} --include "vae/*" "vocoder/*"`, '
+        f"or point --model / `model:` at a local diffusers-format folder that has "
+        f"vae/ and vocoder/ subfolders (config.json + safetensors), or pass allow_download=True "
+        f"(--allow-download) to let this run fetch them."
     )
 
 

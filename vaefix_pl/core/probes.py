@@ -2,7 +2,7 @@
 
 Each is something a person can listen to and that a specific fault shows up on: pitch tracking
 (vibrato tone), onsets and decays (piano-like notes), the whole band including the 7-8 kHz edge the
-seed's band-pass removes (chirp), speech-like formants and voicing, silence between events
+the bug report's band-pass removes (chirp), speech-like formants and voicing, silence between events
 (noise bursts: padding and fades), sharp transients (the click detectors' hardest case) and
 near-silence (the log floor, level normalisation of almost nothing).
 """

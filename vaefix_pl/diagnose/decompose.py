@@ -13,7 +13,7 @@ Three tools, all pure tensor code except the two command-line entry points at th
   ``d - c`` what the repair chain adds or removes.
 * :func:`stage_health` / :func:`health_warnings`: per stage and item, dtype, float64 min/max/mean/std,
   NaN/Inf counts, fraction outside the trained log-mel range, constant-output detection, and warnings that
-  name the probable cause (the seed's ``std=inf`` and constant ``[-4.000, -4.000]`` vocoder input among them).
+  name the probable cause (the original bug report's ``std=inf`` and constant ``[-4.000, -4.000]`` vocoder input among them).
 * :func:`diagnose_mel`: given a mel a user computed with their own front-end, says which known mistake it
   matches (transposed, power, log10/dB, missing log, wrong sample rate or hop, wrong number of mel bins,
   float16 overflow), from its statistics and -- when the audio is given -- from our front-end on that audio.

@@ -34,7 +34,7 @@ def stage_health(
 
     Args:
         x: ``(B, ...)`` tensor of any dtype (statistics are taken in float64, so a float16 tensor cannot
-            overflow them: the seed's ``std=inf`` came from float16 statistics).
+            overflow them: the original bug report's ``std=inf`` came from float16 statistics).
         mask: boolean, broadcastable to ``x``, True at valid positions.
         value_range: trained range of the values (e.g. the log-mel range), for ``frac_out_of_range``.
     Returns:
@@ -103,7 +103,7 @@ def health_warnings(stage: str, h: dict[str, Any], mel_mode: str | None = None) 
         add(
             "warn",
             "float16 tensor: take statistics in float64 (np.std of a float16 log-mel overflows to inf, "
-            "the seed's std=inf) and keep the VAE in float32",
+            "the original bug report's std=inf) and keep the VAE in float32",
         )
     frac = h.get("frac_out_of_range")
     is_mel = stage in ("frontend_mel", "decoded_mel", "vocoder_input", "repaired_vocoder_input")
@@ -119,14 +119,14 @@ def health_warnings(stage: str, h: dict[str, Any], mel_mode: str | None = None) 
         elif stage == "repaired_vocoder_input" and mel_mode in ("minmax", "standardize"):
             add(
                 "fault",
-                f"constant vocoder input [{value_s}, {value_s}] (the seed's [-4.000, -4.000] symptom): made by "
+                f"constant vocoder input [{value_s}, {value_s}] (the original bug report's [-4.000, -4.000] symptom): made by "
                 f"the repair chain's mel_mode={mel_mode!r} step (min-max/standardise of a flat or non-finite "
                 "mel returns a constant); feed the decoded mel to the vocoder unchanged",
             )
         elif stage in ("vocoder_input", "repaired_vocoder_input", "decoded_mel"):
             add(
                 "fault",
-                f"constant {stage.replace('_', ' ')} [{value_s}, {value_s}] (the seed's [-4.000, -4.000] "
+                f"constant {stage.replace('_', ' ')} [{value_s}, {value_s}] (the original bug report's [-4.000, -4.000] "
                 "symptom): a normalisation of a flat or non-finite mel, a constant latent, or a dead decoder",
             )
         elif stage == "latent":

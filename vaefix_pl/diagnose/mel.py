@@ -167,7 +167,7 @@ def diagnose_mel(
                 MelFinding(
                     "float16_overflow",
                     "certain",
-                    "np.std of this float16 mel returns inf (the sum overflows float16's 65504): the seed's "
+                    "np.std of this float16 mel returns inf (the sum overflows float16's 65504): the original bug report's "
                     "std=inf; any normalisation built on it turns the mel to NaN or a constant",
                 )
             )
@@ -185,7 +185,7 @@ def diagnose_mel(
             MelFinding(
                 "constant",
                 "certain",
-                f"every value is {stats['min']:.3f} (the seed's [-4.000, -4.000]): a min-max/standardise of a flat "
+                f"every value is {stats['min']:.3f} (the original bug report's [-4.000, -4.000]): a min-max/standardise of a flat "
                 "or non-finite mel",
             )
         )

@@ -42,7 +42,7 @@ Export layout
 clip: ``id``, ``path`` (source file, ``null`` for probes), ``frames`` (F), ``samples`` (N), ``shard``
 (relative path), ``keys``, ``gain`` (``normalised = (x - mean) * gain``), ``health`` (decoded-mel health
 before repair) and ``settings`` (framing, model, scaling factor, latent mode, precision, pad_frames_to,
-seconds, ...). ``<out>/export.json`` summarises the export; ``<out>/errors.jsonl`` lists clips that failed.
+seconds, ...). ``<out>/export.json`` summarises the export; ``<out>/errors.csv`` lists clips that failed (the same table as every other command).
 
 Crash safety and resume: a shard is written to a temporary file, fsynced and renamed into place, and
 only then are its clips appended (and fsynced) to the rank's own part file ``<out>/.parts/*.jsonl``; at the
@@ -70,7 +70,7 @@ FORMAT = "vaefix-mel-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.jsonl"
 EXPORT_INFO = "export.json"
-ERRORS = "errors.jsonl"
+ERRORS = "errors.csv"
 SHARDS = "shards"
 TENSORS = ("mel_hat", "mel", "waveform")
 #: Settings that must agree between an export and a run resuming it (mixing them would mix data).
@@ -186,7 +186,9 @@ def consolidate_export(export_dir: str | os.PathLike) -> list[dict[str, Any]]:
         atomic_write_bytes(out / MANIFEST, text.encode("utf-8"))
     if parts:
         failed = [e for i, e in sorted(errors.items()) if i not in ids]
-        text = "".join(json.dumps(jsonable(e)) + "\n" for e in failed)
+        from vaefix_pl.runs.tables import ERROR_COLUMNS, rows_to_csv
+
+        text = rows_to_csv(failed, first=ERROR_COLUMNS) if failed else ",".join(ERROR_COLUMNS) + "\n"
         atomic_write_bytes(out / ERRORS, text.encode("utf-8"))
         for part in parts:
             part.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from vaefix_pl.export.layout import (
     read_manifest,
 )
 from vaefix_pl.runs.files import atomic_write_bytes, jsonable
-from vaefix_pl.runs.partlog import PARTS, append_jsonl, read_jsonl
+from vaefix_pl.runs.partlog import PARTS, append_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,10 @@ def export_mels(
     trainer.predict(module, datamodule=dm, return_predictions=False)
     manifest = read_manifest(out)
     ids = {e["id"] for e in manifest}
-    failed = [e for e in read_jsonl(out / ERRORS) if e["id"] not in ids]
+    from vaefix_pl.runs.tables import read_metrics_csv
+
+    errors_csv = out / ERRORS
+    failed = [e for e in (read_metrics_csv(errors_csv) if errors_csv.is_file() else []) if e["id"] not in ids]
     summary.update(
         exported=len(ids - done),
         skipped=total - todo,

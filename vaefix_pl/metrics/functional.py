@@ -248,9 +248,9 @@ def align(
 def snr(
     reference: Tensor, estimate: Tensor, lengths: Tensor | None = None, *, mask: Tensor | None = None
 ) -> Tensor:
-    """Seed's SNR in dB, ``10 log10(sum ref^2 / sum (ref - est)^2)`` per item, float64 ``(B,)``.
+    """The bug report's SNR in dB, ``10 log10(sum ref^2 / sum (ref - est)^2)`` per item, float64 ``(B,)``.
 
-    No epsilon (as the seed): identical signals give ``+inf``, a silent reference with a non-silent
+    No epsilon (as the bug report): identical signals give ``+inf``, a silent reference with a non-silent
     estimate ``-inf``, both silent ``nan``; summaries count non-finite values separately.
     """
     mask = _pair_mask(reference, lengths, mask)
@@ -262,7 +262,7 @@ def snr(
 def pearson(
     reference: Tensor, estimate: Tensor, lengths: Tensor | None = None, *, mask: Tensor | None = None
 ) -> Tensor:
-    """Seed's correlation: Pearson ``r`` per item (``np.corrcoef(ref, est)[0, 1]``), float64 ``(B,)``.
+    """The bug report's correlation: Pearson ``r`` per item (``np.corrcoef(ref, est)[0, 1]``), float64 ``(B,)``.
 
     ``nan`` when either signal is constant over its valid samples (as NumPy).
     """

@@ -212,8 +212,8 @@ def _register_pair(name: str, fn: Callable[..., Tensor], unit: str, description:
     register_metric(f"{name}_aligned", unit, "higher", f"{label} after undoing the lag")(aligned)
 
 
-_register_pair("snr", F.snr, "dB", "seed's SNR 10 log10(sum ref^2 / sum (ref - est)^2)", "SNR")
-_register_pair("pearson", F.pearson, "", "seed's Pearson correlation (np.corrcoef)", "Pearson correlation")
+_register_pair("snr", F.snr, "dB", "the bug report's SNR 10 log10(sum ref^2 / sum (ref - est)^2)", "SNR")
+_register_pair("pearson", F.pearson, "", "the bug report's Pearson correlation (np.corrcoef)", "Pearson correlation")
 _register_pair("si_sdr", F.si_sdr, "dB", "scale-invariant SDR (zero-mean, torchmetrics' formula)", "SI-SDR")
 
 

@@ -1,18 +1,18 @@
-"""The seed report's repair chain as batched tensor ops (any device), plus :class:`PostProcessChain`.
+"""The original bug report's repair chain as batched tensor ops (any device), plus :class:`PostProcessChain`.
 
-The seed (``shared/seed/``, sections 阶段1-3) ran these in NumPy/SciPy on the CPU, one clip at a time.
-Here every function takes a batch with per-item valid lengths and treats each item exactly as the seed
+The original bug report ran these in NumPy/SciPy on the CPU, one clip at a time.
+Here every function takes a batch with per-item valid lengths and treats each item exactly as the bug report
 treated a clip of that length: padding never enters a statistic, a fade or a filter's edge, and the
 padded part of a waveform output is zero.
 
 * :func:`normalize_mel` -- mel step before the vocoder: ``"guard"`` (non-finite repair + clamp to the
-  trained range), ``"standardize"`` (seed's ``safe_normalize_mel``), ``"minmax"`` (seed's
+  trained range), ``"standardize"`` (the bug report's ``safe_normalize_mel``), ``"minmax"`` (the bug report's
   ``simple_safe_normalize``).
 * :func:`repair_outliers` -- k-sigma outliers replaced by a median filter (``scipy.ndimage`` edges).
 * :func:`fade` -- square-root fade in/out at each item's own ends.
 * :func:`bandpass` -- elliptic band-pass, zero-phase, equal to ``scipy.signal.sosfiltfilt`` (odd
   extension, ``sosfilt_zi`` initial conditions) and run with ``torchaudio.functional.lfilter``.
-* :func:`soft_compress` -- the seed's soft knee above a threshold.
+* :func:`soft_compress` -- the bug report's soft knee above a threshold.
 
 Waveforms are ``(B, N)`` with ``lengths (B,)`` valid sample counts; mels are ``(B, 1, T, M)`` with
 ``frames (B,)`` valid frame counts.
@@ -61,15 +61,15 @@ def normalize_mel(
     * ``"guard"``: NaN -> ``log(1e-5)``, +inf -> ``guard_range[1]``, -inf -> ``guard_range[0]``, then
       clamp to ``guard_range``. Elementwise, so it is exactly a no-op on finite in-range input; it is
       applied to every frame, padded ones included, so nothing non-finite reaches the vocoder.
-    * ``"standardize"``: the seed's ``safe_normalize_mel``: ``nan_to_num(nan=target_mean, posinf=0,
+    * ``"standardize"``: the bug report's ``safe_normalize_mel``: ``nan_to_num(nan=target_mean, posinf=0,
       neginf=-50)`` (only if something is non-finite), float64 mean/std (population, like ``np.std``),
       ``(x - mean) / std * target_std + target_mean``; if std is not finite or <= 1e-6, min-max to
       ``[target_mean - target_std, target_mean + target_std]``; if flat, ``target_mean``.
-    * ``"minmax"``: the seed's ``simple_safe_normalize``: ``nan_to_num(nan=0, posinf=0, neginf=-50)``,
+    * ``"minmax"``: the bug report's ``simple_safe_normalize``: ``nan_to_num(nan=0, posinf=0, neginf=-50)``,
       min-max to ``target_range``; if flat, the middle of ``target_range``.
     * ``"none"``: returned unchanged.
 
-    The seed normalised one clip at a time, so the statistics here are per item over its ``frames``
+    The bug report normalised one clip at a time, so the statistics here are per item over its ``frames``
     valid frames (all channels and mel bins). In the statistical modes padded frames of the output are 0.
 
     Args:
@@ -147,7 +147,7 @@ def median_filter(x: Tensor, lengths: Tensor | None = None, size: int = 5) -> Te
     """``scipy.ndimage.median_filter(x_b[:L_b], size)`` for every item, padded output 0.
 
     ``(B, N)`` -> ``(B, N)``. Edges reflect at each item's own ends ('reflect' = half-sample
-    symmetric), never into padding. ``size`` must be odd (the seed uses 5; for even sizes scipy's
+    symmetric), never into padding. ``size`` must be odd (the bug report uses 5; for even sizes scipy's
     window placement and rank convention are not the plain centred median).
     """
     if size < 1 or size % 2 == 0:
@@ -170,7 +170,7 @@ def median_filter(x: Tensor, lengths: Tensor | None = None, size: int = 5) -> Te
 
 
 def repair_outliers(x: Tensor, lengths: Tensor | None = None, k: float = 3.0, size: int = 5) -> Tensor:
-    """Seed's 3-sigma outlier repair, per item: samples with ``|x - mean| > k * std`` take the value of
+    """The bug report's 3-sigma outlier repair, per item: samples with ``|x - mean| > k * std`` take the value of
     a size-``size`` median filter (``scipy.ndimage.median_filter`` of the item alone).
 
     Mean and population std (``np.std``) in float64 over the item's valid samples. The median is only
@@ -202,11 +202,11 @@ def repair_outliers(x: Tensor, lengths: Tensor | None = None, k: float = 3.0, si
 
 
 def fade(x: Tensor, lengths: Tensor | None = None, fade_samples: int = 1024) -> Tensor:
-    """Seed's square-root fades at each item's own ends.
+    """The bug report's square-root fades at each item's own ends.
 
     ``f = min(fade_samples, L // 8)``; only if ``L > 2 f``: the first ``f`` samples times
     ``linspace(0, 1, f) ** 0.5`` and the item's last ``f`` valid samples times ``linspace(1, 0, f) ** 0.5``.
-    Items with ``f == 0`` (``L < 8``) are left as they are (the seed's NumPy code would fail on them:
+    Items with ``f == 0`` (``L < 8``) are left as they are (the bug report's NumPy code would fail on them:
     ``audio[-0:]`` is the whole clip). ``(B, N)`` -> ``(B, N)``, padded samples 0.
     """
     lengths = full_lengths(x, lengths)
@@ -244,7 +244,7 @@ def fade(x: Tensor, lengths: Tensor | None = None, fade_samples: int = 1024) -> 
 def soft_compress(
     x: Tensor, threshold: float = 0.7, ratio: float = 0.3, lengths: Tensor | None = None
 ) -> Tensor:
-    """Seed's soft knee: ``|x| > t -> sign(x) (t + (|x| - t) ratio)``, else unchanged. ``(B, N)``; padded 0."""
+    """The bug report's soft knee: ``|x| > t -> sign(x) (t + (|x| - t) ratio)``, else unchanged. ``(B, N)``; padded 0."""
     mag = x.abs()
     out = torch.where(mag > threshold, torch.sign(x) * (threshold + (mag - threshold) * ratio), x)
     if lengths is not None:
@@ -258,14 +258,14 @@ def soft_compress(
 
 
 class PostProcessChain(nn.Module):
-    """The seed's repair chain, each stage switchable, built from plain values (LightningCLI/YAML).
+    """The the bug report's repair chain, each stage switchable, built from plain values (LightningCLI/YAML).
 
     :meth:`process_mel` is the mel step (applied to the decoded mel before the vocoder);
-    :meth:`forward` runs the waveform stages in the seed's order: outliers, fades, band-pass,
+    :meth:`forward` runs the waveform stages in the bug report's order: outliers, fades, band-pass,
     compression. No learnable parameters; runs on whatever device its input is on.
 
     The defaults are the project's safe chain (mel ``"guard"`` only, which never alters a healthy mel);
-    :meth:`seed_final` gives the seed's final run.
+    :meth:`seed_final` gives the bug report's final run.
     """
 
     def __init__(self, config: RepairConfig | None = None, **settings: Any) -> None:
@@ -291,8 +291,8 @@ class PostProcessChain(nn.Module):
 
     @classmethod
     def seed_final(cls, **overrides: Any) -> PostProcessChain:
-        """The seed's final run (:data:`~vaefix_pl.repair.config.SEED_FINAL`): every stage on at the
-        seed's values, and the mel min-max normalised to ``(-8, 2)``: the seed's final report gives the
+        """The the bug report's final run (:data:`~vaefix_pl.repair.config.SEED_FINAL`): every stage on at the
+        the bug report's values, and the mel min-max normalised to ``(-8, 2)``: the bug report's final report gives the
         HiFiGAN input range as ``[-8.000, 2.000]``, which is exactly what
         ``simple_safe_normalize(target_range=(-8, 2))`` yields.
         """

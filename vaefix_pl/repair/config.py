@@ -1,4 +1,4 @@
-"""``RepairConfig``: the one definition of the repair chain's settings, and the seed's final preset.
+"""``RepairConfig``: the one definition of the repair chain's settings, and the bug report's final preset.
 
 :class:`~vaefix_pl.repair.chain.PostProcessChain` takes these fields as keyword arguments (YAML / LightingCLI
 ``postprocess: {...}``) or a ``RepairConfig``; ``describe()`` and :data:`SEED_FINAL_SETTINGS` are derived
@@ -28,7 +28,7 @@ _COERCE = {
 
 @dataclass(frozen=True)
 class RepairConfig:
-    """Settings of the seed's repair chain (defaults: the project's safe chain, mel ``"guard"`` only).
+    """Settings of the bug report's repair chain (defaults: the project's safe chain, mel ``"guard"`` only).
 
     Mel step: ``mel_mode`` with ``target_mean``/``target_std`` (``"standardize"``), ``target_range``
     (``"minmax"``), ``guard_range`` (``"guard"``, nats). Waveform stages, in order: ``outliers``
@@ -87,7 +87,7 @@ def describe(settings: Any) -> dict[str, Any]:
     return out
 
 
-#: The seed's final run (``vae_final_noise_fix.py``): every waveform stage at the seed's values (the
+#: The the bug report's final run (``vae_final_noise_fix.py``): every waveform stage at the bug report's values (the
 #: defaults) and the mel min-max normalised to (-8, 2), the HiFiGAN input range its final report gives.
 SEED_FINAL = RepairConfig(mel_mode="minmax", target_range=(-8.0, 2.0))
 #: :data:`SEED_FINAL` as keyword arguments (for ``ReconstructionModule(postprocess=...)`` and the CLI).

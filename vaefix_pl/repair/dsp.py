@@ -1,4 +1,4 @@
-"""The seed's zero-phase elliptic band-pass as tensor code: :func:`sosfiltfilt` equal to ``scipy.signal.sosfiltfilt`` (odd extension, ``sosfilt_zi`` initial conditions), per item of a ``(B, N)`` batch with ``(B,)`` lengths, in a blocked matmul form or torchaudio's ``lfilter``."""
+"""The the bug report's zero-phase elliptic band-pass as tensor code: :func:`sosfiltfilt` equal to ``scipy.signal.sosfiltfilt`` (odd extension, ``sosfilt_zi`` initial conditions), per item of a ``(B, N)`` batch with ``(B,)`` lengths, in a blocked matmul form or torchaudio's ``lfilter``."""
 
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ def design_bandpass(
     ripple_db: float = 1.0,
     stop_db: float = 60.0,
 ) -> np.ndarray:
-    """The seed's elliptic band-pass as second-order sections ``(n_sections, 6)`` (float64, cached).
+    """The the bug report's elliptic band-pass as second-order sections ``(n_sections, 6)`` (float64, cached).
 
     ``scipy.signal.ellip(order, ripple_db, stop_db, [low, high] / nyquist, btype="band", output="sos")``.
-    The seed designed the same filter as one transfer function ``(b, a)``; a 10th-order polynomial is
+    The bug report designed the same filter as one transfer function ``(b, a)``; a 10th-order polynomial is
     numerically fragile (badly so in float32), sections are not.
     """
     sos = _design_cached(
@@ -71,7 +71,7 @@ def default_padlen(sos: np.ndarray) -> int:
     """``scipy.signal.sosfiltfilt``'s default edge extension (samples at each end).
 
     From SciPy's source: ``ntaps = 2 * n_sections + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum())``
-    and ``padlen = 3 * ntaps`` (33 for the seed's filter, equal to ``filtfilt``'s ``3 * max(len(a), len(b))``).
+    and ``padlen = 3 * ntaps`` (33 for the bug report's filter, equal to ``filtfilt``'s ``3 * max(len(a), len(b))``).
     """
     sos = np.asarray(sos)
     ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
@@ -244,7 +244,7 @@ def sosfiltfilt(
     Items with ``L <= padlen`` (SciPy raises on those) are returned unfiltered, with a warning naming them.
 
     ``compute_dtype``: the filter runs in float64 by default whatever the input dtype. With poles at
-    radius 0.9983 (the 60 Hz edge), float32 is off by ~1e-4 on a peak-0.5 tone and the seed's tolerance
+    radius 0.9983 (the 60 Hz edge), float32 is off by ~1e-4 on a peak-0.5 tone and the bug report's tolerance
     is not met; float64 costs little (on an H100 the blocked path's matmuls run on float64 tensor
     cores). With ``compute_dtype=torch.float32`` on a GPU and ``block_size=None``, also switch cuDNN's
     TF32 off: torchaudio runs the numerator as a conv1d (the blocked path forces full-precision matmuls).
@@ -337,7 +337,7 @@ def bandpass(
     compute_dtype: torch.dtype = torch.float64,
     **design: Any,
 ) -> Tensor:
-    """Seed's zero-phase elliptic band-pass (``ellip(5, 1, 60, [60, 7000] Hz)``), ``(B, N)`` -> ``(B, N)``;
+    """The bug report's zero-phase elliptic band-pass (``ellip(5, 1, 60, [60, 7000] Hz)``), ``(B, N)`` -> ``(B, N)``;
     ``design``: :func:`design_bandpass`'s keywords (``sample_rate``, ``low_hz``, ``high_hz``, ``order``, ...).
 
     Equals ``scipy.signal.sosfiltfilt(design_bandpass(...), item)`` per item; see :func:`sosfiltfilt`.

@@ -15,10 +15,8 @@ Reads what :class:`~vaefix_pl.lightning.writer.ReconstructionWriter` or ``vaefix
   runs), health warnings, per clip the figure, the audio players and the verdicts, the failures and the
   settings.
 
-Audio embedding: the first ``embed_audio_clips`` clips (default 12) carry their players' audio inline as
-base64 16-bit PCM WAV (a 10 s clip is about 430 kB of base64 per player, so the default stays near 15 MB
-with three players); the players of later clips link the run's own WAV files by relative path, so the page
-then needs its folder beside it. Figures are made for the first ``max_figures`` clips (default 100).
+Audio: the players link the run's own WAV files beside ``report.html`` (``embed_audio_clips`` > 0 embeds
+the first clips as base64 16-bit WAV instead, ~430 kB per 10 s player). Figures are made for the first ``max_figures`` clips (default 100).
 """
 
 from __future__ import annotations
@@ -47,7 +45,10 @@ from vaefix_pl.runs.tables import read_metrics_csv
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBED_AUDIO_CLIPS = 12
+DEFAULT_EMBED_AUDIO_CLIPS = 0  # players link the WAV files beside report.html: the page stays small
+#: mean |decoded mel - true mel| (nats) up to which the VAE round trip is "ok"; above it the badge warns.
+#: A good VAE stays well under 1 nat; random or mismatched weights give several nats.
+VAE_L1_OK = 1.0
 DEFAULT_MAX_FIGURES = 100
 AUDIO_TAGS: dict[str, str] = {
     "original": "original",
@@ -121,11 +122,37 @@ def _metric_info() -> dict[str, dict[str, str]]:
         from vaefix_pl.metrics import metric_info
     except ImportError:
         return {}
-    return metric_info()
+    info = dict(metric_info())
+    l1 = {"unit": "nats", "better": "lower", "description": "mean |mel - true mel| (natural-log mel)"}
+    info.setdefault("mel_l1", l1)
+    info.setdefault("input_mel_l1", l1)
+    return info
+
+
+def _ci(s: Mapping[str, Any]) -> str:
+    """``[low, high]``, or ``n = 1`` / ``-`` when there is no interval (one clip, or no spread)."""
+    lo, hi = s.get("ci95_low"), s.get("ci95_high")
+    if (
+        isinstance(lo, (int, float))
+        and isinstance(hi, (int, float))
+        and math.isfinite(lo)
+        and math.isfinite(hi)
+    ):
+        return f"[{_fmt(lo)}, {_fmt(hi)}]"
+    return "n = 1" if s.get("n") == 1 else "-"
+
+
+def _public(x: Any) -> Any:
+    """Settings without private keys (``_instantiator`` and the like), recursively."""
+    if isinstance(x, Mapping):
+        return {k: _public(v) for k, v in x.items() if not str(k).startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_public(v) for v in x]
+    return x
 
 
 def _base_name(col: str) -> str:
-    for prefix in ("post_", "ceiling_"):
+    for prefix in ("post_", "ceiling_", "vae_"):
         if col.startswith(prefix):
             return col[len(prefix) :]
     return col
@@ -237,7 +264,7 @@ def _summary_table(metrics: Mapping[str, Mapping[str, Any]], info: Mapping[str, 
         for name in names:
             s = metrics[name]
             meta = info.get(_base_name(name), {})
-            ci = f"[{_fmt(s.get('ci95_low'))}, {_fmt(s.get('ci95_high'))}]"
+            ci = _ci(s)
             body.append(
                 f"<tr><td class='id' title='{_e(meta.get('description', ''))}'>{_e(name)}</td>"
                 f"<td>{_e(meta.get('unit', ''))}</td><td>{_e(meta.get('better', ''))}</td>"
@@ -272,7 +299,7 @@ def _cell(s: Mapping[str, Any] | None) -> str:
         return "<td>—</td>"
     return (
         f"<td data-v='{_e(s.get('mean'))}'><b>{_fmt(s.get('mean'))}</b><br>"
-        f"<span class='muted small'>[{_fmt(s.get('ci95_low'))}, {_fmt(s.get('ci95_high'))}]</span></td>"
+        f"<span class='muted small'>{_ci(s)}</span></td>"
     )
 
 
@@ -424,10 +451,14 @@ def _verdict_table(diag: Mapping[str, Any] | None) -> str:
             continue
         status, _, text = v[stage].partition(" ")
         text = text.strip().split(" -- ")[0]
+        scores = diag.get("stages", {}).get(stage, {})
+        l1 = scores.get("mel_l1")
+        if status == "ok" and isinstance(l1, (int, float)) and not l1 <= VAE_L1_OK:
+            status = "WARN"  # the stage's own checks passed, but the round trip lost too much
         cls = {"ok": "ok", "WARN": "warn", "FAULT": "fault"}.get(status, "warn")
         rows.append(
             f"<tr><td class='id'>{_e(label)}</td><td class='id'><span class='badge {cls}'>{_e(status)}</span></td>"
-            f"<td class='msg'>{_e(_stage_numbers(diag.get('stages', {}).get(stage, {})) or text)}</td></tr>"
+            f"<td class='msg'>{_e(_stage_numbers(scores) or text)}</td></tr>"
         )
     overall = f"<p class='small'><b>verdict:</b> {_e(v.get('overall', ''))}</p>"
     return f"<table class='verdicts'><tbody>{''.join(rows)}</tbody></table>{overall}"
@@ -492,6 +523,11 @@ def write_report(
     parts = [f"<h1>{_e(title)}</h1>"]
     parts.append(
         f"<p class='muted'>{summary.get('n_ok', len(ok_rows))} clips, {summary.get('n_failed', 0)} failed"
+        + (
+            f" ({summary['resume']['skipped_complete']} resumed from an earlier run)"
+            if (summary.get("resume") or {}).get("skipped_complete")
+            else ""
+        )
         + (f"; model <code>{_e(model)}</code>" if model else "")
         + (f"; {_fmt(timing.get('audio_s'))} s of audio in {_fmt(timing.get('wall_s'))} s" if timing else "")
         + "</p>"
@@ -533,13 +569,8 @@ def write_report(
         if k < max_figures and waves["original"] is not None and waves["recon"] is not None:
             clicks = clip_clicks(waves["original"], waves["recon"], rate)
             fig = clip_figure(
-                waves["original"],
-                waves["recon"],
-                post=waves["post"],
-                clicks=clicks,
-                title=item_id,
-                sample_rate=rate,
-            )
+                waves["original"], waves["recon"], post=waves["post"], clicks=clicks, sample_rate=rate
+            )  # no title: the section heading names the clip
             png = figure_png(fig)
             target = _confined(fig_dir, f"{item_id}.png")
             if target is not None:
@@ -564,7 +595,7 @@ def write_report(
         )
     parts.append(
         "<h2>Settings</h2><details open><summary class='small'>summary.json settings and timing</summary><pre>"
-        + _e(json.dumps({"settings": settings, "timing": timing}, indent=2, default=str))
+        + _e(json.dumps(_public({"settings": settings, "timing": timing}), indent=2, default=str))
         + "</pre></details>"
     )
     page = (
