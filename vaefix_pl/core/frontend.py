@@ -133,11 +133,11 @@ def slaney_mel_basis(dtype: torch.dtype = torch.float64, geometry: Geometry | No
     frequency grids with the default dtype, so it runs here with float64 as the default: a float32
     grid would cap the float64 front-end's agreement with librosa near 1e-7.
     """
-    return _slaney_mel_basis64().to(dtype, copy=True)
+    return _slaney_mel_basis64(geometry or AUDIOLDM_16K).to(dtype, copy=True)
 
 
-@functools.lru_cache(maxsize=1)
-def _slaney_mel_basis64() -> Tensor:
+@functools.lru_cache(maxsize=4)
+def _slaney_mel_basis64(g: Geometry) -> Tensor:
     # built once per process: the pipeline's front-end and the metrics' front-end share it
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -145,7 +145,6 @@ def _slaney_mel_basis64() -> Tensor:
         # On the CPU whatever the default device: Lightning's configure_model runs under a CUDA
         # default device, where torchaudio mixed CUDA grids with CPU tensors and failed.
         with torch.device("cpu"):
-            g = geometry or AUDIOLDM_16K
             fb = torchaudio.functional.melscale_fbanks(
                 g.n_fft // 2 + 1, g.fmin, g.fmax, g.n_mels, g.sample_rate, norm="slaney", mel_scale="slaney"
             )

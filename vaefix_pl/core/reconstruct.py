@@ -197,50 +197,30 @@ class Reconstructor(nn.Module):
                 per-call bf16 casts of the weights).
             pad_narrow_convs: run the 1-channel convolutions (VAE ``conv_in``/``conv_out``, vocoder
                 ``conv_post``) with zero-padded channels so they get tensor-core kernels (exact).
-            attention_math: compute the VAE's single-head (dim 512) mid-block attention with diffusers'
-                plain ``AttnProcessor`` (batched matmuls + softmax): SDPA has no flash kernel for head
-                dim 512 and its memory-efficient float32 kernel does not use tensor cores.
-            polyphase_dilated: run the vocoder's dilated convolutions as undilated ones on the
-                polyphase view of their input (:class:`vaefix_pl.core.speed.PolyphaseConv1d`, exact): cuDNN's
-                dilated kernels ran at about half the rate of undilated ones on an H100.
-            narrow_convs: run the vocoder's undilated resblock convolutions whose ``(channels, kernel)``
-                :data:`vaefix_pl.core.speed.NARROW_CONV_FORMS` lists for this precision (or the given dict)
-                in the listed exact form: on the time-folded input (:class:`~vaefix_pl.core.speed.FoldedConv1d`)
-                or with the output phases as channels (:class:`~vaefix_pl.core.speed.PhaseConv1d`). cuDNN runs
-                32-64-channel convolutions over long signals far below its wide-conv rate. Needs
-                ``vocoder_channels_last``; not applied to the fp16 vocoder (not measured).
+            attention_math: the VAE's mid-block attention as plain matmuls + softmax (diffusers' ``AttnProcessor``).
+            polyphase_dilated: dilated vocoder convs as undilated ones on a polyphase view (exact).
+            narrow_convs: the vocoder's narrow resblock convs in the exact forms that
+                :data:`vaefix_pl.core.speed.NARROW_CONV_FORMS` lists per precision (needs ``vocoder_channels_last``).
             cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
                 default 10; 0 = all of them: slower first batch, sometimes faster kernels).
             batch_size: items per model call (data batch; capped by ``max_windows``) for the
                 ``cudnn_benchmark=None`` policy; with neither known the policy leaves autotuning off.
         """
-        if channels_last:
-            self.vae.to(memory_format=torch.channels_last)
+        from vaefix_pl.core.speed import apply_rewrites
+
+        if apply_rewrites(
+            self.vae,
+            self.vocoder,
+            self.precision,
+            channels_last,
+            vocoder_channels_last,
+            polyphase_dilated,
+            narrow_convs,
+            pad_narrow_convs,
+            attention_math,
+            self._channels_last,
+        ):
             self._channels_last = True
-        if vocoder_channels_last:
-            from vaefix_pl.core.speed import conv1d_channels_last
-
-            conv1d_channels_last(self.vocoder)
-        if polyphase_dilated:
-            from vaefix_pl.core.speed import polyphase_dilated_convs
-
-            polyphase_dilated_convs(self.vocoder)
-        if narrow_convs and self.precision != "fp16":
-            from vaefix_pl.core.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
-
-            table = narrow_convs if isinstance(narrow_convs, dict) else NARROW_CONV_FORMS[self.precision]
-            rewrite_narrow_convs(
-                self.vocoder, lambda cin, cout, k: table.get((cin, k)) if cin == cout else None
-            )
-        if pad_narrow_convs:
-            from vaefix_pl.core.speed import pad_narrow_convs as pad
-
-            pad(self.vae, channels_last=self._channels_last)
-            pad(self.vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions
-        if attention_math:
-            from diffusers.models.attention_processor import AttnProcessor
-
-            self.vae.set_attn_processor(AttnProcessor())
         if self._autotune_decision(cudnn_benchmark, batch_size):
             torch.backends.cudnn.benchmark = True
         elif cudnn_benchmark is False:

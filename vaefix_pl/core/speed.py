@@ -394,3 +394,46 @@ def rewrite_narrow_convs(module: nn.Module, form_for) -> nn.Module:
         elif not isinstance(child, (FoldedConv1d, PhaseConv1d, PolyphaseConv1d)):
             rewrite_narrow_convs(child, form_for)
     return module
+
+
+def apply_rewrites(
+    vae,
+    vocoder,
+    precision,
+    channels_last,
+    vocoder_channels_last,
+    polyphase_dilated,
+    narrow_convs,
+    pad_narrow_convs,
+    attention_math,
+    already_channels_last=False,
+) -> bool:
+    """The module rewrites of :meth:`~vaefix_pl.core.reconstruct.Reconstructor.optimize` (see its
+    arguments), in place. Returns whether the VAE is channels-last afterwards."""
+    channels_last_done = already_channels_last
+    if channels_last:
+        vae.to(memory_format=torch.channels_last)
+        channels_last_done = True
+    if vocoder_channels_last:
+        from vaefix_pl.core.speed import conv1d_channels_last
+
+        conv1d_channels_last(vocoder)
+    if polyphase_dilated:
+        from vaefix_pl.core.speed import polyphase_dilated_convs
+
+        polyphase_dilated_convs(vocoder)
+    if narrow_convs and precision != "fp16":
+        from vaefix_pl.core.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
+
+        table = narrow_convs if isinstance(narrow_convs, dict) else NARROW_CONV_FORMS[precision]
+        rewrite_narrow_convs(vocoder, lambda cin, cout, k: table.get((cin, k)) if cin == cout else None)
+    if pad_narrow_convs:
+        from vaefix_pl.core.speed import pad_narrow_convs as pad
+
+        pad(vae, channels_last=channels_last_done)
+        pad(vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions
+    if attention_math:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        vae.set_attn_processor(AttnProcessor())
+    return channels_last_done

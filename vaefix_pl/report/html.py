@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -34,13 +33,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
-
 from vaefix_pl.core.errors import OutputError
-from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS
 from vaefix_pl.report.figures import clip_clicks, clip_figure, figure_png
-from vaefix_pl.runs.files import UnsafePathError, atomic_write_bytes, atomic_write_text, safe_output_path
+from vaefix_pl.report.files import _confined, _read_json, _read_wav, _wav_rate, wav_base64  # noqa: F401
+from vaefix_pl.runs.files import atomic_write_bytes, atomic_write_text
 from vaefix_pl.runs.tables import read_metrics_csv
 
 log = logging.getLogger(__name__)
@@ -70,41 +67,6 @@ HEADLINE_COLUMNS: tuple[str, ...] = (
 
 
 # ==========================================================================================================
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _wav_rate(path: Path | None) -> int:
-    """The sample rate of a written WAV (the run's model rate); 16000 when it is not there."""
-    if path is None or not path.is_file():
-        return SAMPLE_RATE
-    import soundfile as sf
-
-    return int(sf.info(str(path)).samplerate)
-
-
-def _read_wav(path: Path | None) -> np.ndarray | None:
-    if path is None or not path.is_file():
-        return None
-    import soundfile as sf
-
-    data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1)
-
-
-def wav_base64(x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
-    """Base64 of a 16-bit PCM mono WAV of ``x`` (clipped to [-1, 1]), for an inline ``data:`` URI."""
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(
-        buf, np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV"
-    )
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     skip = {"id", "path", "error", "rank"}
     cols: list[str] = []
@@ -610,12 +572,3 @@ def write_report(
         raise OutputError(f"{target}: not written (outside {out} or through a symbolic link)")
     atomic_write_text(target, page)
     return target
-
-
-def _confined(root: Path, name: str) -> Path | None:
-    """``root / name`` when it stays inside ``root`` through no symbolic link, else ``None`` (warned)."""
-    try:
-        return safe_output_path(root, name, no_links=True)
-    except UnsafePathError as exc:
-        log.warning("report: skipping %s (%s)", name, exc)
-        return None
