@@ -105,7 +105,7 @@ def bare_clips_per_s(model: Path, precision: str, speed: str, batch: int, repeat
 
     from vaefix_pl import Reconstructor
 
-    for where in ("vaefix_pl.core.speed", "vaefix_pl.core.reconstruct", "vaefix_pl.reconstruct"):
+    for where in ("vaefix_pl.core.config", "vaefix_pl.core.speed", "vaefix_pl.reconstruct"):
         try:
             SPEED_PRESETS = importlib.import_module(where).SPEED_PRESETS
             break

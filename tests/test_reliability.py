@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,15 +88,18 @@ def test_two_real_runs_into_one_folder_one_refuses_and_nothing_is_lost(tmp_path,
     assert not (out / ".vaefix.lock").exists() and not (out / ".parts").exists()
 
 
-def test_lock_is_refused_in_process_and_released_after_the_run(tmp_path, tiny_model_dir):
+def test_lock_is_refused_in_process_and_released_after_the_run(tmp_path, tiny_model_dir, capsys):
     from vaefix_pl.runs.lock import acquire_run_lock
 
     _clips(tmp_path / "in", ["a"])
     out = tmp_path / "out"
     held = acquire_run_lock(out)
     try:
-        with pytest.raises(OutputError, match=r"another vaefix run \(pid \d+, started .*\) is writing to"):
-            vaefix(_argv(tmp_path / "in", out, tiny_model_dir))
+        # the CLI prints the OutputError as one line and returns its exit code
+        assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == OutputError.exit_code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0]
+        assert re.search(r"^error: another vaefix run \(pid \d+, started .*\) is writing to", err[0]), err
     finally:
         held.release()
     assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == 0
@@ -280,7 +284,8 @@ def test_wav_write_enospc_is_the_items_error_row(tmp_path, tiny_model_dir, monke
 
     monkeypatch.setattr(writer_mod, "write_wav", full)
     out = tmp_path / "out"
-    assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == 0
+    # every input failed, so the run says so with exit code 4 (the item's row still names the cause)
+    assert vaefix(_argv(tmp_path / "in", out, tiny_model_dir)) == 4
     errs = _read_csv(out / "errors.csv")
     assert [e["id"] for e in errs] == ["a", "b"]
     assert all("no space left on device" in e["reason"] and e["stage"] == "write" for e in errs)
