@@ -29,9 +29,12 @@ STATEMENTS = [
     "from transformers import SpeechT5HifiGan",
     "from transformers.models.speecht5.modeling_speecht5 import SpeechT5HifiGan",
     "import vaefix_pl.cli",
-    "import vaefix_pl.module",
-    "import vaefix_pl.writer",
-    "import vaefix_pl.report",
+    "import vaefix_pl.lightning.module",
+    "import vaefix_pl.lightning.writer",
+    "import vaefix_pl.report.html",
+    "import vaefix_pl.core.reconstruct",
+    "import torch._dynamo",
+    "import torch; torch.zeros(1, device='cuda' if torch.cuda.is_available() else 'cpu')",
     "import vaefix_pl.metrics.classes",
 ]
 
