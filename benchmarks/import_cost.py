@@ -31,6 +31,7 @@ STATEMENTS = [
     "import vaefix_pl.cli",
     "import vaefix_pl.lightning.module",
     "import vaefix_pl.lightning.writer",
+    "import vaefix_pl.pipeline.local",
     "import vaefix_pl.report.html",
     "import vaefix_pl.core.reconstruct",
     "import torch._dynamo",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 
-import vaefix_pl.lightning.writer as writer_mod
+import vaefix_pl.pipeline.writer as writer_mod
 from vaefix_pl import AudioDataModule, ReconstructionModule, ReconstructionWriter
 
 p = argparse.ArgumentParser()

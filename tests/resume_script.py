@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import vaefix_pl.lightning.writer as writer_mod
+import vaefix_pl.pipeline.writer as writer_mod
 from vaefix_pl.cli.commands import main
 
 log_dir = os.environ.get("VAEFIX_TEST_WRITE_LOG")

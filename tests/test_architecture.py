@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vaefix_pl"
 
 #: The one definition of the layer order (docs/ARCHITECTURE.md draws it): a module may import only from
 #: its own layer or a lower one. Equal ranks are siblings; imports between them must still be acyclic.
-LAYERS: dict[str, int] = {
+LAYERS: dict[str, float] = {
     "core": 0,
     "repair": 1,
     "metrics": 2,
@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "convert": 3,  # checkpoint converters (loads weights like vocoders/)
     "data": 4,
     "runs": 5,
+    "pipeline": 5.5,  # a run's job, writer and plain loop without Lightning (lightning/ adds the base classes)
     "lightning": 6,
     "export": 7,
     "finetune": 7,

@@ -275,7 +275,7 @@ def test_a_full_disk_at_the_merge_keeps_the_previous_tables(tmp_path, monkeypatc
 def test_wav_write_enospc_is_the_items_error_row(tmp_path, tiny_model_dir, monkeypatch):
     import errno
 
-    import vaefix_pl.lightning.writer as writer_mod
+    import vaefix_pl.pipeline.writer as writer_mod
 
     _clips(tmp_path / "in", ["a", "b"])
 

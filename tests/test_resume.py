@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from signals import chirp, formant_pulses, harmonic, noise
 
-import vaefix_pl.lightning.writer as writer_mod
+import vaefix_pl.pipeline.writer as writer_mod
 from vaefix_pl.cli.commands import main as vaefix
 
 HERE = Path(__file__).resolve().parent

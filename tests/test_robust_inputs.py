@@ -336,7 +336,7 @@ def test_writer_never_writes_outside_out_even_for_hostile_ids(tmp_path):
 
 
 def test_a_failed_write_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
-    import vaefix_pl.lightning.writer as writer_mod
+    import vaefix_pl.pipeline.writer as writer_mod
 
     real = writer_mod.write_wav
 

@@ -99,6 +99,11 @@ def predict_main(argv: Sequence[str]) -> int:
     writer = _writer(cli.trainer)
     if not cli.trainer.is_global_zero or writer is None:
         return 0
+    return finish_run(writer)
+
+
+def finish_run(writer: Any) -> int:
+    """After a run (rank 0): the report if asked for, the summary, and the exit code."""
     if writer.report:  # a step after predict: the writer (lightning layer) does not import the report
         from vaefix_pl.report.html import write_report
 
@@ -236,56 +241,96 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     return p
 
 
+def reconstruct_settings(ns: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``vaefix reconstruct`` flags as ``{"model": {...}, "data": {...}, "writer": {...}, "trainer": {...}}``:
+    the explicitly given settings only (defaults stay the classes'), for either runner."""
+    window = ns.window_seconds
+    if window is not None:
+        window = None if str(window).lower() == "none" else float(window)
+    groups: dict[str, dict[str, Any]] = {
+        "data": {
+            "inputs": [str(a) for a in ns.audio] if ns.audio else None,
+            "seconds": ns.seconds,
+            "offset": ns.offset or None,
+            "batch_size": ns.batch_size,
+            "num_workers": ns.num_workers,
+        },
+        "model": {
+            "model": ns.model,
+            "precision": ns.precision,
+            "framing": ns.framing,
+            "speed": ns.speed,
+            "window_seconds": window,
+            "window_overlap_seconds": ns.window_overlap_seconds,
+            "max_windows": ns.max_windows,
+            "crossfade": ns.crossfade,
+        },
+        "trainer": {"devices": ns.devices, "accelerator": ns.accelerator},
+        "writer": {"output_dir": ns.out},
+    }
+    if ns.window_seconds is not None and window is None:
+        groups["model"]["window_seconds"] = "null"  # explicit "whole items", kept apart from "not given"
+    out = {g: {k: v for k, v in kv.items() if v is not None} for g, kv in groups.items()}
+    if ns.repair:
+        from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
+
+        out["model"]["postprocess"] = dict(SEED_FINAL_SETTINGS)
+    if ns.perceptual:
+        out["model"]["perceptual"] = ["pesq", "stoi", "estoi"]
+    for name, key in (("report", "report"), ("overwrite", "overwrite"), ("strict", "strict")):
+        if getattr(ns, name):
+            out["writer"][key] = True
+    if ns.allow_download:
+        out["model"]["allow_download"] = True
+    return out
+
+
 def reconstruct_args(ns: argparse.Namespace) -> list[str]:
     """Translate ``vaefix reconstruct`` flags into LightningCLI arguments (explicit flags win over configs)."""
     args: list[str] = []
     for cfg in ns.config:
         args += ["--config", cfg]
-    if ns.audio:
-        args.append("--data.inputs=" + json.dumps([str(a) for a in ns.audio]))
-    pairs = {
-        "--data.seconds": ns.seconds,
-        "--data.offset": ns.offset or None,
-        "--data.batch_size": ns.batch_size,
-        "--data.num_workers": ns.num_workers,
-        "--model.model": ns.model,
-        "--model.precision": ns.precision,
-        "--model.framing": ns.framing,
-        "--model.speed": ns.speed,
-        "--model.window_seconds": None
-        if ns.window_seconds is None
-        else ("null" if str(ns.window_seconds).lower() == "none" else float(ns.window_seconds)),
-        "--model.window_overlap_seconds": ns.window_overlap_seconds,
-        "--model.max_windows": ns.max_windows,
-        "--model.crossfade": ns.crossfade,
-        "--trainer.devices": ns.devices,
-        "--trainer.accelerator": ns.accelerator,
-        "--writer.output_dir": ns.out,
-    }
-    for flag, value in pairs.items():
-        if value is not None:
-            args.append(f"{flag}={value}")
-    if ns.repair:
-        from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
-
-        args.append("--model.postprocess=" + json.dumps(SEED_FINAL_SETTINGS))
-    if ns.perceptual:
-        args.append('--model.perceptual=["pesq", "stoi", "estoi"]')
-    switches = {
-        "report": "--writer.report=true",
-        "allow_download": "--model.allow_download=true",
-        "overwrite": "--writer.overwrite=true",
-        "strict": "--writer.strict=true",
-        "print_config": "--print_config",
-    }
-    args += [arg for name, arg in switches.items() if getattr(ns, name)]
+    for group, values in reconstruct_settings(ns).items():
+        for key, value in values.items():
+            text = json.dumps(value) if isinstance(value, (list, dict, bool)) else value
+            args.append(f"--{group}.{key}={text}")
+    if ns.print_config:
+        args.append("--print_config")
     return args
+
+
+def _one_device(ns: argparse.Namespace) -> bool:
+    """Run without Lightning: one device, no config files (they may hold any Trainer setting) and no
+    ``--print_config`` (LightningCLI's). ``VAEFIX_RUNNER=lightning`` forces the Lightning path."""
+    if os.environ.get("VAEFIX_RUNNER", "").lower() == "lightning" or ns.config or ns.print_config:
+        return False
+    return str(ns.devices) in ("None", "1")
+
+
+def run_one_device(settings: dict[str, dict[str, Any]]) -> int:
+    """``reconstruct`` in the plain loop (:mod:`vaefix_pl.pipeline.local`): the same job, data and
+    writer classes as ``predict``, without importing Lightning."""
+    from vaefix_pl.data.inputs import AudioInputs
+    from vaefix_pl.pipeline.job import ReconstructionJob
+    from vaefix_pl.pipeline.local import predict_local, resolve_device
+    from vaefix_pl.pipeline.writer import RunWriter
+
+    model = {k: (None if v == "null" else v) for k, v in settings["model"].items()}
+    device = resolve_device(settings["trainer"].get("accelerator"))
+    job = ReconstructionJob(**model)
+    data = AudioInputs(**settings["data"])
+    require_some_input(data.inputs)
+    writer = RunWriter(**settings["writer"])
+    predict_local(job, data, writer, device)
+    return finish_run(writer)
 
 
 def reconstruct_main(argv: Sequence[str]) -> int:
     ns = _reconstruct_parser().parse_args(argv)
     if not ns.print_config:
         require_some_input(ns.audio)
+    if _one_device(ns):
+        return run_one_device(reconstruct_settings(ns))
     return predict_main(reconstruct_args(ns))
 
 

@@ -88,3 +88,14 @@ class ReconstructorConfig:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+class Hparams(dict):
+    """Constructor arguments as Lightning's ``hparams`` is: a dict with attribute access (for the
+    classes that also run without Lightning)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc

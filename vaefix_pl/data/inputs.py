@@ -1,4 +1,8 @@
-"""Inputs: file discovery, the audio dataset (decoding in the workers), collate and ``AudioDataModule``.
+"""Inputs: file discovery, the audio dataset (decoding in the workers), collate and :class:`AudioInputs`.
+
+:class:`AudioInputs` is the data side of a run without Lightning (``vaefix reconstruct`` on one device
+imports no Lightning); :class:`~vaefix_pl.data.module.AudioDataModule` is the same class as a
+``LightningDataModule`` (importable from here too, loaded on first use).
 
 A batch is ``{"waveform": (B, N) float32, "lengths": (B,) int64, "host_lengths": [B] ints, "ids": [B], "paths": [B],
 "errors": [{"id", "path", "stage", "reason"}, ...]}``. Items that cannot be read are not in the
@@ -23,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vaefix_pl.core.config import Hparams
 from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
@@ -363,8 +367,14 @@ def resolve_loader_settings(
     return int(batch_size), int(num_workers)
 
 
-class AudioDataModule(L.LightningDataModule):
-    """Audio files, folders, manifests or the probe set -> padded 16 kHz batches for ``trainer.predict``.
+
+class AudioInputs:
+    """Audio files, folders, manifests or the probe set -> padded batches at the model's rate.
+
+    Plain class (no Lightning): :class:`~vaefix_pl.data.module.AudioDataModule` adds the
+    ``LightningDataModule`` base for ``trainer.predict``. ``trainer`` is whatever runs it (a Lightning
+    Trainer or :class:`~vaefix_pl.pipeline.local.LocalTrainer`): its device picks the ``auto`` loader
+    settings and its module's ``sample_rate`` the rate.
 
     Args:
         inputs: a file, a folder (recursive), a manifest (``.txt`` one path a line, ``.csv`` with a
@@ -396,13 +406,23 @@ class AudioDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         sample_rate: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # LightningDataModule's, in AudioDataModule
         _check_data_settings(seconds, offset, batch_size, num_workers)
-        self.save_hyperparameters()
-        for name, value in self.hparams.items():  # every argument is also a plain attribute
+        hparams = dict(
+            inputs=inputs, seconds=seconds, offset=offset, batch_size=batch_size, num_workers=num_workers,
+            sort_by_duration=sort_by_duration, channel=channel, probe_seconds=probe_seconds,
+            pin_memory=pin_memory, sample_rate=sample_rate,
+        )  # fmt: skip
+        self._store_hparams(hparams)
+        for name, value in hparams.items():  # every argument is also a plain attribute
             setattr(self, name, value)
         self.dataset: AudioDataset | None = None
         self._all_ids: list[str] = []
+
+    trainer: Any = None  # set by whatever runs the data (Lightning sets its own attribute)
+
+    def _store_hparams(self, hparams: dict[str, Any]) -> None:
+        self.hparams = Hparams(hparams)
 
     def setup(self, stage: str | None = None) -> None:
         if "auto" in (self.batch_size, self.num_workers):
@@ -507,3 +527,13 @@ class AudioDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+def __getattr__(name: str) -> Any:
+    # AudioDataModule lives in data/module.py (it imports Lightning); loaded here on first use so that
+    # `from vaefix_pl.data.inputs import AudioDataModule` keeps working without every import paying for Lightning
+    if name == "AudioDataModule":
+        from vaefix_pl.data.module import AudioDataModule
+
+        return AudioDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

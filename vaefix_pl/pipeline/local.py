@@ -1,0 +1,133 @@
+"""Run a job on one device in a plain loop: the hooks ``trainer.predict`` calls, in its order, without Lightning.
+
+``vaefix reconstruct`` on one device uses this: importing Lightning (and, through it, torchmetrics and
+transformers' auto classes) costs several seconds per process, which a one-clip run would spend
+before its first reconstruction (docs/STARTUP.md). The job, data and writer are the same classes
+the Lightning path runs (:class:`~vaefix_pl.pipeline.job.ReconstructionJob`,
+:class:`~vaefix_pl.data.inputs.AudioInputs`, :class:`~vaefix_pl.pipeline.writer.RunWriter`), called
+through the same hooks, so both paths write the same files. Several devices: ``vaefix predict``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+
+from vaefix_pl.core.errors import SettingsError
+from vaefix_pl.core.frontend import SAMPLE_RATE
+
+
+class OneProcess:
+    """The strategy of a single process: no collectives; ``root_device`` is where the job runs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.root_device = device
+
+    def barrier(self, name: str | None = None) -> None:  # noqa: D102 (Lightning's Strategy API)
+        return None
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:  # noqa: D102 (Lightning's Strategy API)
+        return obj
+
+
+class LocalTrainer:
+    """What the job, data and writer read from a Lightning ``Trainer``, for one process and device."""
+
+    is_global_zero = True
+    world_size = 1
+    global_rank = 0
+    local_rank = 0
+
+    def __init__(self, device: torch.device, datamodule: Any, module: Any) -> None:
+        self.strategy = OneProcess(device)
+        self.datamodule = datamodule
+        self.lightning_module = module
+        self.predict_dataloaders: Any = None
+
+
+def resolve_device(accelerator: str | None = None) -> torch.device:
+    """``cpu``; ``gpu``/``cuda`` (an error without CUDA); ``auto``/``None``: CUDA if available, else the CPU."""
+    name = (accelerator or "auto").lower()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--accelerator {accelerator}: no CUDA device is available on this machine")
+        return torch.device("cuda", 0)
+    if name == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    raise SettingsError(f"--accelerator must be cpu, gpu or auto for a one-device run, got {accelerator!r}")
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _Progress:
+    """One tqdm bar on stderr with clips/s and x real time, like the Lightning path's bar."""
+
+    def __init__(self, total: int | None, sample_rate: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="Reconstructing", unit="batch", file=sys.stderr, dynamic_ncols=True)
+        self.rate, self.t0, self.clips, self.audio_s = sample_rate, time.perf_counter(), 0, 0.0
+
+    def update(self, batch: dict[str, Any]) -> None:
+        self.clips += len(batch["ids"])
+        self.audio_s += float(sum(batch.get("host_lengths") or batch["lengths"].tolist())) / self.rate
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(
+            {"clips/s": f"{self.clips / elapsed:.1f}", "xRT": f"{self.audio_s / elapsed:.0f}"}, refresh=False
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def predict_local(job: Any, data: Any, writer: Any, device: torch.device, progress: bool = True) -> None:
+    """``trainer.predict(job, datamodule=data)`` with ``writer`` as its callback, on ``device``, one process.
+
+    Hook order as Lightning's: data ``setup``, writer ``setup``, ``configure_model``, the loader, writer
+    then job ``on_predict_start``, per batch ``predict_step`` (under ``torch.inference_mode``) and writer
+    then job ``on_predict_batch_end``, writer ``on_predict_end`` (the loop and its start/end hooks are
+    skipped when the loader is empty); ``on_exception`` on an error; ``teardown`` always.
+    """
+    trainer = LocalTrainer(device, data, job)
+    data.trainer = trainer
+    job._trainer = trainer
+    data.setup("predict")
+    writer.setup(trainer, job, "predict")
+    bar = None
+    try:
+        job.configure_model()
+        loader = data.predict_dataloader()
+        trainer.predict_dataloaders = loader
+        if len(loader) == 0:  # as Lightning: no batch left (a rerun with every input complete), no loop
+            return
+        writer.on_predict_start(trainer, job)
+        job.on_predict_start()
+        if progress:
+            bar = _Progress(len(loader), int(getattr(job, "sample_rate", None) or SAMPLE_RATE))
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                batch = _to_device(batch, device)
+                out = job.predict_step(batch, i)
+                writer.write_on_batch_end(trainer, job, out, None, batch, i, 0)
+                job.on_predict_batch_end(out, batch, i)
+                if bar is not None:
+                    bar.update(batch)
+        if bar is not None:
+            bar.close()
+            bar = None
+        writer.on_predict_end(trainer, job)
+    except BaseException as exc:
+        if bar is not None:
+            bar.close()
+        writer.on_exception(trainer, job, exc)
+        raise
+    finally:
+        writer.teardown(trainer, job, "predict")
