@@ -40,7 +40,10 @@ CONFIGS = {
     "bf16-none": ["--precision", "bf16", "--speed", "none"],
     "fp32-compile": ["--speed", "compile"],
     "bf16-compile": ["--precision", "bf16", "--speed", "compile"],
+    "fp32-lightning": [],  # the same run through Lightning (VAEFIX_RUNNER=lightning), for the difference
 }
+#: extra environment per config
+CONFIG_ENV = {"fp32-lightning": {"VAEFIX_RUNNER": "lightning"}}
 VAEFIX = [sys.executable, "-c", "import sys; from vaefix_pl.cli import main; sys.exit(main())"]
 
 
@@ -70,10 +73,15 @@ def write_clips(folder: Path, n: int, seconds: float) -> list[Path]:
 
 
 def timed(cmd: list[str], out: Path, env: dict[str, str]) -> dict:
-    """Run ``cmd`` to exit; wall seconds, seconds to the first ``*.recon.wav`` under ``out``, rc."""
+    """Run ``cmd`` to exit; wall seconds, seconds to the first ``*.recon.wav`` under ``out``, rc, and the
+    run's own phase marks (``VAEFIX_TIMELINE``, one-device runs) in seconds from the start."""
     shutil.rmtree(out, ignore_errors=True)
+    timeline = out.parent / f".{out.name}.timeline"
+    timeline.unlink(missing_ok=True)
+    env = dict(env, VAEFIX_TIMELINE=str(timeline))
     first: list[float] = []
     done = threading.Event()
+    t0_epoch = time.time()
     t0 = time.perf_counter()
 
     def poll() -> None:
@@ -94,6 +102,9 @@ def timed(cmd: list[str], out: Path, env: dict[str, str]) -> dict:
         row["stderr_tail"] = proc.stderr[-2000:]
     n_out = sum(1 for p in out.iterdir() if p.name.endswith(".recon.wav")) if out.is_dir() else 0
     row["recon_files"] = n_out
+    if timeline.is_file():
+        marks = (line.split() for line in timeline.read_text().splitlines() if line.strip())
+        row["phases_s"] = {name: round(float(t) - t0_epoch, 3) for name, t in marks}
     return row
 
 
@@ -151,6 +162,7 @@ def main() -> None:
     seconds = 1.0 if a.smoke else CLIP_S
     clips = write_clips(work / "clips", max(counts + seed_counts), seconds)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("VAEFIX_CACHE_DIR", str(work / "cache"))  # the first compile run is cold, later ones warm
     extra = a.extra.split() + (["--accelerator", "cpu"] if a.smoke else [])
 
     rows = []
@@ -181,13 +193,15 @@ def main() -> None:
                 *CONFIGS[name],
                 *extra,
             ]
-            rows.append({"config": name, "n": n, **timed(cmd, out, env)})
+            rows.append({"config": name, "n": n, **timed(cmd, out, {**env, **CONFIG_ENV.get(name, {})})})
             print(json.dumps(rows[-1]), flush=True)
             if a.json:  # partial results survive a run cut short
                 Path(a.json).write_text(json.dumps({"rows": rows}, indent=1))
 
     bare = {}
-    for name in a.configs.split(","):
+    for name in dict.fromkeys(a.configs.split(",")):
+        if name in CONFIG_ENV:
+            continue  # same model work as its base config
         flags = CONFIGS[name]
         precision = flags[flags.index("--precision") + 1] if "--precision" in flags else "fp32"
         speed = flags[flags.index("--speed") + 1] if "--speed" in flags else "auto"

@@ -12,11 +12,11 @@ from signals import harmonic, noise
 from vaefix_pl.core.probes import PROBE_NAMES
 from vaefix_pl.data.inputs import (
     MIN_BATCH_SAMPLES,
-    AudioDataModule,
     AudioDataset,
     collate_audio,
     discover_inputs,
 )
+from vaefix_pl.data.module import AudioDataModule
 
 
 def _wav(path, n, sr=16000, channels=1, seed=0, fmt=None):

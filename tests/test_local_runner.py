@@ -109,3 +109,17 @@ def test_gpu_accelerator_without_cuda_is_one_line(clips, tmp_path, tiny_model_di
                "--accelerator", "gpu"])  # fmt: skip
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no CUDA device" in err[0]
+
+
+def test_one_batch_is_decoded_without_worker_processes(clips):
+    from vaefix_pl.data.inputs import AudioInputs
+
+    one = AudioInputs(inputs=str(clips), batch_size=8)  # 3 inputs, one batch: no workers to start
+    one.setup("predict")
+    assert one.predict_dataloader().num_workers == 0
+    many = AudioInputs(inputs=str(clips), batch_size=1)  # 3 batches: the resolved worker count
+    many.setup("predict")
+    assert many.predict_dataloader().num_workers == many.num_workers >= 1
+    fixed = AudioInputs(inputs=str(clips), batch_size=8, num_workers=2)  # a number is used as given
+    fixed.setup("predict")
+    assert fixed.predict_dataloader().num_workers == 2

@@ -150,7 +150,8 @@ def test_cache_main_info_and_clear(tmp_path, monkeypatch, capsys):
 
 
 def test_auto_loader_settings_follow_the_device(monkeypatch):
-    from vaefix_pl.data.inputs import AudioDataModule, resolve_loader_settings
+    from vaefix_pl.data.inputs import resolve_loader_settings
+    from vaefix_pl.data.module import AudioDataModule
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     assert resolve_loader_settings("auto", "auto", "cuda") == (64, 8)

@@ -65,7 +65,7 @@ def test_out_equal_to_the_input_folder_reconstructs_the_same_clips_each_time(tmp
      ({"batch_size": 0}, "batch_size")],  # fmt: skip
 )
 def test_data_settings_are_refused_with_one_line(kwargs, word):
-    from vaefix_pl.data.inputs import AudioDataModule
+    from vaefix_pl.data.module import AudioDataModule
 
     with pytest.raises(SettingsError, match=word) as exc:
         AudioDataModule(inputs=None, **kwargs)

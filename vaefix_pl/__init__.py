@@ -24,7 +24,10 @@ _LAZY: dict[str, str] = {
     # repair chain
     "PostProcessChain": "vaefix_pl.repair.chain",
     # Lightning parts
-    "AudioDataModule": "vaefix_pl.data.inputs",
+    "AudioDataModule": "vaefix_pl.data.module",
+    "AudioInputs": "vaefix_pl.data.inputs",
+    "ReconstructionJob": "vaefix_pl.pipeline.job",
+    "RunWriter": "vaefix_pl.pipeline.writer",
     "ReconstructionModule": "vaefix_pl.lightning.module",
     "ReconstructionWriter": "vaefix_pl.lightning.writer",
     # vocoder fine-tuning baseline
@@ -67,7 +70,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from vaefix_pl.core.output import ReconstructionOutput
     from vaefix_pl.core.reconstruct import Reconstructor
     from vaefix_pl.data.audio import load_audio
-    from vaefix_pl.data.inputs import AudioDataModule, probe_signals
+    from vaefix_pl.data.inputs import AudioInputs, probe_signals
+    from vaefix_pl.data.module import AudioDataModule
+    from vaefix_pl.pipeline.job import ReconstructionJob
+    from vaefix_pl.pipeline.writer import RunWriter
     from vaefix_pl.diagnose.decompose import decompose
     from vaefix_pl.diagnose.mel import diagnose_mel
     from vaefix_pl.export.dataset import DecodedMelDataModule, DecodedMelDataset, collate_decoded_mels

@@ -63,7 +63,7 @@ def _lightning_cli(args: Sequence[str], run: bool = True):
 
 
 def _make(cli_class, args: Sequence[str]):
-    from vaefix_pl.data.inputs import AudioDataModule
+    from vaefix_pl.data.module import AudioDataModule
     from vaefix_pl.lightning.module import ReconstructionModule
     from vaefix_pl.lightning.progress import ClipsPerSecondProgressBar
 
@@ -312,8 +312,10 @@ def run_one_device(settings: dict[str, dict[str, Any]]) -> int:
     writer classes as ``predict``, without importing Lightning."""
     from vaefix_pl.data.inputs import AudioInputs
     from vaefix_pl.pipeline.job import ReconstructionJob
-    from vaefix_pl.pipeline.local import predict_local, resolve_device
+    from vaefix_pl.pipeline.local import mark, predict_local, resolve_device
     from vaefix_pl.pipeline.writer import RunWriter
+
+    mark("imports_done")
 
     model = {k: (None if v == "null" else v) for k, v in settings["model"].items()}
     device = resolve_device(settings["trainer"].get("accelerator"))

@@ -2,7 +2,7 @@
 
 :class:`AudioInputs` is the data side of a run without Lightning (``vaefix reconstruct`` on one device
 imports no Lightning); :class:`~vaefix_pl.data.module.AudioDataModule` is the same class as a
-``LightningDataModule`` (importable from here too, loaded on first use).
+``LightningDataModule``.
 
 A batch is ``{"waveform": (B, N) float32, "lengths": (B,) int64, "host_lengths": [B] ints, "ids": [B], "paths": [B],
 "errors": [{"id", "path", "stage", "reason"}, ...]}``. Items that cannot be read are not in the
@@ -511,15 +511,19 @@ class AudioInputs:
         # set here, not in setup(): the Trainer loads the model (configure_model) after the data's setup
         self.dataset.sample_rate = self.resolved_sample_rate()
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        workers = self.num_workers
+        if self.hparams["num_workers"] == "auto" and len(self.dataset) <= self.batch_size:
+            # one batch is built by one worker anyway: decoding it here saves starting the workers
+            workers = 0
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             shuffle=False,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=collate_audio,
             pin_memory=pin,
             persistent_workers=False,
-            prefetch_factor=4 if self.num_workers > 0 else None,
+            prefetch_factor=4 if workers > 0 else None,
         )
 
     def predict_dataloader(self) -> DataLoader:
@@ -528,12 +532,3 @@ class AudioInputs:
     def test_dataloader(self) -> DataLoader:
         return self._loader()
 
-
-def __getattr__(name: str) -> Any:
-    # AudioDataModule lives in data/module.py (it imports Lightning); loaded here on first use so that
-    # `from vaefix_pl.data.inputs import AudioDataModule` keeps working without every import paying for Lightning
-    if name == "AudioDataModule":
-        from vaefix_pl.data.module import AudioDataModule
-
-        return AudioDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -301,7 +301,7 @@ def export_mels(
         resolve_source,
     )
     from vaefix_pl.core.reconstruct import Reconstructor
-    from vaefix_pl.data.inputs import AudioDataModule
+    from vaefix_pl.data.module import AudioDataModule
     from vaefix_pl.lightning.module import ReconstructionModule
 
     out = Path(output_dir)

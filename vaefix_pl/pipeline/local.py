@@ -10,6 +10,7 @@ through the same hooks, so both paths write the same files. Several devices: ``v
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -18,6 +19,15 @@ import torch
 
 from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import SAMPLE_RATE
+
+
+def mark(phase: str) -> None:
+    """Append ``<phase> <unix time>`` to the file named by ``VAEFIX_TIMELINE`` (start-up benchmarks:
+    benchmarks/cli_wall.py subtracts its own start time); nothing without it."""
+    path = os.environ.get("VAEFIX_TIMELINE")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{phase} {time.time():.4f}\n")
 
 
 class OneProcess:
@@ -101,9 +111,11 @@ def predict_local(job: Any, data: Any, writer: Any, device: torch.device, progre
     job._trainer = trainer
     data.setup("predict")
     writer.setup(trainer, job, "predict")
+    mark("inputs_found")
     bar = None
     try:
         job.configure_model()
+        mark("model_loaded")
         loader = data.predict_dataloader()
         trainer.predict_dataloaders = loader
         if len(loader) == 0:  # as Lightning: no batch left (a rerun with every input complete), no loop
@@ -118,12 +130,16 @@ def predict_local(job: Any, data: Any, writer: Any, device: torch.device, progre
                 out = job.predict_step(batch, i)
                 writer.write_on_batch_end(trainer, job, out, None, batch, i, 0)
                 job.on_predict_batch_end(out, batch, i)
+                if i == 0:
+                    mark("first_batch_done")
                 if bar is not None:
                     bar.update(batch)
         if bar is not None:
             bar.close()
             bar = None
+        mark("loop_done")
         writer.on_predict_end(trainer, job)
+        mark("tables_written")
     except BaseException as exc:
         if bar is not None:
             bar.close()
