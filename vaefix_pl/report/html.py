@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vaefix_pl.core.errors import OutputError
-from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS
+from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS, VAE_L1_OK
 from vaefix_pl.report.figures import clip_clicks, clip_figure, figure_png
 from vaefix_pl.report.files import _confined, _read_json, _read_wav, _wav_rate, wav_base64  # noqa: F401
 from vaefix_pl.runs.files import atomic_write_bytes, atomic_write_text
@@ -43,9 +43,6 @@ from vaefix_pl.runs.tables import read_metrics_csv
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBED_AUDIO_CLIPS = 0  # players link the WAV files beside report.html: the page stays small
-#: mean |decoded mel - true mel| (nats) up to which the VAE round trip is "ok"; above it the badge warns.
-#: A good VAE stays well under 1 nat; random or mismatched weights give several nats.
-VAE_L1_OK = 1.0
 DEFAULT_MAX_FIGURES = 100
 AUDIO_TAGS: dict[str, str] = {
     "original": "original",
