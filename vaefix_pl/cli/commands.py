@@ -6,8 +6,8 @@
   LightningCLI (``--print_config`` works; every option can be overridden).
 * ``vaefix demo``: reconstruct the built-in probe set with real AudioLDM2 weights when they are
   present (a ``--model`` folder or the HF cache), else with tiny random models, and say which.
-* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``, ``vaefix convert``:
-  see ``vaefix <command> --help``.
+* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``, ``vaefix models``,
+  ``vaefix convert``, ``vaefix cache``: see ``vaefix <command> --help``.
 
 ``--debug`` (or ``VAEFIX_DEBUG=1``) shows tracebacks. Exit codes: 0 ok, 1 ``--strict`` and an input
 failed, 2 bad flag/config/setting, 3 model missing or unusable, 4 no usable input, 5 output folder
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
+from vaefix_pl.cli.common import add_repair_flag, inputs_parser, make_parser, require_some_input
 from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
 from vaefix_pl.core.config import SPEEDS
 from vaefix_pl.core.errors import InputsError
@@ -190,6 +190,7 @@ def print_summary(out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------- reconstruct
 def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
+    # --config and --print_config are LightningCLI's (passed on to `predict`), not this parser's own
     p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.", config_options=False)
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
@@ -317,9 +318,9 @@ def resolve_demo_model(model: str | None) -> tuple[str, bool]:
 
 
 def demo_main(argv: Sequence[str]) -> int:
-    p = Parser(
-        prog="vaefix demo",
-        description="Reconstruct the built-in probe set with everything on: the click-repair chain "
+    p = make_parser(
+        "vaefix demo",
+        "Reconstruct the built-in probe set with everything on: the click-repair chain "
         "(<id>.post.wav, post_* scores), PESQ/STOI/ESTOI and report.html. Real AudioLDM2 weights when "
         "--model or the HF cache has them, else tiny random models (said loudly).",
     )
@@ -353,8 +354,9 @@ COMMANDS: dict[str, str] = {
     "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
     "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
     "report": "vaefix_pl.cli.report:report_main",
-    "models": "vaefix_pl.convert.catalog:models_main",
+    "models": "vaefix_pl.cli.convert:models_main",
     "convert": "vaefix_pl.cli.convert:convert_main",
+    "cache": "vaefix_pl.cli.cache:cache_main",
 }
 
 
