@@ -148,15 +148,23 @@ def _fmt(v: Any) -> str:
 
 def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     """A short plain-text table of the headline metrics from ``summary.json``."""
+    from vaefix_pl.metrics import metric_info
+
+    info = metric_info()
     metrics = summary.get("metrics", {})
     names = [k for k in (keys or metrics) if k in metrics]
-    lines = [f"{'metric':<26}{'mean':>10}{'95% CI':>24}{'median':>10}{'n':>6}"]
+    lines = [f"{'metric':<24}{'unit':>12}{'better':>8}{'mean':>11}{'95% CI':>24}{'median':>11}{'n':>5}"]
     for k in names:
         m = metrics[k]
+        meta = info.get(k.removeprefix("post_"), {})  # post_*: the same metric on the repaired audio
         lo, hi = m.get("ci95_low"), m.get("ci95_high")
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
         ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if finite else "-"  # n = 1, or no spread to bootstrap
-        lines.append(f"{k:<26}{_fmt(m.get('mean')):>10}{ci:>24}{_fmt(m.get('median')):>10}{m.get('n', 0):>6}")
+        unit, better = meta.get("unit") or "-", meta.get("better") or "-"
+        lines.append(
+            f"{k:<24}{unit:>12}{better:>8}{_fmt(m.get('mean')):>11}{ci:>24}{_fmt(m.get('median')):>11}"
+            f"{m.get('n', 0):>5}"
+        )
     t = summary.get("timing", {})
     lines.append(
         f"{summary.get('n_ok', 0)} clips reconstructed, {summary.get('n_failed', 0)} failed; "
@@ -191,7 +199,13 @@ def print_summary(out_dir: str | Path) -> None:
 # ---------------------------------------------------------------------------------- reconstruct
 def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
     # --config and --print_config are LightningCLI's (passed on to `predict`), not this parser's own
-    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.", config_options=False)
+    p = inputs_parser(
+        prog,
+        "Reconstruct audio through AudioLDM2's VAE + vocoder. A flag whose default is null is unset: the "
+        "--config files' value applies, else the default of `vaefix predict`; --print_config prints every "
+        "resulting value.",
+        config_options=False,
+    )
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")

@@ -85,6 +85,9 @@ def _metric_info() -> dict[str, dict[str, str]]:
     l1 = {"unit": "nats", "better": "lower", "description": "mean |mel - true mel| (natural-log mel)"}
     info.setdefault("mel_l1", l1)
     info.setdefault("input_mel_l1", l1)
+    for name, better in (("lag", "near 0"), ("clicks_ref_per_s", "(input)")):  # no better/worse direction
+        if name in info and not info[name].get("better"):
+            info[name] = {**info[name], "better": better}
     return info
 
 
@@ -198,6 +201,12 @@ def _wrap_name(name: str) -> str:
     return "_<wbr>".join(_e(part) for part in name.split("_"))
 
 
+def _health_label(key: str) -> str:
+    """``items_with_nonfinite_mel_hat`` -> ``clips with a non-finite decoded mel``."""
+    words = key.replace("_", " ").replace("items with", "clips with").replace("nonfinite", "non-finite")
+    return words.replace("mel hat", "decoded mel")
+
+
 def _anchor(item_id: str) -> str:
     return "clip-" + re.sub(r"[^A-Za-z0-9_-]+", "-", item_id)
 
@@ -226,7 +235,7 @@ def _summary_table(metrics: Mapping[str, Mapping[str, Any]], info: Mapping[str, 
             ci = _ci(s)
             body.append(
                 f"<tr><td class='id' title='{_e(meta.get('description', ''))}'>{_e(name)}</td>"
-                f"<td>{_e(meta.get('unit', ''))}</td><td>{_e(meta.get('better', ''))}</td>"
+                f"<td>{_e(meta.get('unit') or '-')}</td><td>{_e(meta.get('better') or '-')}</td>"
                 f"<td data-v='{_e(s.get('mean'))}'><b>{_fmt(s.get('mean'))}</b></td><td>{ci}</td>"
                 f"<td data-v='{_e(s.get('median'))}'>{_fmt(s.get('median'))}</td>"
                 f"<td data-v='{_e(s.get('std'))}'>{_fmt(s.get('std'))}</td><td>{_fmt(s.get('n'))}</td>"
@@ -501,7 +510,7 @@ def write_report(
     n_warns = sum(1 for _, w in counts.values() if w)
     parts.append(
         "<h2>Health</h2><p class='small'>"
-        + "; ".join(f"{_e(k.replace('_', ' '))}: <b>{_e(v)}</b>" for k, v in health.items())
+        + "; ".join(f"{_e(_health_label(k))}: <b>{_e(v)}</b>" for k, v in health.items())
         + f"</p><p class='small'>{n_faults} clip(s) with numeric faults, {n_warns} with warnings.</p>"
         + _warnings_table(all_warnings)
     )
