@@ -26,7 +26,9 @@ def _parser_class() -> type:
             try:
                 return super().parse_args(list(args) if args is not None else None, namespace, **kwargs)
             except argparse.ArgumentError as exc:
-                raise SettingsError(f"{self.prog}: {self._explain(str(exc))} (see {self.prog} --help)") from None
+                raise SettingsError(
+                    f"{self.prog}: {self._explain(str(exc))} (see {self.prog} --help)"
+                ) from None
 
         def _explain(self, message: str) -> str:
             """jsonargparse's message in the project's words, with a suggestion for a mistyped flag."""
@@ -41,7 +43,9 @@ def _parser_class() -> type:
             if key:
                 return f"unknown option '{key.group(1)}' in a --config file"
             message = re.sub(r"Expected a <class '(\w+)'>\.", r"expected a value of type \1;", message)
-            return re.sub(r'^Parser key "([^"]+)": ', lambda m: f"--{m.group(1).replace('_', '-')}: ", message)
+            return re.sub(
+                r'^Parser key "([^"]+)": ', lambda m: f"--{m.group(1).replace('_', '-')}: ", message
+            )
 
     return Parser
 
@@ -70,7 +74,9 @@ def make_parser(prog: str, description: str, config_options: bool = True):
 def inputs_parser(prog: str, description: str, config_options: bool = True):
     """A parser whose positional ``audio`` takes files, folders or manifests (none: the probe set)."""
     p = make_parser(prog, description, config_options=config_options)
-    p.add_argument("audio", nargs="*", default=[], help="files, folders or manifests (none: the built-in probe set)")
+    p.add_argument(
+        "audio", nargs="*", default=[], help="files, folders or manifests (none: the built-in probe set)"
+    )
     return p
 
 
@@ -93,7 +99,11 @@ def from_argparse(source, config_options: bool = True):
     for a in actions:
         # "(default: detect)" in an argparse help means "when unset"; jsonargparse adds "(default: null)"
         help = re.sub(r"\(default: ", "(unset: ", a.help) if a.help else a.help
-        kwargs = {"help": help} if a.default is None and not a.option_strings else {"help": help, "default": a.default}
+        kwargs = (
+            {"help": help}
+            if a.default is None and not a.option_strings
+            else {"help": help, "default": a.default}
+        )
         if isinstance(a, argparse._StoreTrueAction):
             kwargs["action"] = "store_true"
         else:

@@ -17,17 +17,27 @@ DEFAULT_MAX_FIGURES = 100
 def report_main(argv: Sequence[str]) -> int:
     """``vaefix report OUT_DIR [--title T] [--embed-audio N] [--max-figures N]``: write ``OUT_DIR/report.html``."""
     p = make_parser("vaefix report", "Write report.html (and figures/) for a run folder.")
-    p.add_argument("out_dir", help="a folder written by `vaefix reconstruct`, `vaefix predict` or `vaefix diagnose`")
+    p.add_argument(
+        "out_dir", help="a folder written by `vaefix reconstruct`, `vaefix predict` or `vaefix diagnose`"
+    )
     p.add_argument("--title", default=None, help="page title (none: 'vaefix report: <folder name>')")
-    p.add_argument("--embed-audio", type=int, default=DEFAULT_EMBED_AUDIO_CLIPS,
-                   help="clips whose audio is embedded (base64 16-bit WAV); later clips link their WAV files")
-    p.add_argument("--max-figures", type=int, default=DEFAULT_MAX_FIGURES, help="clips that get a figure")
+    counts = {  # flag: (default, help), all clip counts
+        "--embed-audio": (
+            DEFAULT_EMBED_AUDIO_CLIPS,
+            "clips whose audio is embedded; later clips link their WAVs",
+        ),
+        "--max-figures": (DEFAULT_MAX_FIGURES, "clips that get a figure"),
+    }
+    for flag, (default, help) in counts.items():
+        p.add_argument(flag, type=int, default=default, help=help)
     args = p.parse_args(list(argv))
     out = Path(args.out_dir)
     if not (out / "metrics.csv").is_file():
         raise InputsError(f"{out}: no metrics.csv here (not a folder written by vaefix)")
     from vaefix_pl.report.html import write_report
 
-    path = write_report(out, title=args.title, embed_audio_clips=args.embed_audio, max_figures=args.max_figures)
+    path = write_report(
+        out, title=args.title, embed_audio_clips=args.embed_audio, max_figures=args.max_figures
+    )
     print(f"report: {path}")
     return 0

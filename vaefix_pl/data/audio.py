@@ -192,7 +192,7 @@ def temp_prefix() -> str:
     return f"{TEMP_PREFIX}{os.environ.get('VAEFIX_RUN_TAG', 'norun')}-"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def new_file_mode() -> int:
     """``0o666 & ~umask``: the mode ``open()`` gives a new file. Outputs are written through
     ``tempfile.mkstemp`` files, which are always 0600, and get this mode before the rename. Read once per
