@@ -193,3 +193,52 @@ def test_config_file_and_print_config_on_argparse_commands(command, tmp_path, ca
     cfg.write_text("no_such_option: 1\n")
     rc = main([command, *positional, "--config", str(cfg)])
     assert rc == 2 and "unknown option 'no_such_option'" in _one_error_line(capfd, rc)
+
+
+def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capfd):
+    """``vaefix cache info|clear [KEY]`` is wired to core.compile_cache.cache_main, with the CLI's errors."""
+    monkeypatch.setenv("VAEFIX_CACHE_DIR", str(tmp_path))
+    entry = tmp_path / "compile" / "k123"
+    entry.mkdir(parents=True)
+    (entry / "blob").write_bytes(b"x" * 2048)
+    assert main(["cache", "info"]) == 0
+    out, _ = capfd.readouterr()
+    assert "1 entry" in out and "k123" in out
+    rc = main(["cache", "clear", "nokey"])
+    assert rc == 2 and "nokey" in _one_error_line(capfd, rc)
+    rc = main(["cache", "purge"])
+    assert rc == 2 and "purge" in _one_error_line(capfd, rc)
+    assert main(["cache", "clear", "k123"]) == 0
+    assert not entry.exists() and "2.0 KiB freed" in capfd.readouterr().out
+    assert main(["cache", "--help"]) == 0
+    assert "info" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "predict", "demo", "diagnose", "diagnose-mel", "export-mels",
+                                     "report", "models", "convert", "cache"])  # fmt: skip
+def test_every_command_has_config_and_print_config(command, capfd):
+    assert main([command, "--help"]) == 0
+    out = capfd.readouterr().out
+    assert "--config" in out and "--print_config" in out
+
+
+def test_mistyped_flag_gets_did_you_mean(capfd):
+    rc = main(["report", "x", "--max-figurs", "3"])
+    line = _one_error_line(capfd, rc)
+    assert rc == 2 and line == (
+        "error: vaefix report: unknown flag --max-figurs; did you mean --max-figures? (see vaefix report --help)"
+    )
+
+
+def test_report_cli_defaults_are_the_reports():
+    from vaefix_pl.cli import report as cli_report
+    from vaefix_pl.report import html
+
+    assert cli_report.DEFAULT_EMBED_AUDIO_CLIPS == html.DEFAULT_EMBED_AUDIO_CLIPS
+    assert cli_report.DEFAULT_MAX_FIGURES == html.DEFAULT_MAX_FIGURES
+
+
+def test_parsers_import_jsonargparse_only_when_a_command_runs():
+    code = "import sys, vaefix_pl.cli.commands, vaefix_pl.cli.report; print('jsonargparse' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr

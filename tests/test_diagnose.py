@@ -171,6 +171,33 @@ def test_rows_and_verdicts_follow_the_writer_convention(decomposition):
     assert f"vocoder ceiling {a:.3f} + VAE {c - a:+.3f}" in v["overall"]
 
 
+def test_console_verdicts_use_the_reports_vae_threshold_and_print_each_warning_once(decomposition):
+    """The console's stage (b) status agrees with report.html's badge (one threshold, in nats), and a
+    warning shown on its own ``!`` line is not repeated at the end of the stage line."""
+    import dataclasses
+
+    from vaefix_pl.diagnose.health import HealthWarning
+    from vaefix_pl.diagnose.stages import VAE_L1_OK
+    from vaefix_pl.report import html
+
+    assert html.VAE_L1_OK == VAE_L1_OK
+    for i in range(2):
+        l1 = decomposition.value("vae_roundtrip", "mel_l1", i)
+        assert l1 > VAE_L1_OK  # tiny random models: far from a trained VAE
+        line = next(x for x in format_verdicts(decomposition, i).splitlines() if "(b) VAE round trip" in x)
+        assert line.split()[6] == "WARN", line
+        assert f"{l1:.3f} nats" in line
+    good = {**decomposition.metrics["vae_roundtrip"], "mel_l1": torch.tensor([0.2, 0.5], dtype=torch.float64)}
+    d_good = dataclasses.replace(decomposition, metrics={**decomposition.metrics, "vae_roundtrip": good})
+    line = next(x for x in format_verdicts(d_good, 0).splitlines() if "(b) VAE round trip" in x)
+    assert line.split()[6] == "ok", line
+    warning = HealthWarning("output", "warn", "0.72 added clicks per second that the input does not explain")
+    d_warn = dataclasses.replace(decomposition, warnings=[[warning], []])
+    text = format_verdicts(d_warn, 0)
+    assert text.count(warning.message) == 1, text
+    assert f"! {warning}" in text
+
+
 def test_masked_mel_error_by_hand():
     a = torch.zeros(2, 1, 8, 3)
     b = torch.zeros(2, 1, 8, 3)

@@ -6,8 +6,8 @@
   LightningCLI (``--print_config`` works; every option can be overridden).
 * ``vaefix demo``: reconstruct the built-in probe set with real AudioLDM2 weights when they are
   present (a ``--model`` folder or the HF cache), else with tiny random models, and say which.
-* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``, ``vaefix convert``:
-  see ``vaefix <command> --help``.
+* ``vaefix export-mels``, ``vaefix diagnose``, ``vaefix diagnose-mel``, ``vaefix report``, ``vaefix models``,
+  ``vaefix convert``, ``vaefix cache``: see ``vaefix <command> --help``.
 
 ``--debug`` (or ``VAEFIX_DEBUG=1``) shows tracebacks. Exit codes: 0 ok, 1 ``--strict`` and an input
 failed, 2 bad flag/config/setting, 3 model missing or unusable, 4 no usable input, 5 output folder
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
+from vaefix_pl.cli.common import add_repair_flag, inputs_parser, make_parser, require_some_input
 from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
 from vaefix_pl.core.config import SPEEDS
 from vaefix_pl.core.errors import InputsError
@@ -153,15 +153,23 @@ def _fmt(v: Any) -> str:
 
 def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     """A short plain-text table of the headline metrics from ``summary.json``."""
+    from vaefix_pl.metrics import metric_info
+
+    info = metric_info()
     metrics = summary.get("metrics", {})
     names = [k for k in (keys or metrics) if k in metrics]
-    lines = [f"{'metric':<26}{'mean':>10}{'95% CI':>24}{'median':>10}{'n':>6}"]
+    lines = [f"{'metric':<24}{'unit':>12}{'better':>8}{'mean':>11}{'95% CI':>24}{'median':>11}{'n':>5}"]
     for k in names:
         m = metrics[k]
+        meta = info.get(k.removeprefix("post_"), {})  # post_*: the same metric on the repaired audio
         lo, hi = m.get("ci95_low"), m.get("ci95_high")
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi))
         ci = f"[{_fmt(lo)}, {_fmt(hi)}]" if finite else "-"  # n = 1, or no spread to bootstrap
-        lines.append(f"{k:<26}{_fmt(m.get('mean')):>10}{ci:>24}{_fmt(m.get('median')):>10}{m.get('n', 0):>6}")
+        unit, better = meta.get("unit") or "-", meta.get("better") or "-"
+        lines.append(
+            f"{k:<24}{unit:>12}{better:>8}{_fmt(m.get('mean')):>11}{ci:>24}{_fmt(m.get('median')):>11}"
+            f"{m.get('n', 0):>5}"
+        )
     t = summary.get("timing", {})
     lines.append(
         f"{summary.get('n_ok', 0)} clips reconstructed, {summary.get('n_failed', 0)} failed; "
@@ -195,7 +203,14 @@ def print_summary(out_dir: str | Path) -> None:
 
 # ---------------------------------------------------------------------------------- reconstruct
 def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentParser:
-    p = inputs_parser(prog, "Reconstruct audio through AudioLDM2's VAE + vocoder.", config_options=False)
+    # --config and --print_config are LightningCLI's (passed on to `predict`), not this parser's own
+    p = inputs_parser(
+        prog,
+        "Reconstruct audio through AudioLDM2's VAE + vocoder. A flag whose default is null is unset: the "
+        "--config files' value applies, else the default of `vaefix predict`; --print_config prints every "
+        "resulting value.",
+        config_options=False,
+    )
     p.add_argument("--seconds", type=float, default=None, help="crop/pad every clip to this length")
     p.add_argument("--offset", type=float, default=0.0, help="seconds to skip at the start of each file")
     p.add_argument("--model", default=None, help="local diffusers folder or hub id (default cvssp/audioldm2)")
@@ -364,9 +379,9 @@ def resolve_demo_model(model: str | None) -> tuple[str, bool]:
 
 
 def demo_main(argv: Sequence[str]) -> int:
-    p = Parser(
-        prog="vaefix demo",
-        description="Reconstruct the built-in probe set with everything on: the click-repair chain "
+    p = make_parser(
+        "vaefix demo",
+        "Reconstruct the built-in probe set with everything on: the click-repair chain "
         "(<id>.post.wav, post_* scores), PESQ/STOI/ESTOI and report.html. Real AudioLDM2 weights when "
         "--model or the HF cache has them, else tiny random models (said loudly).",
     )
@@ -400,8 +415,9 @@ COMMANDS: dict[str, str] = {
     "diagnose": "vaefix_pl.cli.diagnose:diagnose_main",
     "diagnose-mel": "vaefix_pl.cli.diagnose:diagnose_mel_main",
     "report": "vaefix_pl.cli.report:report_main",
-    "models": "vaefix_pl.convert.catalog:models_main",
+    "models": "vaefix_pl.cli.convert:models_main",
     "convert": "vaefix_pl.cli.convert:convert_main",
+    "cache": "vaefix_pl.cli.cache:cache_main",
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaefix_pl.cli.common import Parser, add_repair_flag, inputs_parser, require_some_input
+from vaefix_pl.cli.common import add_repair_flag, inputs_parser, make_parser, require_some_input
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS, is_full_size
 from vaefix_pl.diagnose.mel import diagnose_mel
@@ -21,7 +20,7 @@ from vaefix_pl.diagnose.mistakes import load_mel
 from vaefix_pl.diagnose.run import _load_inputs, _write_tables, run_diagnosis
 
 
-def _diagnose_parser() -> argparse.ArgumentParser:
+def _diagnose_parser():
     p = inputs_parser(
         "vaefix diagnose",
         "Stage-wise diagnosis of AudioLDM2 reconstruction: (a) vocoder on the true mel, (b) VAE round "
@@ -108,16 +107,16 @@ def diagnose_main(argv: Sequence[str]) -> int:
         print(f"FAILED {f['id']}: {f['error']}")
     if args.json:
         print(json.dumps(jsonable(details), indent=2))
+    print(
+        f"\n{summary['n_ok']} clips diagnosed, {summary['n_failed']} failed; model {source} "
+        f"({'full-size AudioLDM2 models' if full_size else 'TINY TEST MODELS: the numbers say nothing about AudioLDM2'})"
+    )
+    print(f"wrote {out}/: metrics.csv, summary.json, diagnosis.json and the WAVs of every stage")
     if not args.no_report:
         from vaefix_pl.report.html import write_report
 
         kwargs = {} if args.embed_audio is None else {"embed_audio_clips": args.embed_audio}
-        report = write_report(out, **kwargs)
-        print(f"\nwrote {report}")
-    print(
-        f"{summary['n_ok']} clips diagnosed, {summary['n_failed']} failed; model {source} "
-        f"({'full-size AudioLDM2 models' if full_size else 'TINY TEST MODELS: the numbers say nothing about AudioLDM2'})"
-    )
+        print(f"report: {write_report(out, **kwargs)}")
     return 0 if rows else 1
 
 
@@ -126,9 +125,9 @@ def diagnose_mel_main(argv: Sequence[str]) -> int:
 
     Prints the verdict. Exit code 0 when the mel looks right, 1 when a mistake was found.
     """
-    p = Parser(
-        prog="vaefix diagnose-mel",
-        description="Check a mel computed with your own front-end against AudioLDM2's (64-band natural-log "
+    p = make_parser(
+        "vaefix diagnose-mel",
+        "Check a mel computed with your own front-end against AudioLDM2's (64-band natural-log "
         "magnitude mel, hop 160 at 16 kHz, (T, 64)). Give the audio it came from for a certain verdict.",
     )
     p.add_argument("mel", help=".npy, .npz, .pt or .pth file (a tensor or a dict holding one)")

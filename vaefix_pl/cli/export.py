@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from vaefix_pl.export.layout import ERRORS
 from vaefix_pl.export.writer import export_mels
 
 
-def _export_parser() -> argparse.ArgumentParser:
+def _export_parser():
     p = inputs_parser(
         "vaefix export-mels",
         "Export AudioLDM2 VAE-decoded mels, true mels and level-normalised waveforms for "

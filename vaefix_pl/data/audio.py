@@ -8,6 +8,7 @@ resampled with ``torchaudio.functional.resample`` as upstream AudioLDM2 does.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import tempfile
@@ -191,6 +192,28 @@ def temp_prefix() -> str:
     return f"{TEMP_PREFIX}{os.environ.get('VAEFIX_RUN_TAG', 'norun')}-"
 
 
+@functools.cache
+def new_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open()`` gives a new file. Outputs are written through
+    ``tempfile.mkstemp`` files, which are always 0600, and get this mode before the rename. Read once per
+    process."""
+    return 0o666 & ~_read_umask()
+
+
+def _read_umask() -> int:
+    # /proc reads it without changing it (Linux >= 4.7); os.umask has no read-only form, so the fallback
+    # sets it for an instant, which another thread creating a file at that moment could see.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write a mono float waveform as 32-bit float WAV, atomically (temp file + rename).
 
@@ -200,7 +223,10 @@ def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rat
     p.parent.mkdir(parents=True, exist_ok=True)
     data = waveform.detach().cpu().float().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".wav", dir=p.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, new_file_mode())
+    finally:
+        os.close(fd)
     try:
         sf.write(tmp, data.astype(np.float32), sample_rate, subtype="FLOAT", format="WAV")
         os.replace(tmp, p)

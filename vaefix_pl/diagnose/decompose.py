@@ -44,6 +44,7 @@ from vaefix_pl.diagnose.stages import (
     MEL_STEP_WARN,
     STAGE_PREFIX,
     STAGES,
+    VAE_L1_OK,
 )
 
 
@@ -317,7 +318,7 @@ def _status(warns: Sequence[HealthWarning]) -> str:
 def _metric_text(d: Decomposition, stage: str, i: int) -> str:
     parts = []
     fmt = {
-        "mel_distance": ("mel", "{:.3f}"),
+        "mel_distance": ("mel", "{:.3f} nats"),
         "mrstft_distance": ("mrstft", "{:.3f}"),
         "lsd": ("lsd", "{:.2f}"),
         "snr": ("snr", "{:+.1f} dB"),
@@ -329,7 +330,7 @@ def _metric_text(d: Decomposition, stage: str, i: int) -> str:
         if k in d.metrics.get(stage, {}):
             parts.append(f"{label} " + (f.format(v) if math.isfinite(v) else "nan"))
     if stage != "vocoder_ceiling" and "input_mel_l1" in d.metrics.get(stage, {}):
-        parts.append(f"vocoder-input L1 {d.value(stage, 'input_mel_l1', i):.3f}")
+        parts.append(f"vocoder-input L1 {d.value(stage, 'input_mel_l1', i):.3f} nats")
     return "  ".join(parts)
 
 
@@ -345,14 +346,18 @@ def stage_verdicts(d: Decomposition, i: int) -> dict[str, str]:
     lines: dict[str, str] = {}
     for stage in d.stages:
         warns = by_stage.get(stage, [])
+        status = _status(warns)
         if stage == "vae_roundtrip":
+            l1 = d.value(stage, "mel_l1", i)
             text = (
-                f"mel L1 {d.value(stage, 'mel_l1', i):.3f} nats (bias {d.value(stage, 'mel_bias', i):+.3f}, "
+                f"mel L1 {l1:.3f} nats (bias {d.value(stage, 'mel_bias', i):+.3f}, "
                 f"max {d.value(stage, 'mel_max_abs', i):.2f})"
             )
+            if status == "ok" and not l1 <= VAE_L1_OK:  # the same threshold as report.html's badge
+                status = "WARN"
+                text += f"; a good VAE stays under {VAE_L1_OK:g} nats"
         else:
             text = _metric_text(d, stage, i)
-        status = _status(warns)
         first = f" -- {warns[0].stage}: {warns[0].message}" if warns else ""
         lines[stage] = f"{status:<5} {text}{first}"
 
@@ -383,8 +388,8 @@ def format_verdicts(d: Decomposition, i: int) -> str:
     """Multi-line text of item ``i``: one line per stage, then every warning, then the overall line."""
     v = d.verdict(i)
     out = [f"== {d.ids[i]} ({int(d.lengths[i]) / d.sample_rate:.2f} s) =="]
-    for stage in d.stages:
-        out.append(f"  {STAGES[stage]:<34} {v[stage]}")
+    for stage in d.stages:  # the warnings follow on their own lines, so not repeated after " -- "
+        out.append(f"  {STAGES[stage]:<34} {v[stage].split(' -- ')[0]}")
     for w in d.warnings[i]:
         out.append(f"    ! {w}")
     out.append(f"  verdict: {v['overall']}")

@@ -39,3 +39,6 @@ SATURATION_PEAK = 0.999
 MEL_STEP_WARN = 0.05
 #: Added clicks per second above which a stage gets a warning.
 CLICKS_WARN_PER_S = 0.5
+#: Mean |decoded mel - true mel| (nats) of the VAE round trip above which stage (b) warns, in the console
+#: and in report.html alike. A good VAE stays well under 1 nat; random or mismatched weights give several.
+VAE_L1_OK = 1.0

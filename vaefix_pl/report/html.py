@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vaefix_pl.core.errors import OutputError
-from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS
+from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS, VAE_L1_OK
 from vaefix_pl.report.figures import clip_clicks, clip_figure, figure_png
 from vaefix_pl.report.files import _confined, _read_json, _read_wav, _wav_rate, wav_base64  # noqa: F401
 from vaefix_pl.runs.files import atomic_write_bytes, atomic_write_text
@@ -43,9 +43,6 @@ from vaefix_pl.runs.tables import read_metrics_csv
 log = logging.getLogger(__name__)
 
 DEFAULT_EMBED_AUDIO_CLIPS = 0  # players link the WAV files beside report.html: the page stays small
-#: mean |decoded mel - true mel| (nats) up to which the VAE round trip is "ok"; above it the badge warns.
-#: A good VAE stays well under 1 nat; random or mismatched weights give several nats.
-VAE_L1_OK = 1.0
 DEFAULT_MAX_FIGURES = 100
 AUDIO_TAGS: dict[str, str] = {
     "original": "original",
@@ -88,6 +85,9 @@ def _metric_info() -> dict[str, dict[str, str]]:
     l1 = {"unit": "nats", "better": "lower", "description": "mean |mel - true mel| (natural-log mel)"}
     info.setdefault("mel_l1", l1)
     info.setdefault("input_mel_l1", l1)
+    for name, better in (("lag", "near 0"), ("clicks_ref_per_s", "(input)")):  # no better/worse direction
+        if name in info and not info[name].get("better"):
+            info[name] = {**info[name], "better": better}
     return info
 
 
@@ -201,6 +201,12 @@ def _wrap_name(name: str) -> str:
     return "_<wbr>".join(_e(part) for part in name.split("_"))
 
 
+def _health_label(key: str) -> str:
+    """``items_with_nonfinite_mel_hat`` -> ``clips with a non-finite decoded mel``."""
+    words = key.replace("_", " ").replace("items with", "clips with").replace("nonfinite", "non-finite")
+    return words.replace("mel hat", "decoded mel")
+
+
 def _anchor(item_id: str) -> str:
     return "clip-" + re.sub(r"[^A-Za-z0-9_-]+", "-", item_id)
 
@@ -229,7 +235,7 @@ def _summary_table(metrics: Mapping[str, Mapping[str, Any]], info: Mapping[str, 
             ci = _ci(s)
             body.append(
                 f"<tr><td class='id' title='{_e(meta.get('description', ''))}'>{_e(name)}</td>"
-                f"<td>{_e(meta.get('unit', ''))}</td><td>{_e(meta.get('better', ''))}</td>"
+                f"<td>{_e(meta.get('unit') or '-')}</td><td>{_e(meta.get('better') or '-')}</td>"
                 f"<td data-v='{_e(s.get('mean'))}'><b>{_fmt(s.get('mean'))}</b></td><td>{ci}</td>"
                 f"<td data-v='{_e(s.get('median'))}'>{_fmt(s.get('median'))}</td>"
                 f"<td data-v='{_e(s.get('std'))}'>{_fmt(s.get('std'))}</td><td>{_fmt(s.get('n'))}</td>"
@@ -504,7 +510,7 @@ def write_report(
     n_warns = sum(1 for _, w in counts.values() if w)
     parts.append(
         "<h2>Health</h2><p class='small'>"
-        + "; ".join(f"{_e(k.replace('_', ' '))}: <b>{_e(v)}</b>" for k, v in health.items())
+        + "; ".join(f"{_e(_health_label(k))}: <b>{_e(v)}</b>" for k, v in health.items())
         + f"</p><p class='small'>{n_faults} clip(s) with numeric faults, {n_warns} with warnings.</p>"
         + _warnings_table(all_warnings)
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaefix_pl.data.audio import TEMP_PREFIX, temp_prefix
+from vaefix_pl.data.audio import TEMP_PREFIX, new_file_mode, temp_prefix
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -23,6 +23,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), dir=p.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the output follows the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -45,6 +46,7 @@ def atomic_write_many(files: Mapping[str | os.PathLike, str]) -> list[Path]:
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), dir=p.parent)
             done.append((tmp, p))
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as fh:
                 fh.write(text.encode("utf-8"))
                 fh.flush()
