@@ -129,11 +129,13 @@ def test_hifires_padding_equals_core_hifires_and_differs_from_speecht5():
 
 def test_config_attribute_access_and_defaults():
     two = {"down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2}
-    vae = nets.AutoencoderKL(two, in_channels=1, out_channels=1, block_out_channels=[8, 16], norm_num_groups=4)
+    vae = nets.AutoencoderKL(
+        two, in_channels=1, out_channels=1, block_out_channels=[8, 16], norm_num_groups=4
+    )
     assert vae.config.block_out_channels == [8, 16] and vae.config["scaling_factor"] == 0.18215
     assert vae.config.get("sample_size") == 32 and vae.config.to_dict()["latent_channels"] == 4
     with pytest.raises(AttributeError):
-        vae.config.no_such_field
+        _ = vae.config.no_such_field
     assert vae.dtype == torch.float32 and vae.device.type == "cpu"
     assert vae.encode(torch.randn(1, 1, 8, 8)).latent_dist.mean.shape == (1, 4, 4, 4)
     voc = nets.HiFiGAN(model_in_dim=4, upsample_initial_channel=8, upsample_rates=[2], upsample_kernel_sizes=[4],

@@ -45,7 +45,9 @@ class Config(dict):
         return dict(self)
 
 
-def _config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Config:
+def _config(
+    defaults: Mapping[str, Any], config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]
+) -> Config:
     return Config({**defaults, **dict(config or {}), **kwargs})
 
 
@@ -266,7 +268,9 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
         # up_blocks registered before mid_block: diffusers' state-dict order
         self.up_blocks = nn.ModuleList(
-            UpDecoderBlock2D(rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1, groups, act, i < len(ch) - 1)
+            UpDecoderBlock2D(
+                rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1, groups, act, i < len(ch) - 1
+            )
             for i in range(len(ch))
         )
         self.mid_block = MidBlock2D(ch[-1], groups, act, cfg.mid_block_add_attention)
@@ -288,13 +292,17 @@ def _randn(shape: Sequence[int], generator, device: torch.device, dtype: torch.d
     rand_device = device
     if gen0 is not None and gen0.device.type != device.type:
         if gen0.device.type != "cpu":
-            raise ValueError(f"Cannot generate a {device} tensor from a generator of type {gen0.device.type}.")
+            raise ValueError(
+                f"Cannot generate a {device} tensor from a generator of type {gen0.device.type}."
+            )
         rand_device = torch.device("cpu")
     if isinstance(generator, list) and len(generator) == 1:
         generator = generator[0]
     if isinstance(generator, list):
         one = (1, *shape[1:])
-        parts = [torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator[: shape[0]]]
+        parts = [
+            torch.randn(one, generator=g, device=rand_device, dtype=dtype) for g in generator[: shape[0]]
+        ]
         return torch.cat(parts, dim=0).to(device)
     return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
 
@@ -349,9 +357,13 @@ class AutoencoderKL(_Frozen):
         cfg = _config(VAE_DEFAULTS, config, kwargs)
         n = len(cfg.block_out_channels)
         if list(cfg.down_block_types) != ["DownEncoderBlock2D"] * n:
-            raise UnsupportedConfig(f"vae config down_block_types {cfg.down_block_types} (need DownEncoderBlock2D x {n})")
+            raise UnsupportedConfig(
+                f"vae config down_block_types {cfg.down_block_types} (need DownEncoderBlock2D x {n})"
+            )
         if list(cfg.up_block_types) != ["UpDecoderBlock2D"] * n:
-            raise UnsupportedConfig(f"vae config up_block_types {cfg.up_block_types} (need UpDecoderBlock2D x {n})")
+            raise UnsupportedConfig(
+                f"vae config up_block_types {cfg.up_block_types} (need UpDecoderBlock2D x {n})"
+            )
         if cfg.get("norm_type", "group") != "group":
             raise UnsupportedConfig(f"vae config norm_type {cfg.get('norm_type')!r} (only 'group')")
         _activation(cfg.act_fn)
@@ -371,7 +383,9 @@ class AutoencoderKL(_Frozen):
         for m in self.attention_modules():
             m.math = bool(math)
 
-    def encode(self, x: Tensor, return_dict: bool = True) -> EncoderOutput | tuple[DiagonalGaussianDistribution]:
+    def encode(
+        self, x: Tensor, return_dict: bool = True
+    ) -> EncoderOutput | tuple[DiagonalGaussianDistribution]:
         h = self.encoder(x)
         if self.quant_conv is not None:
             h = self.quant_conv(h)
