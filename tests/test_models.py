@@ -20,11 +20,10 @@ from vaefix_pl.testing import write_tiny_audioldm2
 
 
 def test_load_tiny_models_offline(tiny_model_dir):
-    from diffusers import AutoencoderKL
-    from transformers import SpeechT5HifiGan
+    from vaefix_pl.core.nets import AutoencoderKL, HiFiGAN  # diffusers/transformers-compatible (test_nets.py)
 
     m = load_audioldm2(str(tiny_model_dir))
-    assert isinstance(m.vae, AutoencoderKL) and isinstance(m.vocoder, SpeechT5HifiGan)
+    assert isinstance(m.vae, AutoencoderKL) and isinstance(m.vocoder, HiFiGAN)
     assert m.scaling_factor == pytest.approx(0.75)  # read from the config, not hard-coded 0.411
     for part in (m.vae, m.vocoder):
         assert not part.training

@@ -120,10 +120,11 @@ def test_in_memory_models_skip_the_compile_cache(tiny_model_dir, tmp_path, monke
 
 def test_fastload_builds_the_class_hifires_chooses(tiny48):
     from vaefix_pl.core.hifires import HiFiResVocoder, load_vocoder
+    from vaefix_pl.core.nets import HiFiGAN
 
     ref = load_vocoder(tiny48 / "vocoder")
     got = fastload.load_vocoder(tiny48 / "vocoder", "cpu")
-    assert type(got) is HiFiResVocoder is type(ref)
+    assert type(ref) is HiFiResVocoder and type(got) is HiFiGAN and got.config.upsample_padding == "hifires"
     a, b = ref.state_dict(), got.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     mel = torch.randn(1, 8, ref.config.model_in_dim)

@@ -1,14 +1,17 @@
 """Load AudioLDM2's VAE and vocoder from a local folder without building weights that loading replaces.
 
+The modules are the project's own (:mod:`vaefix_pl.core.nets`: diffusers ``AutoencoderKL`` and
+transformers ``SpeechT5HifiGan`` in plain torch, same state-dict keys, same outputs), so this path
+imports neither diffusers nor transformers; ``config.json`` is read with :mod:`json`.
 ``from_pretrained`` builds each module with random weights and then copies the checkpoint over them.
 Here the modules are built on the ``meta`` device (shapes only, no memory, no init), the safetensors
 file is read straight onto the target device, and ``load_state_dict(..., assign=True, strict=True)``
 makes the loaded tensors the parameters. Only safetensors are read. A checkpoint this path does not
-understand (renamed keys, missing parameters) raises :class:`FastLoadError`; callers fall back to
-``from_pretrained`` (:func:`load_models` does).
+understand (renamed keys, missing parameters, a config asking for blocks :mod:`~vaefix_pl.core.nets`
+does not have) raises :class:`FastLoadError`; callers fall back to the libraries' ``from_pretrained``
+(:func:`load_models` does, importing diffusers/transformers only then).
 
-This module imports only torch, safetensors, diffusers and transformers (the specific submodules) and
-:mod:`vaefix_pl.core.hifires` (which vocoder class a config asks for).
+This module imports only torch, safetensors and :mod:`vaefix_pl.core.nets` on its normal path.
 """
 
 from __future__ import annotations
@@ -69,41 +72,53 @@ def _assign(module: nn.Module, sd: dict[str, torch.Tensor], where: Path) -> nn.M
     return module
 
 
-def load_vae(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """diffusers ``AutoencoderKL`` from ``folder`` (``config.json`` + safetensors), float32, ``eval()``.
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FastLoadError(f"{path}: {' '.join(str(e).split())}") from e
+    if not isinstance(cfg, dict):
+        raise FastLoadError(f"{path}: not a JSON object")
+    return cfg
 
-    Same module and weights as ``AutoencoderKL.from_pretrained(folder)`` without its random init.
-    """
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+def _build(cls, config: dict, where: Path) -> nn.Module:
+    from vaefix_pl.core.nets import UnsupportedConfig
+
+    try:
+        with torch.device("meta"):
+            return cls(config)
+    except (UnsupportedConfig, TypeError, KeyError) as e:
+        raise FastLoadError(f"{where}: {e}") from e
+
+
+def load_vae(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """:class:`vaefix_pl.core.nets.AutoencoderKL` from ``folder`` (``config.json`` + safetensors),
+    float32, ``eval()``: the weights and outputs of diffusers' ``AutoencoderKL.from_pretrained(folder)``
+    without its random init or its import."""
+    from vaefix_pl.core.nets import AutoencoderKL
 
     folder, device = Path(folder), torch.device(device)
-    config = AutoencoderKL.load_config(str(folder))
-    with torch.device("meta"):
-        vae = AutoencoderKL.from_config(config)
+    vae = _build(AutoencoderKL, _read_json(folder / "config.json"), folder / "config.json")
     sd = _read_state_dict(folder / VAE_WEIGHTS, device)
     return _assign(vae, sd, folder / VAE_WEIGHTS).float().eval()
 
 
 def load_vocoder(folder: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """The vocoder of ``folder``, float32, ``eval()``, weight norm folded: the class
-    :func:`vaefix_pl.core.hifires.vocoder_class_for` picks for its config (transformers
-    ``SpeechT5HifiGan``, or ``HiFiResVocoder`` for ``"upsample_padding": "hifires"``).
+    """:class:`vaefix_pl.core.nets.HiFiGAN` from ``folder``, float32, ``eval()``, weight norm folded:
+    transformers ``SpeechT5HifiGan``'s weights and outputs, with the upsampler padding its config's
+    ``"upsample_padding"`` asks for (``"hifires"`` for the 48 kHz vocoder).
 
     The ``mean``/``scale`` buffers are taken from the checkpoint; where it lacks them they get the
     model's own init (zeros / ones), as ``from_pretrained`` gives them.
     """
-    from transformers.models.speecht5.configuration_speecht5 import SpeechT5HifiGanConfig
-
-    from vaefix_pl.core.hifires import vocoder_class_for
+    from vaefix_pl.core.nets import HiFiGAN
 
     folder, device = Path(folder), torch.device(device)
-    with open(folder / "config.json", encoding="utf-8") as f:
-        raw = {k: v for k, v in json.load(f).items() if k != "model_type"}
-    config = SpeechT5HifiGanConfig(**raw)
-    with torch.device("meta"):
-        vocoder = vocoder_class_for(raw)(config)
+    vocoder = _build(HiFiGAN, _read_json(folder / "config.json"), folder / "config.json")
     sd = _fold_weight_norm(_read_state_dict(folder / VOCODER_WEIGHTS, device))
-    n_mels = config.model_in_dim
+    n_mels = vocoder.config.model_in_dim
     sd.setdefault("mean", torch.zeros(n_mels, device=device))
     sd.setdefault("scale", torch.ones(n_mels, device=device))
     return _assign(vocoder, sd, folder / VOCODER_WEIGHTS).float().eval()
@@ -115,7 +130,8 @@ def load_models(
     """``(vae, vocoder)`` from a diffusers-format folder (``<source>/vae``, ``<source>/vocoder``).
 
     With ``fallback`` a :class:`FastLoadError` (checkpoint with other key names, e.g. diffusers'
-    deprecated attention names) loads that model with ``from_pretrained`` instead.
+    deprecated attention names, or blocks :mod:`~vaefix_pl.core.nets` does not implement) loads that
+    model with diffusers' / transformers' ``from_pretrained`` instead (imported only then).
     """
     root = Path(source)
     try:

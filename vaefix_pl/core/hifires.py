@@ -14,7 +14,10 @@ load unchanged. With ``k = 2u`` every stage gives exactly ``u * L`` samples: the
 A vocoder config selects the padding with the extra key ``"upsample_padding"``: ``"hifires"`` or
 ``"speecht5"`` (the default when the key is absent, which is what the stock class does).
 
-Self-contained: imports only torch and transformers.
+These are transformers classes (``save_pretrained``, ``_init_weights``): what the tiny-model writers
+and ``vaefix convert`` build and save. Loading for a run does not use them: :mod:`vaefix_pl.core.fastload`
+loads into :class:`vaefix_pl.core.nets.HiFiGAN`, which takes the same padding rule from its config
+(defined once, in :mod:`vaefix_pl.core.nets`) without importing transformers.
 """
 
 from __future__ import annotations
@@ -23,37 +26,17 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from torch import nn
 from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-UpsamplePadding = Literal["speecht5", "hifires"]
-PADDINGS: tuple[str, ...] = ("speecht5", "hifires")
-PADDING_KEY = "upsample_padding"
-
-
-def upsample_padding(config: Mapping[str, Any] | SpeechT5HifiGanConfig) -> UpsamplePadding:
-    """The padding convention a vocoder config asks for (``"speecht5"`` when it does not say)."""
-    value = config.get(PADDING_KEY) if isinstance(config, Mapping) else getattr(config, PADDING_KEY, None)
-    value = "speecht5" if value is None else value
-    if value not in PADDINGS:
-        raise ValueError(f"vocoder config {PADDING_KEY!r} must be one of {PADDINGS}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def hifires_conv_transpose(in_ch: int, out_ch: int, rate: int, kernel: int) -> nn.ConvTranspose1d:
-    """One ``Generator_HiFiRes`` upsampler: ``L`` in, exactly ``rate * L`` out (requires ``kernel == 2 rate``)."""
-    if kernel != 2 * rate:
-        # Generator_HiFiRes builds its kernel as 2u whatever the config says; with another kernel
-        # this padding would not give rate * L samples.
-        raise ValueError(
-            f"vocoder config 'upsample_kernel_sizes' must be 2 x 'upsample_rates' for HiFiRes padding, "
-            f"got kernel {kernel} for rate {rate}"
-        )
-    return nn.ConvTranspose1d(
-        in_ch, out_ch, kernel_size=kernel, stride=rate, padding=rate // 2 + rate % 2, output_padding=rate % 2
-    )
+from vaefix_pl.core.nets import (  # noqa: F401  (re-exported: the padding rule is defined once, in nets)
+    PADDING_KEY,
+    PADDINGS,
+    UpsamplePadding,
+    hifires_conv_transpose,
+    upsample_padding,
+)
 
 
 class HiFiResVocoder(SpeechT5HifiGan):

@@ -3,8 +3,10 @@
 ``source`` is a local diffusers-format folder (``<source>/vae``, ``<source>/vocoder``) or a Hugging
 Face hub id (default ``cvssp/audioldm2``) resolved from the local HF cache; nothing is downloaded
 unless ``allow_download=True``. Only safetensors weights are read (never a pickle ``.bin``, whose
-unpickling can run code), and no ``trust_remote_code``: the VAE and vocoder classes are diffusers' and
-transformers' own, so no code comes with the weights.
+unpickling can run code), and no ``trust_remote_code``: the VAE and vocoder classes are the project's
+own (:mod:`vaefix_pl.core.nets`, checked against diffusers' ``AutoencoderKL`` and transformers'
+``SpeechT5HifiGan``), so no code comes with the weights. The configs are read as plain JSON; diffusers
+and transformers are imported only for a checkpoint those classes cannot hold.
 """
 
 from __future__ import annotations
@@ -243,8 +245,9 @@ def load_audioldm2(
 ) -> AudioLDM2Models:
     """Load the VAE (``<source>/vae``) and vocoder (``<source>/vocoder``) of any supported geometry, frozen.
 
-    The configs are matched with :func:`~vaefix_pl.core.geometry.match_geometry`; the vocoder is
-    loaded through :func:`~vaefix_pl.core.hifires.load_vocoder` (HiFiRes padding where its config asks).
+    The configs are matched with :func:`~vaefix_pl.core.geometry.match_geometry`; both models are
+    loaded by :func:`~vaefix_pl.core.fastload.load_models` into :mod:`vaefix_pl.core.nets` classes
+    (HiFiRes vocoder padding where its config asks).
     Raises :class:`ModelNotFoundError` (with how to get the weights), :class:`ModelConfigError`
     (unreadable config) or a :class:`~vaefix_pl.core.geometry.GeometryError` (naming the field, or
     listing the supported geometries), all :class:`~vaefix_pl.core.errors.ModelError`. Weights stay float32 for every precision; the pipeline applies

@@ -433,7 +433,10 @@ def apply_rewrites(
         pad(vae, channels_last=channels_last_done)
         pad(vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions
     if attention_math:
-        from diffusers.models.attention_processor import AttnProcessor
+        if hasattr(vae, "set_attention_math"):  # vaefix_pl.core.nets.AutoencoderKL
+            vae.set_attention_math(True)
+        else:  # diffusers' AutoencoderKL (the from_pretrained fallback)
+            from diffusers.models.attention_processor import AttnProcessor
 
-        vae.set_attn_processor(AttnProcessor())
+            vae.set_attn_processor(AttnProcessor())
     return channels_last_done
