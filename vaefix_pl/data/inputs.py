@@ -32,6 +32,7 @@ from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
 from vaefix_pl.data.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio, unreadable_reason
+from vaefix_pl.data.sampler import BalancedDistributedSampler, entry_seconds
 
 log = logging.getLogger(__name__)
 
@@ -495,12 +496,27 @@ class AudioDataModule(L.LightningDataModule):
             self.dataset,
             batch_size=self.batch_size,
             shuffle=False,
+            sampler=self._rank_sampler(),
             num_workers=self.num_workers,
             collate_fn=collate_audio,
             pin_memory=pin,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers > 0 else None,
         )
+
+    def _rank_sampler(self) -> BalancedDistributedSampler | None:
+        """Under DDP, this rank's share of the inputs, balanced by audio seconds, each input on one rank
+        (:mod:`vaefix_pl.data.sampler`); ``None`` (all, in order) on one process. A ``DistributedSampler``,
+        so Lightning keeps it and injects none of its own."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        assert self.dataset is not None
+        seconds = entry_seconds(self.dataset.entries, self.seconds, self.offset, self.probe_seconds)
+        # a static-shape compiled model recompiles for every new batch size: hand out whole batches
+        speed = getattr(getattr(trainer.lightning_module, "config", None), "speed", None)
+        whole = self.batch_size if speed == "compile" else None
+        return BalancedDistributedSampler(seconds, trainer.world_size, trainer.global_rank, whole)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()
