@@ -275,7 +275,9 @@ class AudioDataset(Dataset):
         start = int(round(self.offset * self.sample_rate))
         return x[start:]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | None) -> dict[str, Any]:
+        if index is None:  # a DDP rank's placeholder when it has no input (data/sampler.py): no item
+            return {"id": None, "path": None, "waveform": None, "error": None, "stage": None}
         e = self.entries[index]
         item: dict[str, Any] = {
             "id": e.id,

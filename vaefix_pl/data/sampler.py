@@ -94,6 +94,12 @@ class BalancedDistributedSampler(DistributedSampler):
     sampler when the loader's is not one), whatever ``use_distributed_sampler`` says. Unlike the
     base class it never pads: ranks may get different item counts (and one batch more or less).
 
+    A rank whose share is empty while others' are not (fewer inputs than ranks, e.g. a resumed run
+    with one input left) yields one ``None``: Lightning stops the whole run when one rank's predict
+    loader has no batch and another's has ("DataLoader within local rank has zero length"), so it gets
+    one batch with no item (``AudioDataset`` answers ``None`` with an empty item that collate leaves
+    out, and ``predict_step`` returns an empty result for it).
+
     Args:
         durations: ``(N,)`` seconds of each dataset item (any per-item cost works).
         num_replicas: world size.
@@ -116,16 +122,19 @@ class BalancedDistributedSampler(DistributedSampler):
         super().__init__(w, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
         self.durations = w
         self.indices = balance_by_duration(w, num_replicas, batch_size)[rank]
-        self.num_samples = len(self.indices)
         self.total_size = int(w.size)  # no padding: the ranks' shares add up to N exactly
+        # an empty share beside non-empty ones: one placeholder (see above); no input at all: nothing,
+        # so every rank skips the loop alike
+        self._placeholder = [None] if not self.indices and self.total_size else []
+        self.num_samples = len(self.indices) + len(self._placeholder)
 
     @property
     def seconds(self) -> float:
         """Total seconds of this rank's share."""
         return float(self.durations[self.indices].sum()) if self.indices else 0.0
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+    def __iter__(self) -> Iterator[int | None]:
+        return iter(self.indices or self._placeholder)
 
     def __len__(self) -> int:
         return self.num_samples
