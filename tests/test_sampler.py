@@ -183,7 +183,7 @@ def _run_ddp(tmp_path: Path, model: Path, lengths: list[int]) -> Path:
 
 @pytest.mark.slow
 def test_ddp_one_input_two_processes_finishes(tmp_path, tiny_model_dir):
-    """Fewer inputs than ranks (e.g. a resumed run with one left): no rank hangs at a barrier."""
+    """Fewer inputs than ranks (e.g. a resumed run with one left): the run finishes, the input once."""
     out = _run_ddp(tmp_path, tiny_model_dir, [12000])
     assert [r["id"] for r in _read_csv(out / "metrics.csv")] == ["clip0"]
     assert len(list(out.rglob("*.recon.wav"))) == 1
