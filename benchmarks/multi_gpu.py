@@ -46,7 +46,9 @@ from cli_wall import CLIP_S, write_clips, write_models  # noqa: E402
 VAEFIX = [sys.executable, "-m", "vaefix_pl.cli", "predict"]  # -m: Lightning relaunches the ranks with it
 
 
-def predict_cmd(a: argparse.Namespace, gpus: int, speed: str, manifest: Path, model: Path, out: Path) -> list[str]:
+def predict_cmd(
+    a: argparse.Namespace, gpus: int, speed: str, manifest: Path, model: Path, out: Path
+) -> list[str]:
     configs = ["configs/default.yaml", "configs/bf16.yaml"] + (["configs/multi_gpu.yaml"] if gpus > 1 else [])
     cmd = [*VAEFIX]
     for c in configs:
@@ -120,11 +122,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=8)
     p.add_argument("--seconds", type=float, default=CLIP_S, help="clip length (s)")
-    p.add_argument("--work", default=None, help="folder for models, clips, outputs, compile cache (default: temp)")
+    p.add_argument(
+        "--work", default=None, help="folder for models, clips, outputs, compile cache (default: temp)"
+    )
     p.add_argument("--json", default=None, help="rows are appended to this file")
     p.add_argument("--extra", default="", help="extra `vaefix predict` flags for every run")
     p.add_argument("--keep-outputs", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny models, N = 8 clips of 1 s, 1 and 2 processes")
+    p.add_argument(
+        "--smoke", action="store_true", help="CPU, tiny models, N = 8 clips of 1 s, 1 and 2 processes"
+    )
     a = p.parse_args()
     if a.smoke:
         a.counts, a.gpus, a.speeds, a.warmup = "8", "1,2", "auto", "none"
@@ -161,7 +167,9 @@ def main() -> None:
                     wm.write_text("".join(f"{c}\n" for c in clips[:k]))
                     w = run_one(predict_cmd(a, g, speed, wm, model, work / "out_warm"), work / "out_warm", env,
                                 work / f"warm_{g}gpu_{speed}.log")  # fmt: skip
-                    print(f"warm-up {g} GPU {speed} ({k} clips): {w['wall_s']:.1f} s rc={w['rc']}", flush=True)
+                    print(
+                        f"warm-up {g} GPU {speed} ({k} clips): {w['wall_s']:.1f} s rc={w['rc']}", flush=True
+                    )
                 out = work / f"out_{g}gpu_{speed}_{n}"
                 row = {"card": card, "date": str(date.today()), "gpus": g, "speed": speed, "n": n,
                        "seconds": a.seconds, "batch_size": a.batch_size, "num_workers": a.num_workers,
@@ -194,9 +202,13 @@ def main() -> None:
         ranks = r["ranks"]
         first = ", ".join(f"{q['first_batch_s']:.1f}" for q in ranks if q.get("first_batch_s") is not None)
         waited = ", ".join(f"{q['waited_at_end_s']:.1f}" for q in ranks)
-        once = "yes" if r["exactly_once"] else (
-            f"NO rows={r['unique_rows']}/{r['rows']} wavs={r['recon_wavs']},{r['original_wavs']} "
-            f"summaries={r['summaries']} rc={r['rc']}"
+        once = (
+            "yes"
+            if r["exactly_once"]
+            else (
+                f"NO rows={r['unique_rows']}/{r['rows']} wavs={r['recon_wavs']},{r['original_wavs']} "
+                f"summaries={r['summaries']} rc={r['rc']}"
+            )
         )
         scaling = f"{r['scaling']:.2f}" if r["scaling"] is not None else "-"
         print(f"| {r['gpus']} | {r['speed']}{' (warm)' if r['warm'] else ''} | {r['n']} | {r['wall_s']:.1f} | "
@@ -205,7 +217,10 @@ def main() -> None:
         store.write_text(json.dumps({"rows": rows}, indent=1))
     failed = [r for r in mine if r["rc"] != 0 or not r["exactly_once"]]
     for r in failed:
-        print(f"FAILED: {r['gpus']} GPU {r['speed']} N={r['n']}: {r.get('log_tail', '')[-1500:]}", file=sys.stderr)
+        print(
+            f"FAILED: {r['gpus']} GPU {r['speed']} N={r['n']}: {r.get('log_tail', '')[-1500:]}",
+            file=sys.stderr,
+        )
     if a.work is None:
         shutil.rmtree(work, ignore_errors=True)
     sys.exit(1 if failed else 0)

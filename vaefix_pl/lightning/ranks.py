@@ -25,4 +25,7 @@ def rank_timing(trainer: L.Trainer, mine: dict[str, Any]) -> list[dict[str, Any]
     writer drain (what it then waits at the closing barrier). Call on every rank at the same point."""
     ranks = gather_objects(trainer, {**mine, "rank": trainer.global_rank, "end_unix": time.time()})
     last = max(r["end_unix"] for r in ranks)
-    return [{**{k: v for k, v in r.items() if k != "end_unix"}, "waited_at_end_s": last - r["end_unix"]} for r in ranks]
+    return [
+        {**{k: v for k, v in r.items() if k != "end_unix"}, "waited_at_end_s": last - r["end_unix"]}
+        for r in ranks
+    ]
