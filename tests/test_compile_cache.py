@@ -73,8 +73,11 @@ def test_verify_detects_corrupt_missing_and_unsealed(tmp_path):
         import os
 
         assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.inductor_dir)
+        # one Triton folder for every GPU index (Inductor's default is triton/<index>/ per device)
+        assert os.environ["TRITON_CACHE_DIR"] == str(cache.inductor_dir / "triton" / "all")
     finally:
         cache.deactivate()
+    assert os.environ.get("TRITON_CACHE_DIR") != str(cache.inductor_dir / "triton" / "all")  # restored
 
 
 def test_info_and_clear(tmp_path):

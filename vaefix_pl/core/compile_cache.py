@@ -190,7 +190,14 @@ class CompileCache:
         meta = self.path / META
         if not meta.exists():
             _write_json(meta, {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.parts})
-        for name, value in (("TORCHINDUCTOR_CACHE_DIR", str(self.inductor_dir)),):
+        # Inductor puts Triton's kernels under triton/<device index>/: rank 1 of a DDP run would never
+        # find what rank 0 (or a 1-GPU run) compiled. The key already fixes the GPU model, so one folder
+        # serves every device of the machine (Triton writes its entries atomically).
+        triton = str(self.inductor_dir / "triton" / "all")
+        for name, value in (
+            ("TORCHINDUCTOR_CACHE_DIR", str(self.inductor_dir)),
+            ("TRITON_CACHE_DIR", triton),
+        ):
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
         import torch._functorch.config as functorch_config

@@ -36,6 +36,7 @@ from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
 from vaefix_pl.data.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio, unreadable_reason
+from vaefix_pl.data.sampler import BalancedDistributedSampler, entry_seconds
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,9 @@ class AudioDataset(Dataset):
         start = int(round(self.offset * self.sample_rate))
         return x[start:]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | None) -> dict[str, Any]:
+        if index is None:  # a DDP rank's placeholder when it has no input (data/sampler.py): no item
+            return {"id": None, "path": None, "waveform": None, "error": None, "stage": None}
         e = self.entries[index]
         item: dict[str, Any] = {
             "id": e.id,
@@ -511,20 +514,37 @@ class AudioInputs:
         # set here, not in setup(): the Trainer loads the model (configure_model) after the data's setup
         self.dataset.sample_rate = self.resolved_sample_rate()
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        sampler = self._rank_sampler()
         workers = self.num_workers
-        if self.hparams["num_workers"] == "auto" and len(self.dataset) <= self.batch_size:
+        n_items = len(sampler) if sampler is not None else len(self.dataset)
+        if self.hparams["num_workers"] == "auto" and n_items <= self.batch_size:
             # one batch is built by one worker anyway: decoding it here saves starting the workers
             workers = 0
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             shuffle=False,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate_audio,
             pin_memory=pin,
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
         )
+
+    def _rank_sampler(self) -> BalancedDistributedSampler | None:
+        """Under DDP, this rank's share of the inputs, balanced by audio seconds, each input on one rank
+        (:mod:`vaefix_pl.data.sampler`); ``None`` (all, in order) on one process. A ``DistributedSampler``,
+        so Lightning keeps it and injects none of its own."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        assert self.dataset is not None
+        seconds = entry_seconds(self.dataset.entries, self.seconds, self.offset, self.probe_seconds)
+        # a static-shape compiled model recompiles for every new batch size: hand out whole batches
+        speed = getattr(getattr(trainer.lightning_module, "config", None), "speed", None)
+        whole = self.batch_size if speed == "compile" else None
+        return BalancedDistributedSampler(seconds, trainer.world_size, trainer.global_rank, whole)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()

@@ -44,6 +44,7 @@ import torch
 from vaefix_pl.core.errors import OutputError
 from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.data.audio import write_wav
+from vaefix_pl.pipeline.ranks import rank_timing
 from vaefix_pl.runs.files import (
     UnsafePathError,
     atomic_write_text,
@@ -163,7 +164,9 @@ class RunWriter:
         self._rate = SAMPLE_RATE
         self._model_fields: dict[str, Any] = {}
         self._audio_seconds = 0.0
-        self.timing: dict[str, float] = {}
+        self._items = 0
+        self._first_batch_s: float | None = None
+        self.timing: dict[str, Any] = {}
         #: ids an earlier run completed, left out of this run (set in ``setup``)
         self.skipped: list[str] = []
         self._carry: list[dict[str, Any]] = []
@@ -316,6 +319,7 @@ class RunWriter:
             )
         self._t0 = time.perf_counter()
         self._audio_seconds = 0.0
+        self._items, self._first_batch_s = 0, None
         self.timing = {}
 
     def _append(self, records: Sequence[dict[str, Any]]) -> None:
@@ -337,6 +341,9 @@ class RunWriter:
         # idle between batches. At most ``max_pending_batches`` batches wait, so memory stays bounded.
         staged = _stage_to_host(prediction)
         t = time.perf_counter()
+        self._items += len(staged["ids"])
+        if self._first_batch_s is None:  # the first batch carries any compile / autotune of this rank
+            self._first_batch_s = t - self._t0
         while len(self._batches) >= max(1, self.max_pending_batches):
             self._batches.popleft().result()
         self._wait_s += time.perf_counter() - t
@@ -467,6 +474,12 @@ class RunWriter:
             "loop_waited_on_writer_s": self._wait_s,
             "rank_audio_s": self._audio_seconds,
         }
+        # every rank's figures reach rank 0 (summary.json timing.ranks): which rank ended last and why
+        self.timing["ranks"] = rank_timing(
+            trainer,
+            {"items": self._items, "audio_s": self._audio_seconds, "first_batch_s": self._first_batch_s,
+             "predict_s": gpu_done - self._t0, "write_and_score_tail_s": all_done - gpu_done},
+        )  # fmt: skip
         trainer.strategy.barrier("vaefix_writer_end")
         if trainer.is_global_zero:
             self.finalize(pl_module, trainer)
