@@ -27,9 +27,7 @@ def one_process(precision: str, benchmark: bool, batches: list[int], repeats: in
 
     from vaefix_pl.core.config import SPEED_PRESETS
     from vaefix_pl.core.reconstruct import Reconstructor
-    from vaefix_pl.testing import build_models, full_size_configs
-
-    from vaefix_pl.testing import tiny_configs
+    from vaefix_pl.testing import build_models, full_size_configs, tiny_configs
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: tiny models, a smoke test of the script
     vae, vocoder = build_models(*(full_size_configs() if dev == "cuda" else tiny_configs()), seed=0)

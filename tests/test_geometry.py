@@ -9,6 +9,7 @@ import torch
 from scipy.signal import get_window
 from signals import all_kinds
 
+from vaefix_pl.core.frontend import LogMelFrontend
 from vaefix_pl.core.geometry import (
     AUDIOLDM_16K,
     AUDIOLDM_48K,
@@ -20,7 +21,6 @@ from vaefix_pl.core.geometry import (
     match_geometry,
 )
 from vaefix_pl.core.melspec import log_mel, mel, mel_basis
-from vaefix_pl.core.frontend import LogMelFrontend
 from vaefix_pl.testing import geometry_configs
 
 

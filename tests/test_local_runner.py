@@ -35,7 +35,9 @@ def clips(tmp_path_factory) -> Path:
 
 def _run(clips: Path, out: Path, model: Path, runner: str, monkeypatch, *extra: str) -> int:
     monkeypatch.setenv("VAEFIX_RUNNER", runner)
-    return main(["reconstruct", str(clips), "--model", str(model), "--out", str(out), "--accelerator", "cpu", *extra])
+    return main(
+        ["reconstruct", str(clips), "--model", str(model), "--out", str(out), "--accelerator", "cpu", *extra]
+    )
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -73,7 +75,9 @@ def test_plain_loop_writes_what_lightning_writes(clips, tmp_path, tiny_model_dir
 
 
 @pytest.mark.parametrize("first, second", [("plain", "lightning"), ("lightning", "plain")])
-def test_each_runner_resumes_the_others_run(first, second, clips, tmp_path, tiny_model_dir, monkeypatch, caplog):
+def test_each_runner_resumes_the_others_run(
+    first, second, clips, tmp_path, tiny_model_dir, monkeypatch, caplog
+):
     out = tmp_path / "out"
     assert _run(clips, out, tiny_model_dir, first, monkeypatch) == 0
     before = (out / "metrics.csv").read_text()

@@ -72,8 +72,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from vaefix_pl.data.audio import load_audio
     from vaefix_pl.data.inputs import AudioInputs, probe_signals
     from vaefix_pl.data.module import AudioDataModule
-    from vaefix_pl.pipeline.job import ReconstructionJob
-    from vaefix_pl.pipeline.writer import RunWriter
     from vaefix_pl.diagnose.decompose import decompose
     from vaefix_pl.diagnose.mel import diagnose_mel
     from vaefix_pl.export.dataset import DecodedMelDataModule, DecodedMelDataset, collate_decoded_mels
@@ -81,6 +79,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from vaefix_pl.finetune.baseline import FixedDecoderBaseline
     from vaefix_pl.lightning.module import ReconstructionModule
     from vaefix_pl.lightning.writer import ReconstructionWriter
+    from vaefix_pl.pipeline.job import ReconstructionJob
+    from vaefix_pl.pipeline.writer import RunWriter
     from vaefix_pl.repair.chain import PostProcessChain
     from vaefix_pl.report.html import write_report
     from vaefix_pl.vocoders.base import VocoderError, check_vocoder

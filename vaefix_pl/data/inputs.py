@@ -41,7 +41,7 @@ from vaefix_pl.data.sampler import BalancedDistributedSampler, entry_seconds
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AudioDataModule",
+    "AudioInputs",
     "AudioDataset",
     "AudioEntry",
     "collate_audio",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from vaefix_pl.pipeline.writer import RunWriter, file_identity, settings_fingerprint
+from vaefix_pl.pipeline.writer import RunWriter
+from vaefix_pl.runs.identity import file_identity, settings_fingerprint
 
 __all__ = ["ReconstructionWriter", "file_identity", "settings_fingerprint"]
 

@@ -260,7 +260,9 @@ class ReconstructionJob:
             return result
         host = batch.get("host_lengths")
         try:
-            out = self.forward(batch["waveform"], batch["lengths"], None if host is None else torch.tensor(host))
+            out = self.forward(
+                batch["waveform"], batch["lengths"], None if host is None else torch.tensor(host)
+            )
         except ItemOutOfMemoryError as exc:
             ids = [batch["ids"][i] for i in exc.rows]
             raise ItemOutOfMemoryError(f"items {ids}: {exc}", rows=exc.rows) from exc

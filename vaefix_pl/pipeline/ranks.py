@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 
-
 def gather_objects(trainer: Any, obj: Any) -> list[Any]:
     """``obj`` of every rank, in rank order (a collective: every rank must call it); ``[obj]`` alone."""
     import torch.distributed as dist

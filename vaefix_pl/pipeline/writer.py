@@ -24,7 +24,6 @@ so ``metrics.csv`` holds every input exactly once. ``overwrite=True`` redoes eve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -34,9 +33,9 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +52,7 @@ from vaefix_pl.runs.files import (
     safe_output_path,
     write_error_reason,
 )
+from vaefix_pl.runs.identity import file_identity, settings_fingerprint
 from vaefix_pl.runs.lock import RunLock, acquire_run_lock
 from vaefix_pl.runs.partlog import PARTS, append_jsonl
 from vaefix_pl.runs.tables import (
@@ -210,7 +210,9 @@ class RunWriter:
         if hasattr(dm, "drop_inside"):
             own = dm.drop_inside(self.output_dir, [f".{t}.wav" for t in AUDIO_TAGS])
             if own and trainer.is_global_zero:
-                log.warning("%s: not reading %d files inside the output folder as inputs", self.output_dir, len(own))
+                log.warning(
+                    "%s: not reading %d files inside the output folder as inputs", self.output_dir, len(own)
+                )
         self._input_ids = set(dm.entry_ids())
         entries = getattr(getattr(dm, "dataset", None), "entries", None) or []
         self._identity = {e.id: {"path": e.path, **file_identity(e.path)} for e in entries}
@@ -504,7 +506,9 @@ class RunWriter:
         """Merge the parts into ``metrics.csv``, ``errors.csv``, ``summary.json`` and ``summary.md``."""
 
         parts = [
-            f for f in writer_part_files(self.output_dir) if f.name == PREVIOUS or (self.run_id or "") in f.name
+            f
+            for f in writer_part_files(self.output_dir)
+            if f.name == PREVIOUS or (self.run_id or "") in f.name
         ]
         rows = merge_parts(parts)
         if self._input_ids is not None:
@@ -576,28 +580,3 @@ def _version(package: str) -> str | None:
         return _pkg_version(package)
     except PackageNotFoundError:
         return None
-
-
-def file_identity(path: str | None) -> dict[str, Any]:
-    """``{"src_size", "src_mtime_ns"}`` of an input file (``{}`` for probes or an unreadable path)."""
-    if not path:
-        return {}
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {}
-    return {"src_size": st.st_size, "src_mtime_ns": st.st_mtime_ns}
-
-
-#: data settings that change the outputs (batching and workers do not)
-_DATA_KEYS = ("seconds", "offset", "channel", "probe_seconds", "sample_rate")
-
-
-def settings_fingerprint(pl_module: Any, datamodule: Any) -> str:
-    """A short hash of everything that decides an item's outputs: the module's settings (model,
-    reconstructor, repair chain, metrics) and the data's crop settings."""
-    module = pl_module.settings() if hasattr(pl_module, "settings") else {}
-    hp = dict(getattr(datamodule, "hparams", {}) or {})
-    data = {k: hp.get(k) for k in _DATA_KEYS if k in hp}
-    blob = json.dumps(jsonable({"module": module, "data": data}), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
