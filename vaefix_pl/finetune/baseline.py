@@ -20,24 +20,17 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.core.utils import jsonable
 from vaefix_pl.export.dataset import DecodedMelDataset
-from vaefix_pl.runs.files import atomic_write_bytes, jsonable
+from vaefix_pl.metrics.names import BASELINE_METRICS, BASELINE_PERCEPTUAL
+from vaefix_pl.runs.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 # ============================================================================== baseline callback
-#: Fast metrics the callback logs (those the metrics registry has); all in ``vaefix_pl.metrics``.
-BASELINE_METRICS: tuple[str, ...] = (
-    "mel_distance",
-    "mrstft_distance",
-    "lsd",
-    "snr",
-    "si_sdr",
-    "lag",
-    "clicks_added_per_s",
-)
-PERCEPTUAL: tuple[str, ...] = ("pesq", "stoi")
+#: The perceptual metrics the callback adds when installed (:data:`vaefix_pl.metrics.names.BASELINE_PERCEPTUAL`).
+PERCEPTUAL = BASELINE_PERCEPTUAL
 
 
 def score_vocoder(
