@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.core.lengths import full_lengths
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
 from vaefix_pl.metrics.names import DEFAULT_METRICS, PERCEPTUAL_METRICS, TABLE_ORDER
@@ -118,10 +119,8 @@ class MetricContext:
         self.estimate = estimate
         # Validated once on the host: a CUDA ``lengths`` is read back once here, and every metric gets
         # the CPU copy, so scoring queues its kernels without waiting for the GPU.
-        self.host_lengths = (
-            None if lengths is None else torch.as_tensor(lengths).detach().cpu().long().reshape(-1)
-        )
-        self.lengths = F._lengths(reference, self.host_lengths)  # (B,) on the device
+        self.host_lengths = None if lengths is None else full_lengths(reference, torch.as_tensor(lengths).cpu(), "cpu")
+        self.lengths = full_lengths(reference, self.host_lengths)  # (B,) on the device
         self.sample_rate = int(sample_rate)
         self.cache: dict[str, Any] = {}
 
