@@ -1,6 +1,9 @@
 """Small leaf helpers that several layers share: a file's sha256, JSON-safe values, short numbers.
 
-Imports nothing from the package, so any layer may use it (metrics, runs, convert, report, cli).
+Imports nothing from the package, so any layer may use it (metrics, runs, convert, report, cli), and
+only the standard library: the compile cache's key is computed before torch is imported. A tensor or
+a NumPy scalar can only exist once its library is imported, so :func:`jsonable` looks them up in
+``sys.modules`` instead of importing them.
 """
 
 from __future__ import annotations
@@ -8,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
@@ -30,9 +31,10 @@ def jsonable(v: Any) -> Any:
 
     Mappings get string keys, tuples become lists; any other object becomes its ``str``.
     """
-    if isinstance(v, torch.Tensor):
+    torch, np = sys.modules.get("torch"), sys.modules.get("numpy")
+    if torch is not None and isinstance(v, torch.Tensor):
         v = v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, np.generic):
+    if np is not None and isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -50,7 +52,8 @@ def jsonable(v: Any) -> Any:
 def format_number(v: Any, missing: str = "—") -> str:
     """A table cell: ``missing`` for ``None``/NaN, ``inf``/``-inf``, integers (and bools as 0/1) as they
     are, other floats to 4 significant digits (``1.234e-05`` style below 1e-3 or from 1e4 up)."""
-    if isinstance(v, np.generic):
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(v, np.generic):
         v = v.item()
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return missing
