@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vaefix_pl.metrics.names import STAGE_METRICS
+from vaefix_pl.core.metric_names import STAGE_METRICS
 
 #: Stages of the decomposition, in order, with their display titles.
 STAGES: dict[str, str] = {
@@ -13,7 +13,7 @@ STAGES: dict[str, str] = {
 }
 #: Column prefix of each waveform stage in ``metrics.csv`` (the writer's convention: recon unprefixed).
 STAGE_PREFIX: dict[str, str] = {"pipeline": "", "repaired": "post_", "vocoder_ceiling": "ceiling_"}
-#: Waveform metrics scored on stages (a), (c), (d) (the one list is ``metrics.names.STAGE_METRICS``).
+#: Waveform metrics scored on stages (a), (c), (d) (the one list is ``core.metric_names.STAGE_METRICS``).
 DEFAULT_STAGE_METRICS: tuple[str, ...] = STAGE_METRICS
 #: Health stages, in pipeline order, and the decomposition stage each belongs to.
 HEALTH_STAGES: dict[str, str] = {

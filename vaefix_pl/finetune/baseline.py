@@ -20,16 +20,16 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.core.metric_names import BASELINE_METRICS, BASELINE_PERCEPTUAL
 from vaefix_pl.core.utils import jsonable
 from vaefix_pl.export.dataset import DecodedMelDataset
-from vaefix_pl.metrics.names import BASELINE_METRICS, BASELINE_PERCEPTUAL
 from vaefix_pl.runs.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 # ============================================================================== baseline callback
-#: The perceptual metrics the callback adds when installed (:data:`vaefix_pl.metrics.names.BASELINE_PERCEPTUAL`).
+#: The perceptual metrics the callback adds when installed (``core.metric_names.BASELINE_PERCEPTUAL``).
 PERCEPTUAL = BASELINE_PERCEPTUAL
 
 

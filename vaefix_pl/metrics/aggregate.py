@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from vaefix_pl.core.metric_names import HEADLINE_METRIC, TABLE_ORDER
 from vaefix_pl.core.utils import format_number
 from vaefix_pl.core.utils import jsonable as json_safe
-from vaefix_pl.metrics.names import HEADLINE_METRIC, TABLE_ORDER
 
 __all__ = ["CI_METHODS", "json_safe", "summarize", "summarize_by", "summary_markdown"]
 
 CI_METHODS = ("bootstrap", "t")
 _NOT_METRICS = {"id", "tag", "rank", "index", "path", "file", "split", "batch", "batch_idx", "item"}
-#: Table order (the one list is :data:`vaefix_pl.metrics.names.TABLE_ORDER`).
+#: Table order (the one list is :data:`vaefix_pl.core.metric_names.TABLE_ORDER`).
 PREFERRED_ORDER = TABLE_ORDER
 
 

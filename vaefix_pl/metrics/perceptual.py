@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vaefix_pl.metrics.names import PERCEPTUAL_METRICS
+from vaefix_pl.core.metric_names import PERCEPTUAL_METRICS
 
 __all__ = ["PERCEPTUAL_METRICS", "PerceptualScorer", "perceptual_scores"]
 

@@ -16,9 +16,9 @@ from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.core.lengths import full_lengths
+from vaefix_pl.core.metric_names import DEFAULT_METRICS, PERCEPTUAL_METRICS, TABLE_ORDER
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
-from vaefix_pl.metrics.names import DEFAULT_METRICS, PERCEPTUAL_METRICS, TABLE_ORDER
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -277,8 +277,8 @@ for _name, _unit, _desc in (
     assert _name in PERCEPTUAL_METRICS
     _REGISTRY[_name] = MetricSpec(_name, None, _unit, "higher", _desc, kind="perceptual")
 _unregistered = set(DEFAULT_METRICS + TABLE_ORDER) - set(_REGISTRY)
-if _unregistered:  # a name set in metrics.names that no function scores
-    raise RuntimeError(f"metrics.names lists unregistered metrics: {sorted(_unregistered)}")
+if _unregistered:  # a name set in core.metric_names that no function scores
+    raise RuntimeError(f"core.metric_names lists unregistered metrics: {sorted(_unregistered)}")
 
 
 #: batches narrower than this (samples) are zero-padded before scoring (the longest analysis frame)

@@ -1,5 +1,8 @@
 """The metric name sets, defined once (a leaf module: it imports nothing, everything else reads it).
 
+In core, not metrics, so that reading a name costs no import of the metric code (diagnose.stages and
+the report read them; the metrics package imports torch and every metric).
+
 Each name is a column of ``metrics.csv`` and a key of :func:`~vaefix_pl.metrics.registry.metric_info`;
 the registry checks at import time that every name listed here is registered.
 """
