@@ -416,20 +416,14 @@ def apply_rewrites(
         vae.to(memory_format=torch.channels_last)
         channels_last_done = True
     if vocoder_channels_last:
-        from vaefix_pl.core.speed import conv1d_channels_last
-
         conv1d_channels_last(vocoder)
     if polyphase_dilated:
-        from vaefix_pl.core.speed import polyphase_dilated_convs
-
         polyphase_dilated_convs(vocoder)
     if narrow_convs and precision != "fp16":
-        from vaefix_pl.core.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
-
         table = narrow_convs if isinstance(narrow_convs, dict) else NARROW_CONV_FORMS[precision]
         rewrite_narrow_convs(vocoder, lambda cin, cout, k: table.get((cin, k)) if cin == cout else None)
     if pad_narrow_convs:
-        from vaefix_pl.core.speed import pad_narrow_convs as pad
+        from vaefix_pl.core.speed import pad_narrow_convs as pad  # the flag shadows the function
 
         pad(vae, channels_last=channels_last_done)
         pad(vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions

@@ -65,6 +65,7 @@ from typing import Any
 from vaefix_pl.core.frontend import FRAMINGS, HOP, Framing
 from vaefix_pl.runs.files import atomic_write_bytes, jsonable
 from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
+from vaefix_pl.runs.tables import ERROR_COLUMNS, rows_to_csv
 
 FORMAT = "vaefix-mel-export"
 FORMAT_VERSION = 1
@@ -186,8 +187,6 @@ def consolidate_export(export_dir: str | os.PathLike) -> list[dict[str, Any]]:
         atomic_write_bytes(out / MANIFEST, text.encode("utf-8"))
     if parts:
         failed = [e for i, e in sorted(errors.items()) if i not in ids]
-        from vaefix_pl.runs.tables import ERROR_COLUMNS, rows_to_csv
-
         text = rows_to_csv(failed, first=ERROR_COLUMNS) if failed else ",".join(ERROR_COLUMNS) + "\n"
         atomic_write_bytes(out / ERRORS, text.encode("utf-8"))
         for part in parts:

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 from vaefix_pl.core.config import ReconstructorConfig
 from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE
+from vaefix_pl.core.models import load_audioldm2, read_geometry, resolve_source
+from vaefix_pl.core.reconstruct import Reconstructor
 from vaefix_pl.core.utils import jsonable
+from vaefix_pl.data.inputs import AudioDataModule
 from vaefix_pl.export.layout import (
     ERRORS,
     EXPORT_INFO,
@@ -34,8 +37,10 @@ from vaefix_pl.export.layout import (
     existing_settings,
     read_manifest,
 )
+from vaefix_pl.lightning.module import ReconstructionModule
 from vaefix_pl.runs.files import atomic_write_bytes
 from vaefix_pl.runs.partlog import PARTS, append_jsonl
+from vaefix_pl.runs.tables import read_metrics_csv
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +323,6 @@ def export_mels(
     Returns a summary dict (``clips``, ``exported``, ``skipped``, ``failed``, ``manifest``); under DDP
     the counts are complete on rank 0.
     """
-    from vaefix_pl.core.models import load_audioldm2, read_geometry, resolve_source
-    from vaefix_pl.core.reconstruct import Reconstructor
-    from vaefix_pl.data.inputs import AudioDataModule
-    from vaefix_pl.lightning.module import ReconstructionModule
-
     config = _export_config(config, settings)
     out = Path(output_dir)
     source = str(resolve_source(config.model, allow_download=config.allow_download).resolve())
@@ -375,8 +375,6 @@ def export_mels(
     trainer.predict(module, datamodule=dm, return_predictions=False)
     manifest = read_manifest(out)
     ids = {e["id"] for e in manifest}
-    from vaefix_pl.runs.tables import read_metrics_csv
-
     errors_csv = out / ERRORS
     failed = [e for e in (read_metrics_csv(errors_csv) if errors_csv.is_file() else []) if e["id"] not in ids]
     summary.update(

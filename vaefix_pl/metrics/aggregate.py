@@ -24,6 +24,7 @@ import numpy as np
 from vaefix_pl.core.metric_names import HEADLINE_METRIC, TABLE_ORDER
 from vaefix_pl.core.utils import format_number
 from vaefix_pl.core.utils import jsonable as json_safe
+from vaefix_pl.metrics.registry import metric_info
 
 __all__ = ["CI_METHODS", "json_safe", "summarize", "summarize_by", "summary_markdown"]
 
@@ -187,8 +188,6 @@ def summary_markdown(
     directions default to the metric registry's (:func:`vaefix_pl.metrics.metric_info`).
     """
     if units is None or better is None:
-        from vaefix_pl.metrics.registry import metric_info
-
         info = metric_info()
         units = units if units is not None else {k: v["unit"] for k, v in info.items()}
         better = better if better is not None else {k: v["better"] for k, v in info.items()}

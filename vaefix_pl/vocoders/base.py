@@ -16,7 +16,9 @@ from vaefix_pl.core.frontend import (
     SAMPLE_RATE,
     Framing,
     LogMelFrontend,
+    normalize_level,
 )
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
 
 
 class VocoderError(ModelError, ValueError):
@@ -90,9 +92,6 @@ def _first_param(module: Any) -> Tensor | None:
 
 def _probe_mel(frames: int, batch: int, framing: Framing, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(batch, frames, 64)`` log-mel of real probe signals (chirp, speech-like, ...) at the trained level."""
-    from vaefix_pl.core.frontend import normalize_level
-    from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
-
     seconds = (frames + 8) * HOP / SAMPLE_RATE
     signals = probe_signals(seconds=seconds)
     names = [PROBE_NAMES[(2 + i) % len(PROBE_NAMES)] for i in range(batch)]  # chirp, speech_like, ...
