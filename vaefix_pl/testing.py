@@ -10,6 +10,7 @@ with random weights. Outputs of random weights are not meaningful audio.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -363,8 +364,6 @@ def write_tiny_original_ldm(
 def write_tiny_tango(path: str | os.PathLike, seed: int = 0, scale_factor: float = 0.8125) -> Path:
     """Write Tango's layout to folder ``path``: ``pytorch_model_vae.bin`` (VAE keys at the top level,
     vocoder under ``vocoder.``) and ``vae_config.json`` (``ddconfig``, ``embed_dim``, ``scale_factor``)."""
-    import json
-
     a = TINY_ORIGINAL["audioldm_16k"]
     vae, voc = tiny_original_states("audioldm_16k", seed)
     sd = dict(vae)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from vaefix_pl.convert.keymap import (
@@ -75,8 +76,6 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConversionError(f"{p}: no such file")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return dict(load_file(str(p), device="cpu"))
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)

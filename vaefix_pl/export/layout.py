@@ -62,6 +62,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from vaefix_pl.core.frontend import FRAMINGS, HOP, Framing
 from vaefix_pl.runs.files import atomic_write_bytes, jsonable
 from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
@@ -142,8 +144,6 @@ def completed_ids(export_dir: str | os.PathLike) -> set[str]:
 
 def _shard_keys(path: Path) -> set[str] | None:
     """Tensor keys of a shard, ``None`` when it is missing or unreadable (truncated)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return set(fh.keys())

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from vaefix_pl.core.config import ReconstructorConfig
@@ -195,8 +196,6 @@ class MelExportWriter(BasePredictionWriter):
         """Write one shard (atomically), then reference its clips in the part file."""
         if not items:
             return
-        from safetensors.torch import save
-
         name = f"shard-r{self._rank:03d}-{self._token}-{self._shard_index:05d}.safetensors"
         self._shard_index += 1
         rel = f"{SHARDS}/{name}"

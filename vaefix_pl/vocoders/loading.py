@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vaefix_pl.core.frontend import (
@@ -68,8 +71,6 @@ def load_checkpoint_state(
     if not p.is_file():
         raise VocoderError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state: Any = load_file(str(p))
     else:
         try:
@@ -150,8 +151,6 @@ def load_user_vocoder(
         state = strip_state_prefix(state, own, prefix)
         result = obj.load_state_dict(state, strict=strict)
         if not strict and (result.missing_keys or result.unexpected_keys):
-            import warnings
-
             warnings.warn(
                 f"{class_path} from {ckpt_path}: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}",
@@ -193,8 +192,6 @@ def vocoder_from_config(
     if not isinstance(config, Mapping):
         path = Path(config).expanduser()
         text = path.read_text(encoding="utf-8")
-        import yaml
-
         config = yaml.safe_load(text)
         base = path.parent
         if not isinstance(config, Mapping):
