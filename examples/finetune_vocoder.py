@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
+from vaefix_pl.core.config import ReconstructorConfig
 from vaefix_pl.core.frontend import LogMelFrontend
 from vaefix_pl.export.dataset import DecodedMelDataModule
 from vaefix_pl.export.writer import export_mels
@@ -84,10 +85,8 @@ def _tiny_setup(out: Path) -> tuple[str, str]:
     if not (model / "vocoder" / "config.json").is_file():
         write_tiny_audioldm2(model, seed=0)
     export = out / "export"
-    export_mels(
-        None, export, model=str(model), accelerator="cpu", num_workers=0, shard_size=4,
-        pad_frames_to=128, probe_seconds=1.28,
-    )  # fmt: skip
+    config = ReconstructorConfig(model=str(model), pad_frames_to=128)  # the pipeline settings, defined once
+    export_mels(None, export, config, accelerator="cpu", num_workers=0, shard_size=4, probe_seconds=1.28)
     return str(model), str(export)
 
 

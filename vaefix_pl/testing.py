@@ -10,12 +10,14 @@ with random weights. Outputs of random weights are not meaningful audio.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vaefix_pl.core.geometry import AUDIOLDM_48K
 from vaefix_pl.core.models import FULL_VAE_CONFIG, FULL_VOCODER_CONFIG
 
 # Same geometry, a few thousand times cheaper. The scaling factor differs from the real one on
@@ -51,14 +53,17 @@ def tiny_configs() -> tuple[dict[str, Any], dict[str, Any]]:
 def build_models(
     vae_config: dict[str, Any], vocoder_config: dict[str, Any], seed: int = 0
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Build ``(AutoencoderKL, SpeechT5HifiGan)`` with deterministic random weights (float32, eval)."""
+    """Build ``(AutoencoderKL, vocoder)`` with deterministic random weights (float32, eval); the vocoder
+    is the class the config asks for (``SpeechT5HifiGan``, or HiFiRes padding at 48 kHz)."""
     from diffusers import AutoencoderKL
-    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+    from transformers import SpeechT5HifiGanConfig
+
+    from vaefix_pl.core.hifires import vocoder_class_for
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(**vae_config)
-        vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**vocoder_config))
+        vocoder = vocoder_class_for(vocoder_config)(SpeechT5HifiGanConfig(**vocoder_config))
         # transformers initialises lazily in post_init; make sure the weights are materialised now.
         vocoder.apply(vocoder._init_weights)
     return vae.eval(), vocoder.eval()
@@ -106,16 +111,14 @@ TINY_48K_VAE_CONFIG: dict[str, Any] = {
     "scaling_factor": 0.6,  # not any real checkpoint's: tests must read it from the config
 }
 FULL_48K_VOCODER_CONFIG: dict[str, Any] = {
-    "model_in_dim": 256,
-    "sampling_rate": 48000,
+    **FULL_VOCODER_CONFIG,  # same init range, slope and normalize_before
+    "model_in_dim": AUDIOLDM_48K.n_mels,
+    "sampling_rate": AUDIOLDM_48K.sample_rate,
     "upsample_initial_channel": 1536,
     "upsample_rates": [6, 5, 4, 2, 2],
     "upsample_kernel_sizes": [12, 10, 8, 4, 4],
     "resblock_kernel_sizes": [3, 7, 11, 15],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5], [1, 3, 5]],
-    "initializer_range": 0.01,
-    "leaky_relu_slope": 0.1,
-    "normalize_before": False,
+    "resblock_dilation_sizes": [[1, 3, 5]] * 4,
     "upsample_padding": "hifires",
 }
 FULL_48K_VAE_CONFIG: dict[str, Any] = {
@@ -149,21 +152,8 @@ def geometry_configs(geometry: str, size: str = "tiny") -> tuple[dict[str, Any],
     return copy.deepcopy(vae), copy.deepcopy(voc)
 
 
-def build_geometry_models(
-    vae_config: dict[str, Any], vocoder_config: dict[str, Any], seed: int = 0
-) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Like :func:`build_models`, with the vocoder class the config asks for (HiFiRes padding at 48 kHz)."""
-    from diffusers import AutoencoderKL
-    from transformers import SpeechT5HifiGanConfig
-
-    from vaefix_pl.core.hifires import vocoder_class_for
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(**vae_config)
-        vocoder = vocoder_class_for(vocoder_config)(SpeechT5HifiGanConfig(**vocoder_config))
-        vocoder.apply(vocoder._init_weights)
-    return vae.eval(), vocoder.eval()
+#: :func:`build_models` builds every geometry's models (the name the 48 kHz tests use).
+build_geometry_models = build_models
 
 
 def write_tiny_geometry(path: str | os.PathLike, geometry: str = "audioldm_16k", seed: int = 0) -> Path:
@@ -374,8 +364,6 @@ def write_tiny_original_ldm(
 def write_tiny_tango(path: str | os.PathLike, seed: int = 0, scale_factor: float = 0.8125) -> Path:
     """Write Tango's layout to folder ``path``: ``pytorch_model_vae.bin`` (VAE keys at the top level,
     vocoder under ``vocoder.``) and ``vae_config.json`` (``ddconfig``, ``embed_dim``, ``scale_factor``)."""
-    import json
-
     a = TINY_ORIGINAL["audioldm_16k"]
     vae, voc = tiny_original_states("audioldm_16k", seed)
     sd = dict(vae)

@@ -20,6 +20,7 @@ the same code and accept the same ``--config`` files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from vaefix_pl.core.config import SPEEDS
 from vaefix_pl.core.errors import InputsError
 from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.models import PRECISIONS
+from vaefix_pl.core.utils import format_number
 from vaefix_pl.core.windowing import CROSSFADES
 
 DEMO_TINY_DIR = Path(os.environ.get("VAEFIX_CACHE", Path.home() / ".cache" / "vaefix")) / "tiny-audioldm2"
@@ -145,10 +147,7 @@ def _writer(trainer):
 
 
 # ---------------------------------------------------------------------------------- summary table
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "nan"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+_fmt = functools.partial(format_number, missing="nan")
 
 
 def summary_table(summary: dict[str, Any], keys: Sequence[str] | None = None) -> str:

@@ -16,7 +16,6 @@ whose unpickling would need code is refused (:class:`UnsafeCheckpointError`), ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from vaefix_pl.convert.keymap import (
@@ -37,7 +37,9 @@ from vaefix_pl.convert.keymap import (
     infer_vae_config,
     infer_vocoder_config,
 )
+from vaefix_pl.core.errors import exception_line
 from vaefix_pl.core.geometry import match_geometry
+from vaefix_pl.core.utils import sha256_file
 
 KINDS: tuple[str, ...] = ("audioldm", "audioldm2", "musicldm", "tango", "audioldm_48k")
 #: diffusers' nominal ``sample_size`` per kind (only used for tiling there): 512 for AudioLDM 1 and
@@ -74,8 +76,6 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConversionError(f"{p}: no such file")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return dict(load_file(str(p), device="cpu"))
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
@@ -93,21 +93,10 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
             f"{': ' + detail[0].strip() if detail and 'WeightsUnpickler' in text else ''})"
         ) from None
     except Exception as exc:  # truncated files, not a pickle or zip at all, ...
-        raise ConversionError(
-            f"{p}: cannot be read as a PyTorch checkpoint: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
+        raise ConversionError(f"{p}: cannot be read as a PyTorch checkpoint: {exception_line(exc)}") from None
     if not isinstance(obj, dict):
         raise ConversionError(f"{p}: holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sub(sd: dict[str, Any], prefix: str, exclude: str | None = None) -> dict[str, Tensor]:
@@ -275,7 +264,7 @@ def convert_checkpoint(
     result = ConversionResult(
         out_dir=str(out),
         source=str(weights_path),
-        sha256=_sha256(weights_path),
+        sha256=sha256_file(weights_path),
         kind=kind,
         geometry=matched.name,
         scaling_factor=sf,

@@ -12,7 +12,7 @@ weight shapes instead of a YAML file.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -30,41 +30,56 @@ _RESNET_PARTS = {"norm1", "conv1", "norm2", "conv2", "nin_shortcut"}
 _ATTN_PARTS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
-def _resnet_part(part: str) -> str:
-    return "conv_shortcut" if part == "nin_shortcut" else part
+def _resnet_part(part: str) -> str | None:
+    """diffusers' name of an ldm ResnetBlock part (``None`` for a part it does not have)."""
+    return None if part not in _RESNET_PARTS else ("conv_shortcut" if part == "nin_shortcut" else part)
+
+
+def _key(*parts: object) -> str | None:
+    """``parts`` joined by dots; ``None`` when a part has no diffusers name."""
+    return None if any(p is None for p in parts) else ".".join(str(p) for p in parts)
+
+
+#: ``(ldm key pattern, groups -> diffusers key)``, given ``n``, the number of VAE levels: the ldm
+#: decoder lists its levels from the finest (``up.0``) to the coarsest, diffusers the other way.
+_VAE_RULES: tuple[tuple[str, Callable[..., str | None]], ...] = (
+    (r"((?:post_)?quant_conv(?:\..*)?)", lambda n, key: key),
+    (
+        r"(encoder|decoder)\.(conv_in|conv_out|norm_out)\.(weight|bias)",
+        lambda n, side, layer, p: _key(side, "conv_norm_out" if layer == "norm_out" else layer, p),
+    ),
+    (
+        r"(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(weight|bias)",
+        lambda n, side, i, part, p: _key(side, "mid_block.resnets", int(i) - 1, _resnet_part(part), p),
+    ),
+    (
+        r"(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)",
+        lambda n, side, part, p: _key(side, "mid_block.attentions.0", _ATTN_PARTS.get(part), p),
+    ),
+    (
+        r"encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)",
+        lambda n, i, j, part, p: _key("encoder.down_blocks", i, "resnets", j, _resnet_part(part), p),
+    ),
+    (
+        r"encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)",
+        lambda n, i, p: _key("encoder.down_blocks", i, "downsamplers.0.conv", p),
+    ),
+    (
+        r"decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)",
+        lambda n, b, j, part, p: _key("decoder.up_blocks", n - 1 - int(b), "resnets", j, _resnet_part(part), p),
+    ),
+    (
+        r"decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)",
+        lambda n, b, p: _key("decoder.up_blocks", n - 1 - int(b), "upsamplers.0.conv", p),
+    ),
+)
 
 
 def _map_vae_key(key: str, num_levels: int) -> str | None:
     """One ldm VAE key -> its diffusers key (``None`` when it has no place in ``AutoencoderKL``)."""
-    if key.split(".")[0] in ("quant_conv", "post_quant_conv"):
-        return key
-    m = re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out|norm_out)\.(weight|bias)", key)
-    if m:
-        side, layer, p = m.groups()
-        return f"{side}.{'conv_norm_out' if layer == 'norm_out' else layer}.{p}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid\.block_([12])\.(\w+)\.(weight|bias)", key)
-    if m and m.group(3) in _RESNET_PARTS:
-        side, i, part, p = m.groups()
-        return f"{side}.mid_block.resnets.{int(i) - 1}.{_resnet_part(part)}.{p}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)", key)
-    if m and m.group(2) in _ATTN_PARTS:
-        side, part, p = m.groups()
-        return f"{side}.mid_block.attentions.0.{_ATTN_PARTS[part]}.{p}"
-    m = re.fullmatch(r"encoder\.down\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)", key)
-    if m and m.group(3) in _RESNET_PARTS:
-        i, j, part, p = m.groups()
-        return f"encoder.down_blocks.{i}.resnets.{j}.{_resnet_part(part)}.{p}"
-    m = re.fullmatch(r"encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)", key)
-    if m:
-        return f"encoder.down_blocks.{m.group(1)}.downsamplers.0.conv.{m.group(2)}"
-    # the ldm decoder lists its levels from the finest (up.0) to the coarsest; diffusers the other way
-    m = re.fullmatch(r"decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)", key)
-    if m and m.group(3) in _RESNET_PARTS:
-        b, j, part, p = m.groups()
-        return f"decoder.up_blocks.{num_levels - 1 - int(b)}.resnets.{j}.{_resnet_part(part)}.{p}"
-    m = re.fullmatch(r"decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)", key)
-    if m:
-        return f"decoder.up_blocks.{num_levels - 1 - int(m.group(1))}.upsamplers.0.conv.{m.group(2)}"
+    for pattern, build in _VAE_RULES:
+        if m := re.fullmatch(pattern, key):
+            return build(num_levels, *m.groups())
     return None
 
 

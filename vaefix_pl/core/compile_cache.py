@@ -33,6 +33,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaefix_pl.core.utils import sha256_file
+
 if TYPE_CHECKING:
     import torch
 
@@ -116,14 +118,6 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest()[:20], parts
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _artefacts(folder: Path) -> list[Path]:
     d = folder / "inductor"
     # Inductor keeps lock files and per-process temporaries beside the entries; they are not artefacts.
@@ -163,7 +157,7 @@ class CompileCache:
         for rel, digest in manifest.items():
             p = self.path / rel
             try:
-                if _sha256(p) != digest:
+                if sha256_file(p) != digest:
                     return "corrupt"
             except OSError:
                 return "corrupt"
@@ -223,7 +217,7 @@ class CompileCache:
 
     def seal(self) -> None:
         """Write the manifest (sha256 of every artefact); call once the first compiled batch ran."""
-        files = {str(p.relative_to(self.path)): _sha256(p) for p in _artefacts(self.path)}
+        files = {str(p.relative_to(self.path)): sha256_file(p) for p in _artefacts(self.path)}
         _write_json(self.path / MANIFEST, {"sealed": time.time(), "files": files})
 
     def deactivate(self) -> None:
@@ -234,6 +228,23 @@ class CompileCache:
             else:
                 os.environ[name] = value
         self._saved_env = {}
+
+    @contextlib.contextmanager
+    def compiling(self) -> Iterator[CompileCache]:
+        """Context manager around compiling *and the first compiled call*: activate, then seal on success.
+
+        On an exception inside the block the folder is deleted (its artefacts cannot be trusted) and
+        the exception propagates; the caller may retry once, which compiles from scratch.
+        """
+        self.activate(seal_at_exit=False)
+        try:
+            yield self
+        except BaseException:
+            self.clear()
+            self.deactivate()
+            raise
+        self.seal()
+        self.deactivate()
 
     def _seal_if_active(self) -> None:
         if self._saved_env and self.inductor_dir.is_dir():
@@ -262,31 +273,10 @@ def compile_cache_for(
     return CompileCache((Path(root) if root is not None else cache_root()) / key, parts)
 
 
-@contextlib.contextmanager
-def compile_cache(
-    model_dir: str | os.PathLike | None,
-    device: torch.device | str,
-    precision: str,
-    settings: Mapping[str, Any] | None = None,
-    model_config: Mapping[str, Any] | None = None,
-    root: str | os.PathLike | None = None,
-) -> Iterator[CompileCache]:
-    """Context manager around compiling *and the first compiled call*: activate, then seal on success.
-
-    On an exception inside the block the folder is deleted (its artefacts cannot be trusted) and the
-    exception propagates; the caller may retry once, which compiles from scratch.
-    """
-    cache = compile_cache_for(model_dir, device, precision, settings, model_config, root).activate(
-        seal_at_exit=False
-    )
-    try:
-        yield cache
-    except BaseException:
-        cache.clear()
-        cache.deactivate()
-        raise
-    cache.seal()
-    cache.deactivate()
+def compile_cache(*args: Any, **kwargs: Any) -> contextlib.AbstractContextManager[CompileCache]:
+    """:meth:`CompileCache.compiling` of :func:`compile_cache_for` (same arguments): a context manager
+    around compiling and the first compiled call that seals the cache on success and wipes it on error."""
+    return compile_cache_for(*args, **kwargs).compiling()
 
 
 def run_with_cache(fn, cache: CompileCache, *args: Any, **kwargs: Any) -> Any:

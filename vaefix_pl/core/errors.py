@@ -39,6 +39,12 @@ class OutputError(VaefixError, OSError):
     exit_code = 5
 
 
+def exception_line(exc: BaseException) -> str:
+    """``"Type: first line of its message"``: a caught exception as part of a one-line message."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 #: Exit codes of ``vaefix`` (also in docs): 0 ok; 1 ``--strict`` and some inputs failed.
 EXIT_CODES = {
     0: "success",

@@ -49,6 +49,7 @@ from vaefix_pl.core.config import ReconstructorConfig
 from vaefix_pl.core.frontend import LogMelFrontend, normalize_level, valid_mask
 from vaefix_pl.core.geometry import AUDIOLDM_16K, Geometry
 from vaefix_pl.core.health import mel_health, repair_mel, repair_waveform
+from vaefix_pl.core.lengths import full_lengths
 from vaefix_pl.core.models import DEFAULT_SOURCE, load_audioldm2
 from vaefix_pl.core.output import ItemOutOfMemoryError, ReconstructionOutput, _autocast, _scale_rows
 from vaefix_pl.core.windowing import (
@@ -212,13 +213,13 @@ class Reconstructor(nn.Module):
             self.vae,
             self.vocoder,
             self.precision,
-            channels_last,
-            vocoder_channels_last,
-            polyphase_dilated,
-            narrow_convs,
-            pad_narrow_convs,
-            attention_math,
-            self._channels_last,
+            channels_last=channels_last,
+            vocoder_channels_last=vocoder_channels_last,
+            polyphase_dilated=polyphase_dilated,
+            narrow_convs=narrow_convs,
+            pad_narrow_convs=pad_narrow_convs,
+            attention_math=attention_math,
+            already_channels_last=self._channels_last,
         ):
             self._channels_last = True
         if self._autotune_decision(cudnn_benchmark, batch_size):
@@ -499,14 +500,10 @@ class Reconstructor(nn.Module):
             )
         b, n = waveform.shape
         device = waveform.device
-        if lengths is None:
-            lengths = torch.full((b,), n, dtype=torch.long)
         # Sub-batch planning runs on a host copy of the lengths (pass them on the CPU, as
         # ReconstructionModule does, and this call never waits for the device).
-        host = lengths.detach().to("cpu", torch.long)
-        if host.shape != (b,) or bool((host < 0).any()) or bool((host > n).any()):
-            raise ValueError(f"lengths must be (B,) = ({b},) values in [0, {n}], got {host.tolist()}")
-        lengths = host.to(device, non_blocking=True) if lengths.device != device else lengths.long()
+        host = full_lengths(waveform, None if lengths is None else torch.as_tensor(lengths).cpu(), "cpu")
+        lengths = host.to(device, non_blocking=True)
 
         normed, gain = normalize_level(waveform.float(), lengths)
         frames_host = self.covered_frames(host)

@@ -12,6 +12,8 @@ because no library offers a 1-D channels-last convolution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -257,6 +259,21 @@ def _like(w: Tensor, x: Tensor) -> Tensor:
     return w if w.dtype == x.dtype else w.to(x.dtype)
 
 
+def _from_phases(y: Tensor, f: int, n: int) -> Tensor:
+    """Phase-major conv output ``(B, F C', L/F)`` -> ``(B, C', n)`` with strides ``(n C', 1, C')``."""
+    y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2] * f, -1)  # (B, L, C')
+    if y.shape[1] != n:
+        y = y[:, :n].contiguous()
+    return y.transpose(1, 2)
+
+
+def _fake_out(x: Tensor, weight: Tensor, factor: int) -> Tensor:
+    """The empty ``(B, C', L)`` channels-last output a phase-major op returns (for ``register_fake``)."""
+    b, _, n = x.shape
+    cout = weight.shape[0] // factor
+    return x.new_empty_strided((b, cout, n), (n * cout, 1, cout))
+
+
 def _folded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, reach: int) -> Tensor:
     """``(B, C, L)`` -> ``(B, C', L)`` with strides ``(L C', 1, C')``; ``weight`` ``(F C', F C, 1, 2 reach + 1)``."""
     b, c, n = x.shape
@@ -267,27 +284,23 @@ def _folded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, 
         xt = nn.functional.pad(xt, (0, 0, 0, q * f - n))
     xf = xt.reshape(b, q, f * c).transpose(1, 2).unsqueeze(2)  # (B, F C, 1, L/F), NHWC memory
     weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
-    y = nn.functional.conv2d(xf, weight, bias, padding=(0, reach)).squeeze(2)  # (B, F C', L/F)
-    y = y.transpose(1, 2).reshape(b, q * f, -1)
-    if q * f != n:
-        y = y[:, :n].contiguous()
-    return y.transpose(1, 2)
+    return _from_phases(nn.functional.conv2d(xf, weight, bias, padding=(0, reach)).squeeze(2), f, n)
 
 
-# A custom op, so that torch.compile keeps it whole and hands it its input with the eager strides
-# (channels-last): the fold is then a free view. Traced as plain view/conv ops, Inductor is free to
-# pick another layout for the producer and copy it; the one bf16 run traced that way lost (not profiled).
-@torch.library.custom_op("vaefix::folded_conv1d", mutates_args=())
-def folded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, reach: int) -> Tensor:
-    """Functional form of :class:`FoldedConv1d` (a ``torch.library`` custom op)."""
-    return _folded_conv1d(x, weight, bias, factor, reach)
+def _phase_major_op(name: str, impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``impl(x, weight, bias, factor, k)`` as the custom op ``vaefix::<name>``, with its fake (meta) kernel.
+
+    A custom op, so that torch.compile keeps it whole and hands it its input with the eager strides
+    (channels-last): the fold is then a free view. Traced as plain view/conv ops, Inductor is free to
+    pick another layout for the producer and copy it; the one bf16 run traced that way lost (not profiled).
+    """
+    op = torch.library.custom_op(f"vaefix::{name}", impl, mutates_args=())
+    op.register_fake(lambda x, weight, bias, factor, k: _fake_out(x, weight, factor))
+    return op
 
 
-@folded_conv1d.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, reach: int) -> Tensor:
-    b, _, n = x.shape
-    cout = weight.shape[0] // factor
-    return x.new_empty_strided((b, cout, n), (n * cout, 1, cout))
+#: Functional form of :class:`FoldedConv1d` (a ``torch.library`` custom op).
+folded_conv1d = _phase_major_op("folded_conv1d", _folded_conv1d)
 
 
 class PhaseConv1d(nn.Module):
@@ -336,24 +349,11 @@ def _phase_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, p
     if q * f != n:  # whole output blocks: zeros past the end (what the conv's padding reads there)
         x4 = nn.functional.pad(x4, (0, q * f - n)).contiguous(memory_format=torch.channels_last)
     weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
-    y = nn.functional.conv2d(x4, weight, bias, stride=(1, f), padding=(0, pad))  # (B, F C', 1, L/F)
-    y = y.squeeze(2).transpose(1, 2).reshape(b, q * f, -1)  # phase-major channels -> (B, L, C')
-    if q * f != n:
-        y = y[:, :n].contiguous()
-    return y.transpose(1, 2)
+    return _from_phases(nn.functional.conv2d(x4, weight, bias, stride=(1, f), padding=(0, pad)).squeeze(2), f, n)
 
 
-@torch.library.custom_op("vaefix::phase_conv1d", mutates_args=())
-def phase_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, pad: int) -> Tensor:
-    """Functional form of :class:`PhaseConv1d` (a ``torch.library`` custom op, as :func:`folded_conv1d`)."""
-    return _phase_conv1d(x, weight, bias, factor, pad)
-
-
-@phase_conv1d.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, pad: int) -> Tensor:
-    b, _, n = x.shape
-    cout = weight.shape[0] // factor
-    return x.new_empty_strided((b, cout, n), (n * cout, 1, cout))
+#: Functional form of :class:`PhaseConv1d` (a ``torch.library`` custom op, as :func:`folded_conv1d`).
+phase_conv1d = _phase_major_op("phase_conv1d", _phase_conv1d)
 
 
 #: Forms of the narrow undilated convolutions: ``"foldF"`` (:class:`FoldedConv1d`) or ``"phaseF"``
@@ -400,6 +400,7 @@ def apply_rewrites(
     vae,
     vocoder,
     precision,
+    *,  # seven flags of one type: by name only, so that a reordering cannot swap them silently
     channels_last,
     vocoder_channels_last,
     polyphase_dilated,
@@ -415,20 +416,14 @@ def apply_rewrites(
         vae.to(memory_format=torch.channels_last)
         channels_last_done = True
     if vocoder_channels_last:
-        from vaefix_pl.core.speed import conv1d_channels_last
-
         conv1d_channels_last(vocoder)
     if polyphase_dilated:
-        from vaefix_pl.core.speed import polyphase_dilated_convs
-
         polyphase_dilated_convs(vocoder)
     if narrow_convs and precision != "fp16":
-        from vaefix_pl.core.speed import NARROW_CONV_FORMS, rewrite_narrow_convs
-
         table = narrow_convs if isinstance(narrow_convs, dict) else NARROW_CONV_FORMS[precision]
         rewrite_narrow_convs(vocoder, lambda cin, cout, k: table.get((cin, k)) if cin == cout else None)
     if pad_narrow_convs:
-        from vaefix_pl.core.speed import pad_narrow_convs as pad
+        from vaefix_pl.core.speed import pad_narrow_convs as pad  # the flag shadows the function
 
         pad(vae, channels_last=channels_last_done)
         pad(vocoder)  # conv_post, once the vocoder runs as (channels-last) 2-D convolutions

@@ -1,6 +1,8 @@
-"""The one list of diagnosis stages, their ``metrics.csv`` prefixes and the warning thresholds (a leaf module: report/ and diagnose/ both read it)."""
+"""The one list of diagnosis stages, their ``metrics.csv`` prefixes and the warning thresholds (a leaf module but for the metric name sets: report/ and diagnose/ both read it)."""
 
 from __future__ import annotations
+
+from vaefix_pl.core.metric_names import STAGE_METRICS
 
 #: Stages of the decomposition, in order, with their display titles.
 STAGES: dict[str, str] = {
@@ -11,15 +13,8 @@ STAGES: dict[str, str] = {
 }
 #: Column prefix of each waveform stage in ``metrics.csv`` (the writer's convention: recon unprefixed).
 STAGE_PREFIX: dict[str, str] = {"pipeline": "", "repaired": "post_", "vocoder_ceiling": "ceiling_"}
-#: Waveform metrics scored on stages (a), (c), (d) (those that ``vaefix_pl.metrics`` provides).
-DEFAULT_STAGE_METRICS: tuple[str, ...] = (
-    "mel_distance",
-    "mrstft_distance",
-    "lsd",
-    "snr",
-    "si_sdr",
-    "clicks_added_per_s",
-)
+#: Waveform metrics scored on stages (a), (c), (d) (the one list is ``core.metric_names.STAGE_METRICS``).
+DEFAULT_STAGE_METRICS: tuple[str, ...] = STAGE_METRICS
 #: Health stages, in pipeline order, and the decomposition stage each belongs to.
 HEALTH_STAGES: dict[str, str] = {
     "input": "vocoder_ceiling",

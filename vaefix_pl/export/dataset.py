@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -145,8 +146,6 @@ class DecodedMelDataset(Dataset):
     def _handle(self, shard: str) -> Any:
         h = self._handles.get(shard)
         if h is None:
-            from safetensors import safe_open
-
             h = safe_open(str(self.export_dir / shard), framework="pt")
             self._handles[shard] = h
         return h

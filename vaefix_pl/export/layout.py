@@ -62,9 +62,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from vaefix_pl.core.frontend import FRAMINGS, HOP, Framing
 from vaefix_pl.runs.files import atomic_write_bytes, jsonable
 from vaefix_pl.runs.partlog import PARTS, part_files, read_jsonl
+from vaefix_pl.runs.tables import ERROR_COLUMNS, rows_to_csv
 
 FORMAT = "vaefix-mel-export"
 FORMAT_VERSION = 1
@@ -141,8 +144,6 @@ def completed_ids(export_dir: str | os.PathLike) -> set[str]:
 
 def _shard_keys(path: Path) -> set[str] | None:
     """Tensor keys of a shard, ``None`` when it is missing or unreadable (truncated)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return set(fh.keys())
@@ -186,8 +187,6 @@ def consolidate_export(export_dir: str | os.PathLike) -> list[dict[str, Any]]:
         atomic_write_bytes(out / MANIFEST, text.encode("utf-8"))
     if parts:
         failed = [e for i, e in sorted(errors.items()) if i not in ids]
-        from vaefix_pl.runs.tables import ERROR_COLUMNS, rows_to_csv
-
         text = rows_to_csv(failed, first=ERROR_COLUMNS) if failed else ",".join(ERROR_COLUMNS) + "\n"
         atomic_write_bytes(out / ERRORS, text.encode("utf-8"))
         for part in parts:

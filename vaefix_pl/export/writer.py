@@ -8,14 +8,22 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors.torch import save
 from torch import Tensor, nn
 
-from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE, Framing
+from vaefix_pl.core.config import ReconstructorConfig
+from vaefix_pl.core.errors import SettingsError
+from vaefix_pl.core.frontend import HOP, N_MELS, SAMPLE_RATE
+from vaefix_pl.core.models import load_audioldm2, read_geometry, resolve_source
+from vaefix_pl.core.reconstruct import Reconstructor
+from vaefix_pl.core.utils import jsonable
+from vaefix_pl.data.module import AudioDataModule
 from vaefix_pl.export.layout import (
     ERRORS,
     EXPORT_INFO,
@@ -30,8 +38,10 @@ from vaefix_pl.export.layout import (
     existing_settings,
     read_manifest,
 )
-from vaefix_pl.runs.files import atomic_write_bytes, jsonable
+from vaefix_pl.lightning.module import ReconstructionModule
+from vaefix_pl.runs.files import atomic_write_bytes
 from vaefix_pl.runs.partlog import PARTS, append_jsonl
+from vaefix_pl.runs.tables import read_metrics_csv
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +196,6 @@ class MelExportWriter(BasePredictionWriter):
         """Write one shard (atomically), then reference its clips in the part file."""
         if not items:
             return
-        from safetensors.torch import save
-
         name = f"shard-r{self._rank:03d}-{self._token}-{self._shard_index:05d}.safetensors"
         self._shard_index += 1
         rel = f"{SHARDS}/{name}"
@@ -264,13 +272,32 @@ class _NoVocoder(nn.Module):
         return mel.new_zeros(mel.shape[0], mel.shape[1] * self.hop)
 
 
+def _export_config(
+    config: ReconstructorConfig | str | os.PathLike | None, settings: dict[str, Any]
+) -> ReconstructorConfig:
+    """``config`` (a string: its ``model``) with the keyword ``settings`` applied; ``model=None`` keeps it."""
+    if config is None or isinstance(config, ReconstructorConfig):
+        config = config or ReconstructorConfig()
+    else:
+        config = ReconstructorConfig(model=str(config))
+    if settings.get("model", "") is None:
+        del settings["model"]
+    unknown = sorted(set(settings) - set(ReconstructorConfig.names()))
+    if unknown:
+        raise TypeError(f"export_mels() got unexpected keyword arguments {unknown}")
+    config = replace(config, **settings) if settings else config
+    if config.window_seconds is not None:
+        raise SettingsError("export_mels runs every clip whole: window_seconds must be None")
+    return config
+
+
 def export_mels(
     inputs: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     output_dir: str | os.PathLike = "mel_export",
-    model: str | os.PathLike | None = None,
+    config: ReconstructorConfig | str | os.PathLike | None = None,
+    *,
     seconds: float | None = None,
     offset: float = 0.0,
-    framing: Framing = "tacotron",
     shard_size: int = 64,
     devices: int | str = 1,
     accelerator: str = "auto",
@@ -278,44 +305,37 @@ def export_mels(
     num_nodes: int = 1,
     batch_size: int = 8,
     num_workers: int = 2,
-    precision: str = "fp32",
-    latent_mode: str = "mode",
-    seed: int = 0,
-    pad_frames_to: int = 1024,
     probe_seconds: float = 4.0,
     channel: str | int = "mean",
-    allow_download: bool = False,
     progress: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Export decoded mels, true mels and normalised waveforms of ``inputs`` (``None``: the probe set).
 
-    Resumes: ids already in ``output_dir`` are not recomputed. ``devices > 1`` runs DDP (every clip once).
-    The vocoder is not run (export needs only the VAE). Returns a summary dict (``clips``,
-    ``exported``, ``skipped``, ``failed``, ``manifest``); under DDP the counts are complete on rank 0.
-    """
-    from vaefix_pl.core.models import (
-        DEFAULT_SOURCE,
-        load_audioldm2,
-        normalize_precision,
-        read_geometry,
-        resolve_source,
-    )
-    from vaefix_pl.core.reconstruct import Reconstructor
-    from vaefix_pl.data.module import AudioDataModule
-    from vaefix_pl.lightning.module import ReconstructionModule
+    The pipeline settings are a :class:`~vaefix_pl.core.config.ReconstructorConfig` (``config``; a
+    string is taken as its ``model``), and any of its fields may also be given as a keyword
+    (``model=``, ``framing=``, ``precision=``, ``latent_mode=``, ``seed=``, ``pad_frames_to=``,
+    ``allow_download=``), overriding ``config``. Every clip runs whole and unoptimised: the window
+    settings must stay off and ``speed`` is not used. The vocoder is not run (export needs only the VAE).
 
+    Resumes: ids already in ``output_dir`` are not recomputed. ``devices > 1`` runs DDP (every clip once).
+    Returns a summary dict (``clips``, ``exported``, ``skipped``, ``failed``, ``manifest``); under DDP
+    the counts are complete on rank 0.
+    """
+    config = _export_config(config, settings)
     out = Path(output_dir)
-    source = str(resolve_source(model or DEFAULT_SOURCE, allow_download=allow_download).resolve())
+    source = str(resolve_source(config.model, allow_download=config.allow_download).resolve())
     g = read_geometry(source)  # configs only: rate, hop and mel bins of the export
     dm = AudioDataModule(
         inputs, seconds=seconds, offset=offset, batch_size=batch_size, num_workers=num_workers,
         channel=channel, probe_seconds=probe_seconds, sample_rate=g.sample_rate,
     )  # fmt: skip
     planned = {
-        "format_version": FORMAT_VERSION, "framing": framing, "model": source, "latent_mode": latent_mode,
-        "precision": normalize_precision(precision), "pad_frames_to": pad_frames_to, "seconds": seconds,
-        "offset": offset, "channel": channel, "probe_seconds": probe_seconds, "sample_rate": g.sample_rate,
-        "hop": g.hop, "n_mels": g.n_mels, **({"seed": seed} if latent_mode == "sample" else {}),
+        "format_version": FORMAT_VERSION, "framing": config.framing, "model": source,
+        "latent_mode": config.latent_mode, "precision": config.precision, "pad_frames_to": config.pad_frames_to,
+        "seconds": seconds, "offset": offset, "channel": channel, "probe_seconds": probe_seconds,
+        "sample_rate": g.sample_rate, "hop": g.hop, "n_mels": g.n_mels,
+        **({"seed": config.seed} if config.latent_mode == "sample" else {}),
     }  # fmt: skip
     check_settings_compatible(existing_settings(out), planned, str(out))  # before any work
     dm.setup("predict")
@@ -335,13 +355,13 @@ def export_mels(
         summary.update(exported=0, skipped=total, failed=0, clips=len(read_manifest(out)))
         return summary
 
-    models = load_audioldm2(source, precision=precision, allow_download=allow_download)
+    models = load_audioldm2(source, precision=config.precision, allow_download=config.allow_download)
+    config = replace(config, model=source, precision=models.precision)
     rec = Reconstructor(
-        models.vae, _NoVocoder(g.hop), models.scaling_factor, framing=framing, latent_mode=latent_mode,
-        seed=seed, precision=models.precision, pad_frames_to=pad_frames_to, geometry=models.geometry,
-    )  # fmt: skip
+        models.vae, _NoVocoder(g.hop), models.scaling_factor, config, geometry=models.geometry
+    )
     module = ReconstructionModule.from_reconstructor(
-        rec, model=source, metrics=[], return_mels=True, seed=seed
+        rec, model=source, metrics=[], return_mels=True, seed=config.seed
     )
     writer = MelExportWriter(out, shard_size=shard_size, settings={"model": source})
     if strategy is None:
@@ -354,8 +374,6 @@ def export_mels(
     trainer.predict(module, datamodule=dm, return_predictions=False)
     manifest = read_manifest(out)
     ids = {e["id"] for e in manifest}
-    from vaefix_pl.runs.tables import read_metrics_csv
-
     errors_csv = out / ERRORS
     failed = [e for e in (read_metrics_csv(errors_csv) if errors_csv.is_file() else []) if e["id"] not in ids]
     summary.update(

@@ -20,24 +20,21 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.core.metric_names import BASELINE_METRICS, BASELINE_PERCEPTUAL
+from vaefix_pl.core.utils import jsonable
+from vaefix_pl.data.audio import write_wav
 from vaefix_pl.export.dataset import DecodedMelDataset
-from vaefix_pl.runs.files import atomic_write_bytes, jsonable
+from vaefix_pl.metrics import available_metrics, compute_metrics, perceptual_scores
+from vaefix_pl.runs.files import atomic_write_bytes
+from vaefix_pl.vocoders.base import check_vocoder, vocode
+from vaefix_pl.vocoders.loading import load_vocoder
 
 log = logging.getLogger(__name__)
 
 
 # ============================================================================== baseline callback
-#: Fast metrics the callback logs (those the metrics registry has); all in ``vaefix_pl.metrics``.
-BASELINE_METRICS: tuple[str, ...] = (
-    "mel_distance",
-    "mrstft_distance",
-    "lsd",
-    "snr",
-    "si_sdr",
-    "lag",
-    "clicks_added_per_s",
-)
-PERCEPTUAL: tuple[str, ...] = ("pesq", "stoi")
+#: The perceptual metrics the callback adds when installed (``core.metric_names.BASELINE_PERCEPTUAL``).
+PERCEPTUAL = BASELINE_PERCEPTUAL
 
 
 def score_vocoder(
@@ -56,9 +53,6 @@ def score_vocoder(
     cut to its reference's ``N`` samples. The vocoder runs in eval mode without gradients (its mode is
     restored), in its parameters' dtype. Perceptual scores are NaN where unscorable (reasons dropped).
     """
-    from vaefix_pl.metrics import compute_metrics, perceptual_scores
-    from vaefix_pl.vocoders.base import vocode
-
     dev = torch.device(device)
     param = next((p for p in vocoder.parameters()), None) if isinstance(vocoder, nn.Module) else None
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -213,8 +207,6 @@ class FixedDecoderBaseline(Callback):
     def metric_names(self) -> list[str]:
         if self._metric_names is not None:
             return self._metric_names
-        from vaefix_pl.metrics import available_metrics
-
         have = set(available_metrics())
         return [m for m in BASELINE_METRICS if m in have]
 
@@ -249,8 +241,6 @@ class FixedDecoderBaseline(Callback):
         return self.vocoder(pl_module)
 
     def _baseline_vocoder(self, device: torch.device) -> Any:
-        from vaefix_pl.vocoders.loading import load_vocoder
-
         source = self.model or self.dataset.settings.get("model")
         return load_vocoder(self.baseline_spec, source=source, framing=self.dataset.framing, device=device)
 
@@ -330,8 +320,6 @@ class FixedDecoderBaseline(Callback):
         log_tag: str,
     ) -> None:
         """WAV files under ``out_dir/folder`` and, for loggers with ``experiment.add_audio``, audio entries."""
-        from vaefix_pl.data.audio import write_wav
-
         for clip_id in ids:
             if clip_id not in audio:
                 continue
@@ -345,8 +333,6 @@ class FixedDecoderBaseline(Callback):
     # ---------------------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.check:
-            from vaefix_pl.vocoders.base import check_vocoder
-
             check_vocoder(
                 self.current_vocoder(pl_module), framing=self.dataset.framing, device=pl_module.device,
                 name="the vocoder being trained", strict=False,

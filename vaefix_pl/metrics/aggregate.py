@@ -21,29 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from vaefix_pl.core.metric_names import HEADLINE_METRIC, TABLE_ORDER
+from vaefix_pl.core.utils import format_number
+from vaefix_pl.core.utils import jsonable as json_safe
+from vaefix_pl.metrics.registry import metric_info
+
 __all__ = ["CI_METHODS", "json_safe", "summarize", "summarize_by", "summary_markdown"]
 
 CI_METHODS = ("bootstrap", "t")
 _NOT_METRICS = {"id", "tag", "rank", "index", "path", "file", "split", "batch", "batch_idx", "item"}
-#: Table order: the headline click metric first, then spectral, perceptual, waveform, lag.
-PREFERRED_ORDER = (
-    "clicks_added_per_s",
-    "mel_distance",
-    "mrstft_distance",
-    "lsd",
-    "pesq",
-    "stoi",
-    "estoi",
-    "si_sdr",
-    "si_sdr_aligned",
-    "snr",
-    "snr_aligned",
-    "pearson",
-    "pearson_aligned",
-    "lag",
-    "clicks_ref_per_s",
-    "clicks_est_per_s",
-)
+#: Table order (the one list is :data:`vaefix_pl.core.metric_names.TABLE_ORDER`).
+PREFERRED_ORDER = TABLE_ORDER
 
 
 def _is_number(v: Any) -> bool:
@@ -185,26 +173,7 @@ def summarize_by(
     return {group: summarize(members, **kwargs) for group, members in groups.items()}
 
 
-def json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by ``None`` (strict JSON has no NaN) and NumPy scalars by Python numbers."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _fmt(v: Any) -> str:
-    v = _to_float(v)
-    if not math.isfinite(v):
-        return "—"
-    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
-        return f"{v:.3e}"
-    return f"{v:.4g}"
+_STAT_COLUMNS = ("mean", "ci95_low", "ci95_high", "median", "std")
 
 
 def summary_markdown(
@@ -219,8 +188,6 @@ def summary_markdown(
     directions default to the metric registry's (:func:`vaefix_pl.metrics.metric_info`).
     """
     if units is None or better is None:
-        from vaefix_pl.metrics.registry import metric_info
-
         info = metric_info()
         units = units if units is not None else {k: v["unit"] for k, v in info.items()}
         better = better if better is not None else {k: v["better"] for k, v in info.items()}
@@ -236,10 +203,10 @@ def summary_markdown(
         "| --- | --- | --- | ---: | :---: | ---: | ---: | ---: | ---: |",
     ]
     for name, s in summary.items():
-        ci = f"[{_fmt(s.get('ci95_low'))}, {_fmt(s.get('ci95_high'))}]"
-        metric = f"**{name}**" if name == "clicks_added_per_s" else name
+        mean, low, high, median, std = (format_number(_to_float(s.get(k))) for k in _STAT_COLUMNS)
+        metric = f"**{name}**" if name == HEADLINE_METRIC else name
         lines.append(
-            f"| {metric} | {units.get(name, '')} | {better.get(name, '')} | {_fmt(s.get('mean'))} | {ci} | "
-            f"{_fmt(s.get('median'))} | {_fmt(s.get('std'))} | {int(s.get('n', 0))} | {int(s.get('nan_count', 0))} |"
+            f"| {metric} | {units.get(name, '')} | {better.get(name, '')} | {mean} | [{low}, {high}] | "
+            f"{median} | {std} | {int(s.get('n', 0))} | {int(s.get('nan_count', 0))} |"
         )
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE, LogMelFrontend, valid_mask
 from vaefix_pl.core.geometry import geometry_for_rate
+from vaefix_pl.core.lengths import full_lengths as _lengths  # noqa: I001 - clicks.py imports this name
 
 __all__ = [
     "MRSTFT_RESOLUTIONS",
@@ -43,25 +44,6 @@ MRSTFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-def _lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Validated ``(B,)`` int64 lengths on ``x``'s device.
-
-    Lengths given on the CPU (or as a list) are checked there and copied without waiting for the
-    device; lengths already on the GPU are checked there, which waits for the GPU's queued work.
-    """
-    if x.ndim != 2:
-        raise ValueError(f"waveforms must be (B, N), got shape {tuple(x.shape)}")
-    b, n = x.shape
-    if lengths is None:
-        return torch.full((b,), n, dtype=torch.long, device=x.device)
-    lengths = torch.as_tensor(lengths).long().reshape(-1)
-    if lengths.shape[0] != b:
-        raise ValueError(f"lengths has {lengths.shape[0]} entries for a batch of {b}")
-    if bool((lengths < 0).any()) or bool((lengths > n).any()):
-        raise ValueError(f"lengths must lie in [0, {n}], got {lengths.tolist()}")
-    return lengths.to(x.device, non_blocking=True)
-
-
 def _all_full(lengths: Tensor | None, n: int) -> bool:
     """Whether every item is known, without a device read-back, to fill the batch width ``n``
     (``None`` or CPU lengths all equal to ``n``): then the per-item padding gathers reduce to ``F.pad``."""

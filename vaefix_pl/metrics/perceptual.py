@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from vaefix_pl.core.metric_names import PERCEPTUAL_METRICS
+
 __all__ = ["PERCEPTUAL_METRICS", "PerceptualScorer", "perceptual_scores"]
 
-PERCEPTUAL_METRICS: tuple[str, ...] = ("pesq", "stoi", "estoi")
 _INSTALL_HINT = "pip install vaefix-pl[metrics]"
 _PACKAGE = {"pesq": "pesq", "stoi": "pystoi", "estoi": "pystoi"}
 PESQ_MIN_SECONDS = 0.25  # the pesq package refuses shorter buffers (BufferTooShortError)

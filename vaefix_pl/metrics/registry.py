@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.core.lengths import full_lengths
+from vaefix_pl.core.metric_names import DEFAULT_METRICS, PERCEPTUAL_METRICS, TABLE_ORDER
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
-from vaefix_pl.metrics.perceptual import PERCEPTUAL_METRICS
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -118,10 +119,8 @@ class MetricContext:
         self.estimate = estimate
         # Validated once on the host: a CUDA ``lengths`` is read back once here, and every metric gets
         # the CPU copy, so scoring queues its kernels without waiting for the GPU.
-        self.host_lengths = (
-            None if lengths is None else torch.as_tensor(lengths).detach().cpu().long().reshape(-1)
-        )
-        self.lengths = F._lengths(reference, self.host_lengths)  # (B,) on the device
+        self.host_lengths = None if lengths is None else full_lengths(reference, torch.as_tensor(lengths).cpu(), "cpu")
+        self.lengths = full_lengths(reference, self.host_lengths)  # (B,) on the device
         self.sample_rate = int(sample_rate)
         self.cache: dict[str, Any] = {}
 
@@ -232,19 +231,25 @@ def _mel_distance(ctx: MetricContext) -> Tensor:
     return F.mel_distance(ctx.reference, ctx.estimate, ctx.host_lengths, sample_rate=ctx.sample_rate)
 
 
-@register_metric("mrstft_distance", "", "lower", "multi-resolution STFT: SC + log-mag L1 at 512/1024/2048")
-def _mrstft(ctx: MetricContext) -> Tensor:
-    return ctx.mrstft()[0]
+def _part(method: str, i: int) -> Callable[[MetricContext], Tensor]:
+    """Part ``i`` of a cached :class:`MetricContext` result that several metrics share."""
+    return lambda ctx: getattr(ctx, method)()[i]
 
 
-@register_metric("mrstft_sc", "", "lower", "spectral-convergence part of mrstft_distance")
-def _mrstft_sc(ctx: MetricContext) -> Tensor:
-    return ctx.mrstft()[1]
+def _register_parts(method: str, specs: Sequence[tuple[str, str, str, str]]) -> None:
+    """Register ``(name, unit, better, description)`` number ``i`` as part ``i`` of ``ctx.<method>()``."""
+    for i, (name, unit, better, description) in enumerate(specs):
+        register_metric(name, unit, better, description)(_part(method, i))
 
 
-@register_metric("mrstft_logmag", "nats", "lower", "log-magnitude L1 part of mrstft_distance")
-def _mrstft_logmag(ctx: MetricContext) -> Tensor:
-    return ctx.mrstft()[2]
+_register_parts(
+    "mrstft",
+    [
+        ("mrstft_distance", "", "lower", "multi-resolution STFT: SC + log-mag L1 at 512/1024/2048"),
+        ("mrstft_sc", "", "lower", "spectral-convergence part of mrstft_distance"),
+        ("mrstft_logmag", "nats", "lower", "log-magnitude L1 part of mrstft_distance"),
+    ],
+)
 
 
 @register_metric(
@@ -255,14 +260,13 @@ def _clicks_added(ctx: MetricContext) -> Tensor:
     return _clicks.count_per_second(onsets, ctx.lengths, ctx.sample_rate)
 
 
-@register_metric("clicks_ref_per_s", "1/s", "", "reference-free AR-residual click rate of the reference")
-def _clicks_ref(ctx: MetricContext) -> Tensor:
-    return ctx.click_rates()[0]
-
-
-@register_metric("clicks_est_per_s", "1/s", "lower", "reference-free AR-residual click rate of the estimate")
-def _clicks_est(ctx: MetricContext) -> Tensor:
-    return ctx.click_rates()[1]
+_register_parts(
+    "click_rates",
+    [
+        ("clicks_ref_per_s", "1/s", "", "reference-free AR-residual click rate of the reference"),
+        ("clicks_est_per_s", "1/s", "lower", "reference-free AR-residual click rate of the estimate"),
+    ],
+)
 
 
 for _name, _unit, _desc in (
@@ -272,23 +276,9 @@ for _name, _unit, _desc in (
 ):
     assert _name in PERCEPTUAL_METRICS
     _REGISTRY[_name] = MetricSpec(_name, None, _unit, "higher", _desc, kind="perceptual")
-
-#: What ``compute_metrics`` computes when no names are given.
-DEFAULT_METRICS: tuple[str, ...] = (
-    "lag",
-    "snr",
-    "snr_aligned",
-    "pearson",
-    "pearson_aligned",
-    "si_sdr",
-    "si_sdr_aligned",
-    "lsd",
-    "mel_distance",
-    "mrstft_distance",
-    "clicks_added_per_s",
-    "clicks_ref_per_s",
-    "clicks_est_per_s",
-)
+_unregistered = set(DEFAULT_METRICS + TABLE_ORDER) - set(_REGISTRY)
+if _unregistered:  # a name set in core.metric_names that no function scores
+    raise RuntimeError(f"core.metric_names lists unregistered metrics: {sorted(_unregistered)}")
 
 
 #: batches narrower than this (samples) are zero-padded before scoring (the longest analysis frame)

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vaefix_pl.core.errors import OutputError
+from vaefix_pl.core.utils import format_number as _fmt
 from vaefix_pl.diagnose.stages import DEFAULT_STAGE_METRICS, VAE_L1_OK
 from vaefix_pl.report.figures import clip_clicks, clip_figure, figure_png
 from vaefix_pl.report.files import _confined, _read_json, _read_wav, _wav_rate, wav_base64  # noqa: F401
@@ -180,22 +181,6 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _wrap_name(name: str) -> str:
     """Escaped column name that may wrap after underscores (keeps wide tables narrow)."""
     return "_<wbr>".join(_e(part) for part in name.split("_"))
@@ -259,7 +244,6 @@ _STAGE_ROWS = (
     ("(c) full pipeline", ""),
     ("(d) full pipeline + repair chain", "post_"),
 )
-_STAGE_METRICS = ("mel_distance", "mrstft_distance", "lsd", "snr", "si_sdr", "clicks_added_per_s")
 
 
 def _cell(s: Mapping[str, Any] | None) -> str:
@@ -275,7 +259,7 @@ def _stage_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """Mean [95 % CI] per stage and metric, when the run has the diagnose columns."""
     if not any(k.startswith(("ceiling_", "vae_", "post_")) for k in metrics):
         return ""  # a plain run: the summary table says it all
-    cols = [m for m in _STAGE_METRICS if any(p + m in metrics for _, p in _STAGE_ROWS)]
+    cols = [m for m in DEFAULT_STAGE_METRICS if any(p + m in metrics for _, p in _STAGE_ROWS)]
     head = (
         "<tr><th class='id'>stage</th>"
         + "".join(f"<th>{_wrap_name(c)}</th>" for c in cols)

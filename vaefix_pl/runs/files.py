@@ -1,19 +1,16 @@
-"""Small file helpers shared by the writers: atomic writes, safe output paths and JSON-safe values."""
+"""Small file helpers shared by the writers: atomic writes and safe output paths (``jsonable`` is
+re-exported from :mod:`vaefix_pl.core.utils`, where it is defined)."""
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-
+from vaefix_pl.core.utils import jsonable  # noqa: F401 - re-exported for the writers
 from vaefix_pl.data.audio import TEMP_PREFIX, new_file_mode, temp_prefix
 
 
@@ -119,22 +116,3 @@ def remove_temp_files(root: str | os.PathLike, run_tags: list[str] | tuple[str, 
                 f.unlink(missing_ok=True)
                 removed.append(f)
     return removed
-
-
-def jsonable(v: Any) -> Any:
-    """``v`` with tensors, NumPy scalars and paths converted and non-finite floats as ``None`` (strict JSON)."""
-    if isinstance(v, torch.Tensor):
-        v = v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)

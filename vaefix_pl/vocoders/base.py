@@ -9,17 +9,21 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from vaefix_pl.core.errors import ModelError, exception_line
 from vaefix_pl.core.frontend import (
     HOP,
     N_MELS,
     SAMPLE_RATE,
     Framing,
     LogMelFrontend,
+    normalize_level,
 )
+from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
 
 
-class VocoderError(ValueError):
-    """A vocoder does not fit AudioLDM2's mel (shape, hop, sample rate or input size); the message says how."""
+class VocoderError(ModelError, ValueError):
+    """A vocoder cannot be built or loaded, or does not fit AudioLDM2's mel (shape, hop, sample rate or
+    input size); the message (one line) says how. A :class:`ModelError`: the CLI exits with code 3."""
 
 
 @runtime_checkable
@@ -88,9 +92,6 @@ def _first_param(module: Any) -> Tensor | None:
 
 def _probe_mel(frames: int, batch: int, framing: Framing, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``(batch, frames, 64)`` log-mel of real probe signals (chirp, speech-like, ...) at the trained level."""
-    from vaefix_pl.core.frontend import normalize_level
-    from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
-
     seconds = (frames + 8) * HOP / SAMPLE_RATE
     signals = probe_signals(seconds=seconds)
     names = [PROBE_NAMES[(2 + i) % len(PROBE_NAMES)] for i in range(batch)]  # chirp, speech_like, ...
@@ -106,7 +107,7 @@ def _run(vocoder: VocoderLike, mel: Tensor, name: str) -> Tensor:
             out = vocoder(mel)
     except Exception as exc:  # noqa: BLE001 - re-raised with what the vocoder was given
         raise VocoderError(
-            f"{name} failed on a {tuple(mel.shape)} log-mel probe (B, T, {N_MELS}): {type(exc).__name__}: {exc}. "
+            f"{name} failed on a {tuple(mel.shape)} log-mel probe (B, T, {N_MELS}): {exception_line(exc)}. "
             f"A vocoder takes (B, T, {N_MELS}) natural-log mel (time before mel bins; wrap a (B, {N_MELS}, T) "
             f"model with as_vocoder(model, input_layout='bct')) and returns (B, T*{HOP}) samples."
         ) from exc

@@ -15,6 +15,7 @@ from vaefix_pl.core.frontend import (
     N_MELS,
     SAMPLE_RATE,
 )
+from vaefix_pl.core.models import DEFAULT_SOURCE, VOCODER_WEIGHTS, resolve_source
 from vaefix_pl.vocoders.base import VocoderAdapter, VocoderError
 
 
@@ -23,8 +24,6 @@ def _vocoder_folder(source: str | os.PathLike, allow_download: bool) -> Path:
     path = Path(source).expanduser()
     if (path / "config.json").is_file() and not (path / "vocoder").is_dir():
         return path
-    from vaefix_pl.core.models import resolve_source
-
     return resolve_source(source, allow_download=allow_download) / "vocoder"
 
 
@@ -49,8 +48,6 @@ def load_hifigan(
     Raises :class:`VocoderError` when the config does not fit AudioLDM2's mel.
     """
     from transformers import SpeechT5HifiGan
-
-    from vaefix_pl.core.models import DEFAULT_SOURCE, VOCODER_WEIGHTS
 
     folder = _vocoder_folder(source or DEFAULT_SOURCE, allow_download)
     cfg_path = folder / "config.json"

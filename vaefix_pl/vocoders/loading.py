@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vaefix_pl.core.frontend import (
@@ -23,39 +25,37 @@ HIFIGAN_NAMES = ("hifigan", "hifi-gan", "speecht5hifigan", "default")
 
 
 # ---------------------------------------------------------------------------------------- user modules
-def _import(class_path: str) -> Any:
-    module_name, _, attr = class_path.rpartition(".")
-    if not module_name:
-        raise VocoderError(f"class_path must be 'package.module.Class', got {class_path!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise VocoderError(f"cannot import {class_path!r}: {exc}") from exc
+def instantiate_class(class_path: str, init_args: Mapping[str, Any] | None = None) -> nn.Module:
+    """``Class(**init_args)`` for an ``nn.Module`` subclass, built by jsonargparse as LightningCLI does.
 
-
-def instantiate_class(class_path: str, init_args: Mapping[str, Any] | None = None) -> Any:
-    """``Class(**init_args)``; values that are ``{"class_path": ..., "init_args": ...}`` are built first.
-
-    The same shape as LightningCLI / jsonargparse YAML, e.g. a transformers model with its config::
+    The same shape as LightningCLI / jsonargparse YAML: ``init_args`` are checked against the class's
+    signature, and nested ``{"class_path": ..., "init_args": ...}`` values are built first, e.g. a
+    transformers model with its config::
 
         class_path: transformers.SpeechT5HifiGan
         init_args:
           config:
             class_path: transformers.SpeechT5HifiGanConfig
             init_args: {model_in_dim: 64, upsample_rates: [5, 4, 2, 2, 2], normalize_before: false}
+
+    Raises :class:`VocoderError` (one line) when the class cannot be imported, is not an ``nn.Module``,
+    or does not accept ``init_args``.
     """
+    from jsonargparse import ArgumentParser  # lazy: only a user's class_path needs it
 
-    def build(value: Any) -> Any:
-        if isinstance(value, Mapping) and "class_path" in value:
-            return instantiate_class(value["class_path"], value.get("init_args"))
-        if isinstance(value, Mapping):
-            return {k: build(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [build(v) for v in value]
-        return value
-
-    cls = _import(class_path)
-    return cls(**{k: build(v) for k, v in dict(init_args or {}).items()})
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--vocoder", type=nn.Module)
+    spec = {"class_path": class_path, "init_args": dict(init_args or {})}
+    try:
+        cfg = parser.parse_object({"vocoder": spec})
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # < 4.49: old name
+        return instantiate(cfg).vocoder
+    except Exception as exc:  # noqa: BLE001 - jsonargparse's multi-line reason, or the class's own error
+        lines = [s.strip().rstrip(":") for s in str(exc).splitlines()[1:] or [str(exc)]]
+        reason = "; ".join(s for s in lines if s and not s.startswith("Problem with given class_path"))
+        missing = any(s in reason for s in ("No module named", "has no attribute", "dot import path"))
+        verb = "cannot import" if missing else "cannot build"
+        raise VocoderError(f"{verb} vocoder class_path {class_path!r}: {reason or type(exc).__name__}") from exc
 
 
 def load_checkpoint_state(
@@ -71,8 +71,6 @@ def load_checkpoint_state(
     if not p.is_file():
         raise VocoderError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state: Any = load_file(str(p))
     else:
         try:
@@ -148,15 +146,11 @@ def load_user_vocoder(
     """
     obj = instantiate_class(class_path, init_args)
     if ckpt_path is not None:
-        if not isinstance(obj, nn.Module):
-            raise VocoderError(f"{class_path} is not an nn.Module: cannot load {ckpt_path} into it")
         state = load_checkpoint_state(ckpt_path, key=key, trust_checkpoint=trust_checkpoint)
         own = list(obj.state_dict())
         state = strip_state_prefix(state, own, prefix)
         result = obj.load_state_dict(state, strict=strict)
         if not strict and (result.missing_keys or result.unexpected_keys):
-            import warnings
-
             warnings.warn(
                 f"{class_path} from {ckpt_path}: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}",
@@ -198,8 +192,6 @@ def vocoder_from_config(
     if not isinstance(config, Mapping):
         path = Path(config).expanduser()
         text = path.read_text(encoding="utf-8")
-        import yaml
-
         config = yaml.safe_load(text)
         base = path.parent
         if not isinstance(config, Mapping):
