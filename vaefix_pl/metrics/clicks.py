@@ -584,7 +584,9 @@ def added_clicks(
     flagged = score > threshold_db
     if lpc_order and n > 2 * lpc_order:
         white = _whitened(reference, estimate, lengths, lag, lpc_order, sample_rate)
-        flagged |= _transient_score(*white, lengths, frames, tol, shift)[0] > threshold_db
+        starts = torch.arange(valid.shape[1], device=mask.device)[None, :] * hop  # not at the filters' edges
+        inner = (starts >= max_lag) & (starts + win + max_lag <= lengths[:, None])
+        flagged |= (_transient_score(*white, lengths, frames, tol, shift)[0] > threshold_db) & inner
     if waveform_snr_db is not None and valid.shape[1] > 0:
         flagged |= _difference_score(reference, estimate, lengths, frames, max_lag, waveform_snr_db) > (
             waveform_threshold_db
@@ -593,7 +595,6 @@ def added_clicks(
     fi = torch.nonzero(flagged & valid, as_tuple=True)
     flags[fi[0], (fi[1] * hop + win // 2).clamp(max=n - 1)] = True
     flags &= mask
-    edge = int(round((max_lag_s or 0.0) * sample_rate))
-    flags |= _gap_flags(reference, estimate, mask, sample_rate, tolerance_s, gap_db, gap_floor_db, edge)
+    flags |= _gap_flags(reference, estimate, mask, sample_rate, tolerance_s, gap_db, gap_floor_db, max_lag)
     onsets = click_events(flags, int(round(merge_s * sample_rate)))
     return onsets if as_mask else _indices(onsets)
