@@ -66,9 +66,9 @@ def _toeplitz_solve(r: Tensor, order: int, loading: float) -> Tensor:
 def _lpc_fit(x: Tensor, lengths: Tensor, win: int, hop: int, order: int, loading: float) -> Tensor:
     """Inverse filters ``(B, F, order + 1)`` of the ``win``-sample Hann blocks centred on each ``hop``.
 
-    Autocorrelation method in float64, ``_CHUNK`` blocks at a time. Near an item's edges the block
-    narrows, symmetric about the hop and inside the valid samples (padding or reflecting would put a
-    step or a kink in it; sliding it inside would model another part of a sweep than the hop).
+    Autocorrelation in x's dtype, solved in float64, ``_CHUNK`` blocks at a time. Near an item's
+    edges the block narrows, symmetric about the hop and inside the valid samples (padding or
+    reflecting would put a step or a kink in it; sliding it would model another part of a sweep).
     """
     b, n = x.shape
     n_hops = max(1, math.ceil(n / hop))
@@ -76,19 +76,20 @@ def _lpc_fit(x: Tensor, lengths: Tensor, win: int, hop: int, order: int, loading
     h_min = min(half, max(hop, 2 * order))
     offs = torch.arange(-half, half + 1, device=x.device)  # (win + 1,)
     big_l = lengths[:, None]
-    nfft = _fast_len(2 * win + 2)  # biased autocorrelation through the FFT, zero-padded against wrap
+    nfft = _fast_len(win + 1 + order)  # biased autocorrelation via the FFT: no wrap into lags <= order
+    hw = torch.arange(1, half + 1, device=x.device)[:, None]  # every half-width (half, 1)
+    hann = torch.where(offs.abs() < hw, 0.5 * (1 + torch.cos(math.pi * offs.double() / hw)), 0.0)
     coefs, step = [], max(1, _CHUNK // max(b, 1))
     for f0 in range(0, n_hops, step):
         centre = (torch.arange(f0, min(n_hops, f0 + step), device=x.device) * hop + hop // 2).expand(b, -1)
         centre = torch.minimum(centre, big_l - h_min).clamp(min=h_min)  # (B, F')
         h = torch.minimum(torch.minimum(centre, big_l - centre), torch.full_like(centre, half)).clamp(min=1)
         pos = centre[:, :, None] + offs  # (B, F', win + 1)
-        w = 0.5 * (1 + torch.cos(math.pi * offs.double() / h[:, :, None].double()))
-        w = torch.where(offs.abs() < h[:, :, None], w, torch.zeros_like(w))
+        w = hann[h - 1]  # (B, F', win + 1): the Hann window of half-width h
         vals = torch.gather(x, 1, pos.clamp(0, n - 1).reshape(b, -1)).reshape(pos.shape)
-        bw = vals.double() * w * ((pos >= 0) & (pos < big_l[:, :, None]))
+        bw = vals * w.to(x.dtype) * ((pos >= 0) & (pos < big_l[:, :, None]))
         spec = torch.fft.rfft(bw, nfft)
-        r = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1]
+        r = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1].double()
         coefs.append(_toeplitz_solve(r.reshape(-1, order + 1), order, loading).reshape(b, -1, order + 1))
     return torch.cat(coefs, 1)
 
@@ -99,7 +100,7 @@ def _lpc_filter(x: Tensor, a: Tensor, hop: int, crossfade: bool = False) -> Tens
     Filter ``f`` belongs to the hop ``[f hop, (f + 1) hop)``. With ``crossfade`` the outputs of
     neighbouring filters are cross-faded linearly between their hops' centres instead (switching
     filters at a hop boundary puts a step into the output wherever the signal is not the one the
-    filters whiten). Segments are filtered through FFTs in float64, ``_CHUNK`` at a time; ``x`` is
+    filters whiten). Segments are filtered through FFTs in a's dtype, ``_CHUNK`` at a time; ``x`` is
     zero before its start (callers mask the first ``p`` samples).
     """
     b, n = x.shape
@@ -116,7 +117,7 @@ def _lpc_filter(x: Tensor, a: Tensor, hop: int, crossfade: bool = False) -> Tens
     lfft = _fast_len(span + 2 * order)
     parts = []
     for k in range(0, count, max(1, _CHUNK // max(b, 1))):
-        sk, ak = segs[:, k : k + _CHUNK // max(b, 1)].double(), a[:, k : k + _CHUNK // max(b, 1)]
+        sk, ak = segs[:, k : k + _CHUNK // max(b, 1)].to(a.dtype), a[:, k : k + _CHUNK // max(b, 1)]
         conv = torch.fft.irfft(torch.fft.rfft(sk, lfft) * torch.fft.rfft(ak, lfft), lfft)
         parts.append(conv[..., order : order + span])
     out = torch.cat(parts, 1)
@@ -154,7 +155,7 @@ def lp_residual(
         raise ValueError(f"AR order {order} is too high for a {win}-sample window")
     mask = valid_mask(lengths, n)
     xm = _masked(x, mask, dtype)
-    e = _lpc_filter(xm, _lpc_fit(xm, lengths, win, hop, order, loading), hop).to(dtype)
+    e = _lpc_filter(xm, _lpc_fit(xm.double(), lengths, win, hop, order, loading), hop).to(dtype)
     defined = mask & (torch.arange(n, device=x.device)[None, :] >= order)
     return e * defined, defined
 
@@ -474,20 +475,19 @@ def _whitened(
 
     Order-``order`` fits on 32 ms Hann blocks every 8 ms (diagonal loading 3e-3: a -25 dB white floor,
     so bands where the reference is weak are not amplified without bound), cross-faded between hops.
-    The estimate at sample ``n`` goes through the filter of the reference's sample ``n - lag`` (the
-    one it reproduces). The first ``order`` samples are zero.
+    The estimate's sample ``n`` goes through the filter of the reference's ``n - lag``. Zero before ``order``.
     """
     n = reference.shape[-1]
     win = int(round(0.032 * sample_rate))
     hop = max(1, win // 4)
     mask = valid_mask(lengths, n)
-    rm, em = _masked(reference, mask, torch.float64), _masked(estimate, mask, torch.float64)
-    a = _lpc_fit(rm, lengths, win, hop, order, 3e-3)
+    rm, em = _masked(reference, mask, torch.float32), _masked(estimate, mask, torch.float32)
+    a = _lpc_fit(rm, lengths, win, hop, order, 3e-3).float()
     idx = torch.arange(n, device=mask.device)[None, :]
     keep = mask & (idx >= order)
     ahead = torch.gather(em, 1, (idx + lag[:, None]).clamp(0, n - 1))
     we = torch.gather(_lpc_filter(ahead, a, hop, crossfade=True), 1, (idx - lag[:, None]).clamp(0, n - 1))
-    return (_lpc_filter(rm, a, hop, crossfade=True) * keep).float(), (we * keep).float()
+    return _lpc_filter(rm, a, hop, crossfade=True) * keep, we * keep
 
 
 def _difference_score(
