@@ -503,13 +503,13 @@ def _difference_score(
     win, hop, bands, floor, gap, width = frames
     n = reference.shape[-1]
     mask = valid_mask(lengths, n)
-    rm, em = _masked(reference, mask, torch.float64), _masked(estimate, mask, torch.float64)
+    rm, em = _masked(reference, mask, torch.float32), _masked(estimate, mask, torch.float32)
     lag = estimate_lag(rm, em, lengths, max_lag=max_lag)
     src = torch.arange(n, device=mask.device)[None, :] - lag[:, None]
     moved = torch.where((src >= 0) & mask, torch.gather(rm, 1, src.clamp(0, n - 1)), torch.zeros_like(rm))
-    gain = (moved * em).sum(1) / moved.square().sum(1).clamp(min=1e-30)
-    lr, valid = _band_log_power(moved.float(), lengths, win, hop, bands, floor)
-    ld, _ = _band_log_power((em - gain[:, None] * moved).float(), lengths, win, hop, bands, floor)
+    gain = ((moved.double() * em).sum(1) / moved.double().square().sum(1).clamp(min=1e-30)).float()
+    lr, valid = _band_log_power(moved, lengths, win, hop, bands, floor)
+    ld, _ = _band_log_power(em - gain[:, None] * moved, lengths, win, hop, bands, floor)
     reproduced = _side_mean(lr - ld, valid, gap, width) >= snr_db  # (B, T, bands)
     return ((ld - _side_max(ld, valid, gap, width)).clamp(0.0, 30.0) * reproduced).mean(-1)
 
