@@ -12,7 +12,8 @@ Clicks (:func:`insert_clicks`) are added to a signal about every 0.2 s at a fixe
 * ``impulse``: one sample; ``burst``: 0.5-5 ms of Hann-shaped white noise; ``step``: a DC jump that
   relaxes with a 20 ms time constant (an AC-coupled step: one discontinuity, no second edge);
   peaks uniform in ``peak_range_db`` dBFS.
-* ``dropout``: 1-5 ms of samples set to zero. Its peak is that of the removed signal.
+* ``dropout``: 1-5 ms of samples set to zero. Its peak is that of the removed signal; a dropout in
+  digital silence (peak under -120 dBFS) changes nothing and is not counted as a click.
 
 Each click's ``level_db`` is the peak of what it adds (``clicked - clean``) over the RMS of the clean
 signal in the +-10 ms around it: the "level relative to the local RMS" of the click benchmark.
@@ -205,6 +206,9 @@ LEVEL_BANDS: tuple[tuple[str, float, float], ...] = (
 )
 
 
+NO_CHANGE = 1e-6  # a click whose peak is under this (-120 dBFS) changes nothing: it is not counted
+
+
 @dataclass
 class Click:
     start: int  # first sample the click changes
@@ -260,6 +264,8 @@ def insert_clicks(
         m = min(add.size, n - p)
         y[p : p + m] += add[:m]
         peak_abs = float(np.abs(add[:m]).max()) if m else 0.0
+        if peak_abs < NO_CHANGE:  # a dropout in digital silence changes nothing: no click to find
+            continue
         rms = local_rms(x, p)
         peak_db = 20 * np.log10(max(peak_abs, 1e-12))
         level = 20 * np.log10(max(peak_abs, 1e-12) / max(rms, 1e-12))

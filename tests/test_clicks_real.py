@@ -66,15 +66,11 @@ def recall(pairs) -> dict[tuple[str, str, str], tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-# measured below target on this subset (2026-11-30, recall in the comments); see docs/METRICS.md
+# measured below the target on this subset (2026-11-30, recall in the comment); see docs/METRICS.md
 _BELOW = {
-    ("speech", "impulse", "0-10 dB"),  # 0.71
-    ("speech", "impulse", ">=10 dB"),  # 0.92
-    ("speech", "burst", ">=10 dB"),  # 0.95 (94/99, just under)
-    ("speech", "step", "0-10 dB"),  # 0.72
-    ("speech", "step", ">=10 dB"),  # 0.93
-    ("speech", "dropout", "0-10 dB"),  # 0.78
-    ("speech", "dropout", ">=10 dB"),  # 0.72 (13/18)
+    # 0.89 (16/18): both misses are dropouts of a word's first milliseconds right after a pause; the
+    # reference's own silence within 7 ms explains a gap there (0.98 of 49 on the full benchmark)
+    ("speech", "dropout", ">=10 dB"),
 }
 
 

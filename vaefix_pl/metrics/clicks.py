@@ -4,24 +4,18 @@
 Essentia's ``ClickDetector`` (Vaseghi & Rayner 1990; Godsill & Rayner 1998): fit a short-time
 autoregressive (linear-prediction) model per block, inverse-filter the signal to its prediction error
 (which whitens tones, harmonics and slowly varying spectra), and flag samples whose error exceeds a
-robust multiple of the local error scale. Settings and departures from those tools, and why:
+robust multiple of the local error scale. Departures from those tools, and why:
 
-* Blocks of 55 ms hopped by 25 % (adeclick's defaults), Hann-windowed autocorrelation method, solved in
-  float64. Order 64 (4 ms at 16 kHz; adeclick uses 2 % of the window, 17): a harmonic tone with 20
-  partials needs 40 poles and an order-40 model left 17 % of -20 dBFS clicks on a -6 dBFS, 20-partial
-  tone undetected. Near an item's edges the block narrows symmetrically (no padding inside a block).
-* adeclick flags ``|e| > 2 sigma_e``: about 5 % of any Gaussian-like error (fine for a repair tool,
-  where over-detection only costs interpolation; it is why it marks 5-6 % of clean speech). A metric
-  counts events, so the threshold here is 6.5 robust standard deviations (``1.4826 * MAD`` of the
-  error over the 55 ms around each hop; Essentia also uses a robust power estimate), with two floors:
-  -70 dBFS absolute and 40 dB under the local signal RMS (an error that far under the signal is masked
-  by it; this also keeps fast sweeps near an item's edge from counting).
-* Flagged samples closer than ``merge_s`` (2 ms) plus the AR order (the inverse filter's ringing after
-  an impulse) form one click event, so a 3 ms burst counts once (adeclick's "burst fusion").
+* Blocks of 55 ms hopped by 25 % (adeclick's), float64, but order 64 (adeclick: 17): a harmonic tone
+  with 20 partials needs 40 poles. Near an item's edges the block narrows symmetrically.
+* adeclick flags ``|e| > 2 sigma_e`` (5 % of any Gaussian-like error: fine for a repair tool). A
+  metric counts events, so here 6.5 robust standard deviations (``1.4826 * MAD`` over 55 ms), and at
+  least -70 dBFS and 40 dB under the local RMS (an error that far under the signal is masked by it).
+* Flags closer than ``merge_s`` (2 ms) plus the AR order (the filter's ringing) form one event.
 
 Like every AR-residual detector it fires on glottal pulses of voiced speech and on sharp musical onsets:
 it reports a rate for each signal alone and is not the headline. The headline is :func:`added_clicks`:
-broadband short transients in the estimate that the reference does not explain (see its docstring).
+short transients and dropouts in the estimate that the reference does not explain (see its docstring).
 """
 
 from __future__ import annotations
@@ -36,19 +30,16 @@ from vaefix_pl.metrics.functional import _check_pair, _fast_len, _lengths, _mask
 
 __all__ = [
     "added_clicks",
-    "band_energy",
     "click_events",
     "count_per_second",
     "detect_clicks",
     "detection_mask",
     "envelope_lag",
     "lp_residual",
-    "residual_energy",
 ]
 
 
-def _db_to_amp(level_db: float) -> float:
-    return 10.0 ** (level_db / 20.0)
+_CHUNK = 1 << 14  # analysis blocks / filter segments per batch of FFTs (bounded memory)
 
 
 # ------------------------------------------------------------------------------------------- AR residual
@@ -72,6 +63,71 @@ def _toeplitz_solve(r: Tensor, order: int, loading: float) -> Tensor:
     return torch.cat([torch.ones_like(coef[:, :1]), coef], dim=1)
 
 
+def _lpc_fit(x: Tensor, lengths: Tensor, win: int, hop: int, order: int, loading: float) -> Tensor:
+    """Inverse filters ``(B, F, order + 1)`` of the ``win``-sample Hann blocks centred on each ``hop``.
+
+    Autocorrelation in x's dtype, solved in float64, ``_CHUNK`` blocks at a time. Near an item's
+    edges the block narrows, symmetric about the hop and inside the valid samples (padding or
+    reflecting would put a step or a kink in it; sliding it would model another part of a sweep).
+    """
+    b, n = x.shape
+    n_hops = max(1, math.ceil(n / hop))
+    half = win // 2
+    h_min = min(half, max(hop, 2 * order))
+    offs = torch.arange(-half, half + 1, device=x.device)  # (win + 1,)
+    big_l = lengths[:, None]
+    nfft = _fast_len(win + 1 + order)  # biased autocorrelation via the FFT: no wrap into lags <= order
+    hw = torch.arange(1, half + 1, device=x.device)[:, None]  # every half-width (half, 1)
+    hann = torch.where(offs.abs() < hw, 0.5 * (1 + torch.cos(math.pi * offs.double() / hw)), 0.0)
+    coefs, step = [], max(1, _CHUNK // max(b, 1))
+    for f0 in range(0, n_hops, step):
+        centre = (torch.arange(f0, min(n_hops, f0 + step), device=x.device) * hop + hop // 2).expand(b, -1)
+        centre = torch.minimum(centre, big_l - h_min).clamp(min=h_min)  # (B, F')
+        h = torch.minimum(torch.minimum(centre, big_l - centre), torch.full_like(centre, half)).clamp(min=1)
+        pos = centre[:, :, None] + offs  # (B, F', win + 1)
+        w = hann[h - 1]  # (B, F', win + 1): the Hann window of half-width h
+        vals = torch.gather(x, 1, pos.clamp(0, n - 1).reshape(b, -1)).reshape(pos.shape)
+        bw = vals * w.to(x.dtype) * ((pos >= 0) & (pos < big_l[:, :, None]))
+        spec = torch.fft.rfft(bw, nfft)
+        r = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1].double()
+        coefs.append(_toeplitz_solve(r.reshape(-1, order + 1), order, loading).reshape(b, -1, order + 1))
+    return torch.cat(coefs, 1)
+
+
+def _lpc_filter(x: Tensor, a: Tensor, hop: int, crossfade: bool = False) -> Tensor:
+    """``e[n] = sum_k a_k x[n - k]``: ``x`` ``(B, N)`` through the inverse filters ``a`` ``(B, F, p + 1)``.
+
+    Filter ``f`` belongs to the hop ``[f hop, (f + 1) hop)``. With ``crossfade`` the outputs of
+    neighbouring filters are cross-faded linearly between their hops' centres instead (switching
+    filters at a hop boundary puts a step into the output wherever the signal is not the one the
+    filters whiten). Segments are filtered through FFTs in a's dtype, ``_CHUNK`` at a time; ``x`` is
+    zero before its start (callers mask the first ``p`` samples).
+    """
+    b, n = x.shape
+    order = a.shape[2] - 1
+    span = 2 * hop if crossfade else hop
+    if crossfade:  # segment k: outputs [c0 + (k - 2) hop, c0 + k hop) with filter k - 1 (edges repeated)
+        a = torch.cat([a[:, :1], a, a[:, -1:]], 1)
+        front = order + 2 * hop - hop // 2
+    else:  # segment f: outputs [f hop, (f + 1) hop)
+        front = order
+    count = a.shape[1]
+    xs = torch.nn.functional.pad(x, (front, max(0, (count - 1) * hop + span + order - front - n)))
+    segs = xs.unfold(-1, span + order, hop)[:, :count]  # (B, count, span + p), a view
+    lfft = _fast_len(span + 2 * order)
+    parts = []
+    for k in range(0, count, max(1, _CHUNK // max(b, 1))):
+        sk, ak = segs[:, k : k + _CHUNK // max(b, 1)].to(a.dtype), a[:, k : k + _CHUNK // max(b, 1)]
+        conv = torch.fft.irfft(torch.fft.rfft(sk, lfft) * torch.fft.rfft(ak, lfft), lfft)
+        parts.append(conv[..., order : order + span])
+    out = torch.cat(parts, 1)
+    if crossfade:
+        ramp = torch.arange(hop, device=x.device, dtype=out.dtype) / hop
+        out = out[:, 1:, :hop] * ramp + out[:, :-1, hop:] * (1 - ramp)  # (B, F + 1, hop) from c0 - hop
+        return out.reshape(b, -1)[:, hop - hop // 2 : hop - hop // 2 + n]
+    return out.reshape(b, -1)[:, :n]
+
+
 def lp_residual(
     x: Tensor,
     lengths: Tensor | None = None,
@@ -90,7 +146,7 @@ def lp_residual(
     Returns ``(residual (B, N) float32/64, defined (B, N) bool)``.
     """
     lengths = _lengths(x, lengths)
-    b, n = x.shape
+    n = x.shape[-1]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     win = int(round(window_s * sample_rate))
     hop = int(round(hop_s * sample_rate)) if hop_s else max(1, win // 4)
@@ -99,35 +155,7 @@ def lp_residual(
         raise ValueError(f"AR order {order} is too high for a {win}-sample window")
     mask = valid_mask(lengths, n)
     xm = _masked(x, mask, dtype)
-    n_hops = max(1, math.ceil(n / hop))
-    # analysis block of hop f: a Hann window centred on the hop, narrowed near the item's edges so that
-    # it stays symmetric about the hop and inside the valid samples (zero padding or a reflection would
-    # put an abrupt start/stop or a kink in the block; a block slid inside the item would model another
-    # part of a sweep than the hop it filters)
-    half = win // 2
-    h_min = min(half, max(hop, 2 * order))
-    centre = (torch.arange(n_hops, device=x.device) * hop + hop // 2)[None, :].expand(b, -1)
-    big_l = lengths[:, None]
-    centre = torch.minimum(centre, big_l - h_min).clamp(min=h_min)  # (B, F)
-    h = torch.minimum(torch.minimum(centre, big_l - centre), torch.full_like(centre, half)).clamp(min=1)
-    offs = torch.arange(-half, half + 1, device=x.device)  # (win + 1,)
-    pos = centre[:, :, None] + offs  # (B, F, win + 1)
-    w = 0.5 * (1 + torch.cos(math.pi * offs.double() / h[:, :, None].double()))
-    w = torch.where(offs.abs() < h[:, :, None], w, torch.zeros_like(w))
-    valid_pos = (pos >= 0) & (pos < big_l[:, :, None])
-    vals = torch.gather(xm, 1, pos.clamp(0, n - 1).reshape(b, -1)).reshape(pos.shape)
-    bw = vals.double() * w * valid_pos
-    # biased autocorrelation of each windowed block (FFT, zero-padded against wrap)
-    nfft = _fast_len(2 * win + 2)
-    spec = torch.fft.rfft(bw, nfft)
-    r = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1]  # (B, F, p+1)
-    a = _toeplitz_solve(r.reshape(-1, order + 1), order, loading).reshape(b, n_hops, order + 1)
-    # inverse filtering hop by hop: e[n] = sum_k a_k x[n - k] on segments [f hop - p, f hop + hop)
-    xs = torch.nn.functional.pad(xm, (order, n_hops * hop - n))
-    seg = xs.unfold(-1, hop + order, hop)[:, :n_hops]  # (B, F, hop + p)
-    lfft = _fast_len(hop + 2 * order)
-    conv = torch.fft.irfft(torch.fft.rfft(seg.double(), lfft) * torch.fft.rfft(a, lfft), lfft)
-    e = conv[..., order : order + hop].reshape(b, n_hops * hop)[:, :n].to(dtype)
+    e = _lpc_filter(xm, _lpc_fit(xm.double(), lengths, win, hop, order, loading), hop).to(dtype)
     defined = mask & (torch.arange(n, device=x.device)[None, :] >= order)
     return e * defined, defined
 
@@ -217,8 +245,8 @@ def detection_mask(
     sigma = _robust_scale(e, defined, win, hop)  # (B, F)
     level = _local_rms(x.to(e.dtype), valid_mask(lengths, n), win, hop)
     thr = torch.maximum(
-        torch.nan_to_num(sigma, nan=float("inf")) * threshold, level * _db_to_amp(relative_floor_db)
-    ).clamp(min=_db_to_amp(floor_db))
+        torch.nan_to_num(sigma, nan=float("inf")) * threshold, level * 10.0 ** (relative_floor_db / 20.0)
+    ).clamp(min=10.0 ** (floor_db / 20.0))
     thr = torch.repeat_interleave(thr, hop, dim=1)[:, :n]
     stat = e.abs() / thr
     return (stat > 1) & defined, stat
@@ -228,104 +256,26 @@ def detect_clicks(
     x: Tensor,
     lengths: Tensor | None = None,
     sample_rate: int = SAMPLE_RATE,
-    threshold: float = 6.5,
-    floor_db: float = -70.0,
-    relative_floor_db: float = -40.0,
-    order: int = 64,
-    window_s: float = 0.055,
     merge_s: float = 0.002,
     as_mask: bool = False,
-    residual: tuple[Tensor, Tensor] | None = None,
+    **settings,
 ) -> list[Tensor] | Tensor:
     """Reference-free click detection: onset sample indices of click events per item.
 
     ``x`` ``(B, N)`` with ``lengths`` ``(B,)``; returns a list of ``B`` int64 tensors of sample indices
     (on ``x``'s device), or the ``(B, N)`` boolean onset mask with ``as_mask``. A sample is a click
     candidate when its AR prediction error (:func:`lp_residual`) exceeds ``threshold`` robust standard
-    deviations of the error around it, ``relative_floor_db`` under the local RMS and ``floor_db`` dBFS;
-    candidates closer than ``merge_s`` plus ``order`` samples form one event. Fires on voiced speech and
-    sharp onsets, as every method of this family: use :func:`added_clicks` to score a reconstruction.
+    deviations of the error around it, ``relative_floor_db`` under the local RMS and ``floor_db`` dBFS
+    (``settings``: those of :func:`detection_mask`); candidates closer than ``merge_s`` plus ``order``
+    samples form one event. Fires on voiced speech and sharp onsets, as every method of this family:
+    use :func:`added_clicks` to score a reconstruction.
     """
-    lengths = _lengths(x, lengths)
-    flags, _ = detection_mask(
-        x, lengths, sample_rate, threshold, floor_db, relative_floor_db, order, window_s, residual
-    )
-    onsets = click_events(flags, int(round(merge_s * sample_rate)) + order)
+    flags, _ = detection_mask(x, _lengths(x, lengths), sample_rate, **settings)
+    onsets = click_events(flags, int(round(merge_s * sample_rate)) + settings.get("order", 64))
     return onsets if as_mask else _indices(onsets)
 
 
 # ------------------------------------------------------------------------------------ reference-aware
-_BAND_FILTERS: dict[tuple, Tensor] = {}
-
-
-def _band_kernel(
-    sample_rate: int, band: tuple[float, float], taps: int, device: torch.device, dtype
-) -> Tensor:
-    """Linear-phase FIR band-pass (scipy ``firwin``, Hann window), cached per device."""
-    key = (sample_rate, band, taps, str(device), dtype)
-    if key not in _BAND_FILTERS:
-        from scipy.signal import firwin
-
-        lo, hi = band
-        nyq = sample_rate / 2
-        if hi >= nyq:
-            h = firwin(taps, lo, window="hann", pass_zero=False, fs=sample_rate)
-        else:
-            h = firwin(taps, [lo, hi], window="hann", pass_zero=False, fs=sample_rate)
-        _BAND_FILTERS[key] = torch.as_tensor(h, dtype=dtype, device=device)
-    return _BAND_FILTERS[key]
-
-
-def _frame_energy(y: Tensor, lengths: Tensor, frame: int, hop: int, edge: int) -> tuple[Tensor, Tensor]:
-    """Mean square of ``y`` ``(B, N)`` in frames of ``frame`` samples every ``hop``: ``(B, T)`` and mask.
-
-    A frame is valid when it lies inside the item and at least ``edge`` samples from both of its ends
-    (filters ring at an item's abrupt start and end; those transients belong to the cropping).
-    """
-    energy = torch.nn.functional.avg_pool1d(y.square()[:, None], frame, hop)[:, 0]
-    starts = torch.arange(energy.shape[-1], device=y.device)[None, :] * hop
-    fmask = (starts >= edge) & (starts + frame + edge <= lengths[:, None])
-    return energy * fmask, fmask
-
-
-def band_energy(
-    x: Tensor,
-    lengths: Tensor,
-    sample_rate: int = SAMPLE_RATE,
-    band: tuple[float, float] = (2500.0, 6500.0),
-    frame_s: float = 0.001,
-    hop_s: float = 0.0005,
-    taps: int = 63,
-) -> tuple[Tensor, Tensor, int]:
-    """Short-time energy (mean square) of the band-passed signal: ``(B, T)``, frame mask ``(B, T)``, hop."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mask = valid_mask(lengths, x.shape[-1])
-    xm = _masked(x, mask, dtype)[:, None]
-    h = _band_kernel(sample_rate, band, taps, x.device, dtype)
-    y = torch.nn.functional.conv1d(xm, h.flip(0)[None, None], padding=taps // 2)[:, 0]  # zero-phase
-    frame = max(1, int(round(frame_s * sample_rate)))
-    hop = max(1, int(round(hop_s * sample_rate)))
-    energy, fmask = _frame_energy(y, lengths, frame, hop, taps // 2)
-    return energy, fmask, hop
-
-
-def residual_energy(
-    x: Tensor,
-    lengths: Tensor,
-    sample_rate: int = SAMPLE_RATE,
-    frame_s: float = 0.001,
-    hop_s: float = 0.0005,
-    order: int = 64,
-    residual: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor, int]:
-    """Short-time energy of the AR prediction error (:func:`lp_residual`): ``(B, T)``, mask, hop."""
-    e = (residual if residual is not None else lp_residual(x, lengths, sample_rate, order=order))[0]
-    frame = max(1, int(round(frame_s * sample_rate)))
-    hop = max(1, int(round(hop_s * sample_rate)))
-    energy, fmask = _frame_energy(e, lengths, frame, hop, order)
-    return energy, fmask, hop
-
-
 def _frames_to_onsets(flags_f: Tensor, hop: int, mask: Tensor) -> Tensor:
     """Frame flags ``(B, T)`` -> sample flags ``(B, N)`` at each flagged frame's first sample."""
     n = mask.shape[-1]
@@ -502,6 +452,68 @@ def _gap_flags(
     return _frames_to_onsets(flagged, step, mask)
 
 
+def _transient_score(
+    reference: Tensor, estimate: Tensor, lengths: Tensor, frames: tuple[int, ...], tol: int, shift: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Broadband-transient score ``(B, T)`` in dB of :func:`added_clicks` and the frame mask ``(B, T)``.
+
+    ``frames`` = ``(win, hop, bands, floor, gap, width)``: frame geometry and side windows (in frames).
+    """
+    win, hop, bands, floor, gap, width = frames
+    lr, valid = _band_log_power(reference, lengths, win, hop, bands, floor)
+    le, _ = _band_log_power(estimate, lengths, win, hop, bands, floor)
+    explained = _shifted_max(torch.where(valid[:, :, None], lr, torch.full_like(lr, -1e4)), tol, shift)
+    offset = _side_mean(le - lr, valid, gap, width).clamp(min=0)
+    own = _side_max(le, valid, gap, width)
+    return torch.minimum(le - explained - offset, le - own).clamp(0.0, 30.0).mean(-1), valid
+
+
+def _whitened(
+    reference: Tensor, estimate: Tensor, lengths: Tensor, lag: Tensor, order: int, sample_rate: int
+):
+    """Both signals through the reference's short-term LPC inverse filters: ``(B, N)`` float32 each.
+
+    Order-``order`` fits on 32 ms Hann blocks every 8 ms (diagonal loading 3e-3: a -25 dB white floor,
+    so bands where the reference is weak are not amplified without bound), cross-faded between hops.
+    The estimate's sample ``n`` goes through the filter of the reference's ``n - lag``. Zero before ``order``.
+    """
+    n = reference.shape[-1]
+    win = int(round(0.032 * sample_rate))
+    hop = max(1, win // 4)
+    mask = valid_mask(lengths, n)
+    rm, em = _masked(reference, mask, torch.float32), _masked(estimate, mask, torch.float32)
+    a = _lpc_fit(rm, lengths, win, hop, order, 3e-3).float()
+    idx = torch.arange(n, device=mask.device)[None, :]
+    keep = mask & (idx >= order)
+    ahead = torch.gather(em, 1, (idx + lag[:, None]).clamp(0, n - 1))
+    we = torch.gather(_lpc_filter(ahead, a, hop, crossfade=True), 1, (idx - lag[:, None]).clamp(0, n - 1))
+    return _lpc_filter(rm, a, hop, crossfade=True) * keep, we * keep
+
+
+def _difference_score(
+    reference: Tensor, estimate: Tensor, lengths: Tensor, frames: tuple[int, ...], max_lag: int, snr_db: float
+) -> Tensor:
+    """Transient score ``(B, T)`` of the waveform difference, where the estimate reproduces the waveform.
+
+    ``d = estimate - g reference[n - lag]`` (sample lag of the cross-correlation, least-squares gain).
+    A frame counts where the reference is on average ``snr_db`` over ``d`` in the side windows (the
+    waveform is reproduced there; a phase-free resynthesis never is) and scores the mean over bands of
+    ``d``'s excess over its own largest side frame.
+    """
+    win, hop, bands, floor, gap, width = frames
+    n = reference.shape[-1]
+    mask = valid_mask(lengths, n)
+    rm, em = _masked(reference, mask, torch.float32), _masked(estimate, mask, torch.float32)
+    lag = estimate_lag(rm, em, lengths, max_lag=max_lag)
+    src = torch.arange(n, device=mask.device)[None, :] - lag[:, None]
+    moved = torch.where((src >= 0) & mask, torch.gather(rm, 1, src.clamp(0, n - 1)), torch.zeros_like(rm))
+    gain = ((moved.double() * em).sum(1) / moved.double().square().sum(1).clamp(min=1e-30)).float()
+    lr, valid = _band_log_power(moved, lengths, win, hop, bands, floor)
+    ld, _ = _band_log_power(em - gain[:, None] * moved, lengths, win, hop, bands, floor)
+    reproduced = _side_mean(lr - ld, valid, gap, width) >= snr_db  # (B, T, bands)
+    return ((ld - _side_max(ld, valid, gap, width)).clamp(0.0, 30.0) * reproduced).mean(-1)
+
+
 def added_clicks(
     reference: Tensor,
     estimate: Tensor,
@@ -516,15 +528,18 @@ def added_clicks(
     gap_s: float = 0.004,
     context_s: float = 0.01,
     floor_db: float = -70.0,
+    lpc_order: int = 16,
+    waveform_snr_db: float | None = 10.0,
+    waveform_threshold_db: float = 6.0,
     gap_db: float = -30.0,
+    gap_floor_db: float = -90.0,
     merge_s: float = 0.005,
     as_mask: bool = False,
 ) -> list[Tensor] | Tensor:
     """Clicks in ``estimate`` that ``reference`` does not explain: onset sample indices per item.
 
     ``reference``/``estimate`` ``(B, N)`` with ``lengths`` ``(B,)``; returns a list of ``B`` int64
-    tensors (or the ``(B, N)`` onset mask with ``as_mask``). Two tests, both phase-insensitive (a
-    vocoder does not keep the waveform, only short-time spectra):
+    tensors (or the ``(B, N)`` onset mask with ``as_mask``). A click is flagged by any of:
 
     * broadband transients: per ``frame_s`` (4 ms) Hann frame every ``hop_s`` (1 ms), the dB power
       ``P`` of ``bands`` equal-width bands (0.25-8 kHz at 16 kHz). In every band, the estimate's frame
@@ -534,49 +549,52 @@ def added_clicks(
       frames ``gap_s``..``gap_s + context_s`` (4-14 ms) before and after, counted only when positive:
       a louder or noisier estimate is not a click, a duller one is no licence to flag), and (b) the
       estimate's own largest frame in those two side windows (a click is short: it stands out of its
-      own neighbourhood; a natural onset does not stand out of what follows it). Both thresholds are
-      thus relative to local levels, not to a global spread: speech's dynamic range hid clicks
-      during voiced speech from global or long-window ones. The frame's score is the mean over bands
-      of ``min(excess a, excess b)`` clipped to 0-30 dB; frames over ``threshold_db`` are clicks.
-      Power below ``floor_db`` per bin is floored.
+      own neighbourhood; a natural onset does not stand out of what follows it). The frame's score is
+      the mean over bands of ``min(excess a, excess b)`` clipped to 0-30 dB; frames over
+      ``threshold_db`` are clicks. Power below ``floor_db`` per bin is floored. Phase-insensitive.
+    * the same test on both signals whitened by the reference's short-term LPC inverse filters
+      (order ``lpc_order``, :func:`_whitened`): voiced speech and tones become a flat, weak residual
+      out of which impulses and steps stand (Godsill & Rayner's click restoration works on this
+      residual); fitted on the reference, so the estimate's clicks are not modelled away.
+    * where the estimate reproduces the reference's waveform (local SNR over ``waveform_snr_db``):
+      a transient ``waveform_threshold_db`` over its neighbours in the waveform difference
+      (:func:`_difference_score`). ``None`` turns it off.
     * dropouts (:func:`_gap_flags`): the estimate falls ``gap_db`` under the reference's local RMS
-      (times the item's RMS ratio) for 0.75 ms while the reference has no such gap within
-      ``tolerance_s``; not within ``max_lag_s`` of an item's ends (a delayed estimate starts silent).
-
-    Measured on real speech and music: ``docs/METRICS.md``.
+      (times the item's RMS ratio; that RMS over ``gap_floor_db``) for 0.75 ms while the reference
+      has no such gap within ``tolerance_s``; not within ``max_lag_s`` of an item's ends.
 
     Flags closer than ``merge_s`` form one event (a dropout's two edges, a burst's frames).
+    Measured on real speech and music: ``docs/METRICS.md``.
     """
     lengths = _check_pair(reference, estimate, lengths)
     n = reference.shape[-1]
     mask = valid_mask(lengths, n)
     win = max(8, int(round(frame_s * sample_rate)))
     hop = max(1, int(round(hop_s * sample_rate)))
-    floor = 10.0 ** (floor_db / 10.0)
-    lr, valid = _band_log_power(reference, lengths, win, hop, bands, floor)
-    le, _ = _band_log_power(estimate, lengths, win, hop, bands, floor)
+    sides = (max(1, int(round(gap_s * sample_rate / hop))), max(1, int(round(context_s * sample_rate / hop))))
+    frames = (win, hop, bands, 10.0 ** (floor_db / 10.0), *sides)
+    tol = max(0, int(round(tolerance_s * sample_rate / hop)))
+    max_lag = int(round((max_lag_s or 0.0) * sample_rate))
+    if max_lag_s and n >= win:
+        lag_env, env_hop = envelope_lag(reference, estimate, lengths, sample_rate, max_lag_s)
+        shift, lag = torch.round(lag_env.double() * env_hop / hop).long(), lag_env.long() * env_hop
+    else:
+        shift = lag = torch.zeros_like(lengths)
+    score, valid = _transient_score(reference, estimate, lengths, frames, tol, shift)
+    flagged = score > threshold_db
+    if lpc_order and n > 2 * lpc_order:
+        white = _whitened(reference, estimate, lengths, lag, lpc_order, sample_rate)
+        starts = torch.arange(valid.shape[1], device=mask.device)[None, :] * hop  # not at the filters' edges
+        inner = (starts >= max_lag) & (starts + win + max_lag <= lengths[:, None])
+        flagged |= (_transient_score(*white, lengths, frames, tol, shift)[0] > threshold_db) & inner
+    if waveform_snr_db is not None and valid.shape[1] > 0:
+        flagged |= _difference_score(reference, estimate, lengths, frames, max_lag, waveform_snr_db) > (
+            waveform_threshold_db
+        )
     flags = torch.zeros_like(mask)
-    if lr.shape[1] > 0:
-        gap = max(1, int(round(gap_s * sample_rate / hop)))
-        width = max(1, int(round(context_s * sample_rate / hop)))
-        tol = max(0, int(round(tolerance_s * sample_rate / hop)))
-        if max_lag_s:
-            lag_env, env_hop = envelope_lag(reference, estimate, lengths, sample_rate, max_lag_s)
-            shift = torch.round(lag_env.double() * env_hop / hop).long()
-        else:
-            shift = torch.zeros_like(lengths)
-        low = torch.full_like(lr, -1e4)
-        explained = _shifted_max(torch.where(valid[:, :, None], lr, low), tol, shift)
-        offset = _side_mean(le - lr, valid, gap, width).clamp(min=0)
-        own = _side_max(le, valid, gap, width)
-        excess = torch.minimum(le - explained - offset, le - own).clamp(0.0, 30.0)
-        score = excess.mean(-1)
-        flagged = valid & (score > threshold_db)
-        frame_flags = torch.zeros_like(mask)
-        fi = torch.nonzero(flagged, as_tuple=True)
-        frame_flags[fi[0], (fi[1] * hop + win // 2).clamp(max=n - 1)] = True
-        flags |= frame_flags & mask
-    edge = int(round((max_lag_s or 0.0) * sample_rate))
-    flags |= _gap_flags(reference, estimate, mask, sample_rate, tolerance_s, gap_db, floor_db + 10.0, edge)
+    fi = torch.nonzero(flagged & valid, as_tuple=True)
+    flags[fi[0], (fi[1] * hop + win // 2).clamp(max=n - 1)] = True
+    flags &= mask
+    flags |= _gap_flags(reference, estimate, mask, sample_rate, tolerance_s, gap_db, gap_floor_db, max_lag)
     onsets = click_events(flags, int(round(merge_s * sample_rate)))
     return onsets if as_mask else _indices(onsets)
