@@ -264,7 +264,7 @@ def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rat
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".wav", dir=p.parent)
     os.close(fd)
     try:
-        sf.write(tmp, data.astype(np.float32), sample_rate, subtype="FLOAT", format="WAV")
+        sf.write(tmp, np.asarray(data, dtype=np.float32), sample_rate, subtype="FLOAT", format="WAV")
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
