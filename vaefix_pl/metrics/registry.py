@@ -382,7 +382,7 @@ def _compute_with_long_items(
     for i in long_rows:
         m = int(host[i])
         ref, est = reference[i, :m].to(dtype), estimate[i, :m].to(dtype)
-        values = _streaming.stream_item_metrics(ref, est, names, sample_rate)
+        values = _streaming.stream_item_metrics(ref, est, names, sample_rate, lag_seconds=LAG_EXCERPT_SECONDS)
         rest = [name for name in names if name not in values]
         if rest:  # metrics registered elsewhere: on the item whole
             ctx = MetricContext(ref[None], est[None], None, sample_rate)

@@ -12,8 +12,8 @@ does on a long item:
 * ``lsd``, ``mrstft_*``, ``mel_distance``: frame by frame. Each block is the exact span of the
   item's reflect-padded signal that its frames read, so every frame is the frame the whole-item STFT
   has; the per-frame values are summed and counted across blocks.
-* ``lag``, ``xcorr_peak``: from the first ``LAG_EXCERPT_SECONDS`` (as the batched path does for
-  items longer than that).
+* ``lag``, ``xcorr_peak``: from the first ``lag_seconds`` (the registry's ``LAG_EXCERPT_SECONDS``, as
+  its batched path does for items longer than that).
 * ``clicks_*``: the detectors run on windows of :data:`CLICK_BLOCK_SAMPLES` with
   :data:`CLICK_MARGIN_SECONDS` of context on each side, and count the onsets inside each window's core.
   The detectors look at most tens of milliseconds around a sample, so this matches the whole-item
@@ -193,8 +193,9 @@ def _click_counts(r: Tensor, e: Tensor, sample_rate: int, added: bool, own: bool
 class _Item:
     """One long item's inputs and its shared intermediate results."""
 
-    def __init__(self, r: Tensor, e: Tensor, sample_rate: int, block: int) -> None:
+    def __init__(self, r: Tensor, e: Tensor, sample_rate: int, block: int, lag_seconds: float) -> None:
         self.r, self.e, self.sample_rate, self.block = r, e, sample_rate, block
+        self.lag_seconds = lag_seconds
         self.eps = torch.finfo(e.dtype).eps
         self.both = (r, e)  # the framed metrics' input, cast per span (no whole-item copy)
         self.cache: dict[str, Any] = {}
@@ -205,10 +206,8 @@ class _Item:
         return self.cache[key]
 
     def lag(self) -> tuple[Tensor, Tensor]:
-        from vaefix_pl.metrics.registry import LAG_EXCERPT_SECONDS
-
         def run() -> tuple[Tensor, Tensor]:
-            m = int(LAG_EXCERPT_SECONDS * self.sample_rate)
+            m = int(self.lag_seconds * self.sample_rate)
             max_lag = int(round(0.01 * self.sample_rate))
             lag, peak = F.estimate_lag(self.r[None, :m], self.e[None, :m], None, max_lag, return_peak=True)
             return lag[0], peak[0]
@@ -272,11 +271,12 @@ def stream_item_metrics(
     names: Sequence[str],
     sample_rate: int,
     block: int | None = None,
+    lag_seconds: float = 60.0,
 ) -> dict[str, Tensor]:
     """Scores of one item ``reference``/``estimate`` ``(L,)`` (every sample valid): ``{name: float64 scalar}``
     for the names :func:`streamed` knows, with peak memory set by ``block`` (samples, default
-    :data:`BLOCK_SAMPLES`), not by ``L``."""
+    :data:`BLOCK_SAMPLES`), not by ``L``. The lag is estimated from the first ``lag_seconds``."""
     if reference.ndim != 1 or reference.shape != estimate.shape:
         raise ValueError(f"one item: (L,) and (L,), got {tuple(reference.shape)} and {tuple(estimate.shape)}")
-    it = _Item(reference, estimate, int(sample_rate), int(block or BLOCK_SAMPLES))
+    it = _Item(reference, estimate, int(sample_rate), int(block or BLOCK_SAMPLES), float(lag_seconds))
     return {name: _STREAMED[name](it).to(torch.float64) for name in names if name in _STREAMED}
