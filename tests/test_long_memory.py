@@ -53,7 +53,7 @@ def _pair(n: int, sr: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("sr", [16000, 48000])
 def test_long_items_scored_block_wise_equal_whole_item_scores(monkeypatch, sr):
     # small blocks so that a few seconds span many blocks and click windows (and their seams)
-    long_n, short_n = int(4.3 * sr), int(0.7 * sr)
+    long_n, short_n = 68_800, 11_200  # 4.3 s / 0.7 s at 16 kHz (1.4 s / 0.23 s at 48 kHz)
     ref_l, est_l = _pair(long_n, sr, 0)
     ref_s, est_s = _pair(short_n, sr, 1)
     ref = torch.zeros(2, long_n)
@@ -67,14 +67,15 @@ def test_long_items_scored_block_wise_equal_whole_item_scores(monkeypatch, sr):
     calls = []
     real = streaming.stream_item_metrics
     monkeypatch.setattr(streaming, "stream_item_metrics", lambda r, e, *a, **k: calls.append(r.shape) or real(r, e, *a, **k))
-    monkeypatch.setattr(streaming, "STREAM_ABOVE_SAMPLES", sr)  # 1 s: the long item streams, the short not
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_SAMPLES", 16000)  # the long item streams, the short one not
     monkeypatch.setattr(streaming, "BLOCK_SAMPLES", 5003)  # odd, so blocks cut frames at every phase
-    monkeypatch.setattr(streaming, "CLICK_BLOCK_SAMPLES", sr // 2)
+    monkeypatch.setattr(streaming, "CLICK_BLOCK_SAMPLES", 8000)
     got = compute_metrics(ref, est, lengths, ALL_FAST, sample_rate=sr)
     assert calls == [(long_n,)]
     assert whole["clicks_est_per_s"][0] > 0  # the clicks are found, so their counts are compared
     for name in ALL_FAST:
         tol = 1e-12 if name in ("lag", "clicks_added_per_s", "clicks_ref_per_s", "clicks_est_per_s") else 1e-7
+        tol = 1e-6 if name == "xcorr_peak" else tol  # a float32 FFT of one row vs of a batch: ~3e-7 apart
         torch.testing.assert_close(got[name][0], whole[name][0], rtol=tol, atol=tol, msg=name)
         torch.testing.assert_close(got[name][1], short_alone[name][0], rtol=0, atol=0, msg=name)  # unchanged
     # and against NumPy directly: the block sums of the waveform scores
