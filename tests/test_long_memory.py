@@ -194,5 +194,6 @@ def test_peak_rss_is_flat_from_1_to_10_minutes(tmp_path, tiny_model_dir):
                                     "--model", str(tiny_model_dir), "--out", str(out), "--accelerator", "cpu",
                                     "--num-workers", "0"])  # fmt: skip
         assert (out / "metrics.csv").is_file()
+    print({m: f"{p / 2**20:.0f} MiB" for m, p in peaks.items()})  # shown with -s
     assert peaks[10] < 1.5 * peaks[1], peaks
     assert peaks[10] < ABSOLUTE_BOUND, peaks
