@@ -109,6 +109,53 @@ def test_model_errors_are_vaefix_errors():
     assert ModelError.exit_code == 3 and issubclass(ModelError, VaefixError)
 
 
+def _broken_model(src: Path, dst: Path, case: str) -> Path:
+    import json
+    import os
+    import shutil
+
+    shutil.copytree(src, dst)
+    vae_cfg, voc_cfg = dst / "vae" / "config.json", dst / "vocoder" / "config.json"
+    if case == "list":
+        vae_cfg.write_text("[1, 2]")
+    elif case == "upsample_rates":
+        voc_cfg.write_text(json.dumps({**json.loads(voc_cfg.read_text()), "upsample_rates": "abc"}))
+    elif case == "block_out_channels":
+        vae_cfg.write_text(json.dumps({**json.loads(vae_cfg.read_text()), "block_out_channels": 5}))
+    elif case == "malformed":
+        vae_cfg.write_text('{"a": 1,')
+    elif case == "loop":
+        vae_cfg.unlink()
+        os.symlink(dst / "vae" / "b", dst / "vae" / "a")
+        os.symlink(dst / "vae" / "a", dst / "vae" / "b")
+        os.symlink(dst / "vae" / "a", vae_cfg)
+    elif case == "bin_only":
+        (dst / "vocoder" / "model.safetensors").rename(dst / "vocoder" / "pytorch_model.bin")
+    return dst
+
+
+@pytest.mark.parametrize(
+    "case, want",
+    [
+        ("list", "vae/config.json: must hold a JSON object, got list"),
+        ("upsample_rates", "vocoder config 'upsample_rates' must be a non-empty list of integers, got 'abc'"),
+        ("block_out_channels", "vae config 'block_out_channels' must be a non-empty list of integers, got 5"),
+        ("malformed", "vae/config.json: not readable JSON (Expecting property name"),
+        ("loop", "vae/config.json is a symbolic link loop"),
+        ("bin_only", "only safetensors weights are loaded); save the model with safe_serialization=True"),
+    ],
+)
+def test_broken_model_folders_are_one_line_model_errors_saying_what_is_wrong(tmp_path, tiny_model_dir, capfd, case, want):
+    model = _broken_model(tiny_model_dir, tmp_path / "m", case)
+    _clip(tmp_path / "a.wav")
+    rc = vaefix(["reconstruct", str(tmp_path / "a.wav"), "--model", str(model), "--out", str(tmp_path / "o"),
+                 "--accelerator", "cpu", "--num-workers", "0"])  # fmt: skip
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == ModelError.exit_code and len(err) == 1 and "Traceback" not in err[0], err
+    assert want in err[0], err
+    assert "hf download" not in err[0] and " is missing." not in err[0]  # no download advice for a local folder
+
+
 # ------------------------------------------------------------------ 11. diagnose-mel inputs
 @pytest.mark.parametrize(
     "mel, word",

@@ -11,6 +11,7 @@ and transformers are imported only for a checkpoint those classes cannot hold.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -173,8 +174,24 @@ def resolve_source(
     return local_path
 
 
+def _bad_link(path: Path) -> str | None:
+    """Why ``path`` is a symbolic link that leads to no file (a loop, a broken target), else ``None``."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path} is a symbolic link loop (following the links never reaches a file)"
+        return f"{path} is a broken symbolic link (target {os.readlink(path)!r} does not exist)"
+    return None
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / "config.json"
+    link = _bad_link(cfg_path)
+    if link is not None:
+        raise ModelNotFoundError(link)
     if not cfg_path.is_file():
         raise ModelNotFoundError(f"{cfg_path} is missing. " + _how_to_get(DEFAULT_SOURCE))
     try:
@@ -264,8 +281,15 @@ def load_audioldm2(
     for folder, weights in ((vae_dir, VAE_WEIGHTS), (voc_dir, VOCODER_WEIGHTS)):
         if not (folder / weights).is_file():
             others = sorted(p.name for p in folder.glob("*.bin"))
-            hint = f" (found {others}: only safetensors weights are loaded)" if others else ""
-            raise ModelNotFoundError(f"{folder / weights} is missing{hint}. " + _how_to_get(str(source)))
+            link = _bad_link(folder / weights)
+            if link is not None:
+                raise ModelNotFoundError(link)
+            if others:  # a local folder of pickle weights: saying "download" would not help
+                raise ModelNotFoundError(
+                    f"{folder / weights} is missing (found {others}: only safetensors weights are loaded); "
+                    "save the model with safe_serialization=True, or point --model at a folder with safetensors"
+                )
+            raise ModelNotFoundError(f"{folder / weights} is missing. " + _how_to_get(str(source)))
 
     vae, vocoder = load_models(path, device if device is not None else "cpu")
     vae, vocoder = freeze(vae.float()), freeze(vocoder.float())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import stat
 import tempfile
@@ -21,6 +22,7 @@ import torchaudio
 from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.data.resample import MAX_KERNEL_ELEMENTS, StreamResampler, kernel_elements
 
 AUDIO_EXTENSIONS: tuple[str, ...] = tuple(
     sorted({"." + ext.lower() for ext in sf.available_formats()} | {".wav", ".flac", ".ogg", ".mp3", ".opus"})
@@ -90,6 +92,13 @@ def size_limit_reason(frames: int, sr: int, sample_rate: int = SAMPLE_RATE) -> s
     """Why a file of ``frames`` at ``sr`` Hz is refused before decoding (``None``: it is read)."""
     if sr < MIN_SAMPLE_RATE:
         return f"sample rate {sr} Hz is below the {MIN_SAMPLE_RATE} Hz minimum vaefix reads"
+    if kernel_elements(sr, sample_rate) > MAX_KERNEL_ELEMENTS:
+        size = kernel_elements(sr, sample_rate) * 4 / 2**30
+        return (
+            f"resampling {sr} Hz to {sample_rate} Hz needs a {size:.1f} GB filter (the rates have no "
+            f"common factor to reduce it; the limit is {MAX_KERNEL_ELEMENTS * 4 // 2**20} MiB): resample "
+            "the file to a standard rate first"
+        )
     seconds = frames / sr
     if seconds > MAX_ITEM_SECONDS:
         return (
@@ -128,7 +137,34 @@ def _terse(exc: BaseException) -> str:
 
 
 class _SizeLimit(Exception):
-    pass
+    """A file refused before decoding (its rate, length or channel); the message says why."""
+
+
+#: Frames decoded per read: the file is read, mixed down and resampled block by block, so host
+#: memory holds the output waveform plus one block (of every channel), never the whole decoded file.
+READ_BLOCK_FRAMES = 2**18
+
+
+class _Output:
+    """The mono output, written into a tensor sized from the header (grown if the header was short)."""
+
+    def __init__(self, expected: int) -> None:
+        self.buf = torch.empty(max(0, expected), dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: Tensor) -> None:
+        k = x.shape[0]
+        if self.n + k > self.buf.shape[0]:  # more than the header said (MP3's estimate): grow
+            grown = torch.empty(max(self.n + k, 2 * self.buf.shape[0]), dtype=torch.float32)
+            grown[: self.n] = self.buf[: self.n]
+            self.buf = grown
+        self.buf[self.n : self.n + k] = x
+        self.n += k
+
+    def result(self) -> Tensor:
+        if self.n < self.buf.shape[0] // 2:  # far fewer than the header said: do not keep the slack
+            return self.buf[: self.n].clone()
+        return self.buf[: self.n]
 
 
 def load_audio(
@@ -141,14 +177,18 @@ def load_audio(
     """Read ``path`` as a ``(N,)`` float32 mono waveform at ``sample_rate``.
 
     ``offset``/``seconds`` select a span (in seconds of the file) before resampling; only that span is
-    decoded. Raises :class:`AudioReadError` naming the file and the reason (missing, undecodable,
-    empty, non-finite samples). Samples that are NaN or infinite are rejected, not repaired: any
-    repair would invent signal, and the scores would then compare against audio the file never held.
+    decoded. Decoding, mix-down and resampling run in blocks of :data:`READ_BLOCK_FRAMES`
+    (:class:`~vaefix_pl.data.resample.StreamResampler`, equal to one-shot ``torchaudio`` resampling), so
+    memory is the output plus one block. Raises :class:`AudioReadError` naming the file and the reason
+    (missing, undecodable, empty, non-finite samples, a rate or length over the limits). Samples that
+    are NaN or infinite are rejected, not repaired: any repair would invent signal, and the scores
+    would then compare against audio the file never held.
     """
     p = Path(path)
     reason = unreadable_reason(p)
     if reason is not None:
         raise AudioReadError(f"{p}: cannot decode audio: {reason}")
+    n_nan = n_inf = total = 0
     try:
         with sf.SoundFile(str(p)) as fh:
             sr = fh.samplerate
@@ -157,28 +197,50 @@ def load_audio(
                 fh.seek(min(start, fh.frames))
             count = -1 if seconds is None else int(round(seconds * sr))
             left = max(0, fh.frames - min(max(start, 0), fh.frames))
-            limit = size_limit_reason(left if count < 0 else min(count, left), sr, sample_rate)
+            want = left if count < 0 else min(count, left)
+            limit = size_limit_reason(want, sr, sample_rate)
             if limit is not None:
                 raise _SizeLimit(limit)
-            data = fh.read(frames=count, dtype="float32", always_2d=True)
+            try:  # a channel the file does not have: refused before decoding
+                to_mono(torch.zeros(fh.channels, 1), channel)
+            except ValueError as exc:
+                raise _SizeLimit(str(exc)) from None
+            resampler = None if sr == sample_rate else StreamResampler(sr, sample_rate)
+            out = _Output(math.ceil(want * sample_rate / sr))
+            remaining = count
+            while remaining != 0:
+                n = READ_BLOCK_FRAMES if remaining < 0 else min(READ_BLOCK_FRAMES, remaining)
+                data = fh.read(frames=n, dtype="float32", always_2d=True)
+                got = data.shape[0]
+                if got == 0:
+                    break
+                finite = np.isfinite(data)
+                if not finite.all():
+                    nan = int(np.isnan(data).sum())
+                    n_nan, n_inf = n_nan + nan, n_inf + int((~finite).sum()) - nan
+                total += got
+                remaining = remaining - got if remaining > 0 else remaining
+                if n_nan or n_inf:
+                    continue  # rejected below; the count covers the whole span
+                x = to_mono(torch.from_numpy(data.T), channel)
+                out.add(x if resampler is None else resampler.push(x))
+                if got < n:
+                    break
+            if resampler is not None and not (n_nan or n_inf) and total:
+                out.add(resampler.flush())
     except _SizeLimit as exc:
         raise AudioReadError(f"{p}: {exc}") from None
     except Exception as exc:
         raise AudioReadError(
             f"{p}: cannot decode audio, corrupt or truncated file ({type(exc).__name__}: {_terse(exc)})"
         ) from exc
-    if data.shape[0] == 0:
+    if total == 0:
         raise AudioReadError(
             f"{p}: no samples (an audio file with 0 frames, or offset {offset}s past its end)"
         )
-    finite = np.isfinite(data)
-    if not finite.all():
-        n_nan = int(np.isnan(data).sum())
-        raise AudioReadError(
-            f"{p}: non-finite samples ({n_nan} NaN, {int((~finite).sum()) - n_nan} infinite): rejected, not repaired"
-        )
-    x = to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), channel)
-    return resample(x, sr, sample_rate).contiguous()
+    if n_nan or n_inf:
+        raise AudioReadError(f"{p}: non-finite samples ({n_nan} NaN, {n_inf} infinite): rejected, not repaired")
+    return out.result()
 
 
 #: Start of every temporary file name the project writes (then the run's tag, then a random part), so
@@ -228,7 +290,7 @@ def write_wav(path: str | os.PathLike, waveform: Tensor | np.ndarray, sample_rat
     finally:
         os.close(fd)
     try:
-        sf.write(tmp, data.astype(np.float32), sample_rate, subtype="FLOAT", format="WAV")
+        sf.write(tmp, np.asarray(data, dtype=np.float32), sample_rate, subtype="FLOAT", format="WAV")
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

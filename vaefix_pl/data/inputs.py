@@ -317,9 +317,12 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     good = [it for it in items if it["waveform"] is not None]
     lengths = torch.tensor([it["waveform"].shape[0] for it in good], dtype=torch.long)
     n = max(int(lengths.max()), MIN_BATCH_SAMPLES) if len(good) else 0
-    wave = torch.zeros(len(good), n, dtype=torch.float32)
-    for i, it in enumerate(good):
-        wave[i, : it["waveform"].shape[0]] = it["waveform"]
+    if len(good) == 1 and good[0]["waveform"].shape[0] == n and good[0]["waveform"].dtype == torch.float32:
+        wave = good[0]["waveform"][None]  # one item (a long file alone): no second copy of it
+    else:
+        wave = torch.zeros(len(good), n, dtype=torch.float32)
+        for i, it in enumerate(good):
+            wave[i, : it["waveform"].shape[0]] = it["waveform"]
     return {
         "waveform": wave,
         "lengths": lengths,

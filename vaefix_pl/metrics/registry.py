@@ -19,6 +19,7 @@ from vaefix_pl.core.lengths import full_lengths
 from vaefix_pl.core.metric_names import DEFAULT_METRICS, PERCEPTUAL_METRICS, TABLE_ORDER
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
+from vaefix_pl.metrics import streaming as _streaming
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -307,6 +308,9 @@ def compute_metrics(
             f"{perceptual} are CPU perceptual metrics: score them with PerceptualScorer (use "
             f"split_metric_names(config_names) to separate them); compute_metrics runs {available_metrics()}"
         )
+    long_rows = _long_rows(reference, lengths)
+    if long_rows:
+        return _compute_with_long_items(reference, estimate, lengths, fast, sample_rate, long_rows)
     if reference.shape[-1] < MIN_WIDTH:
         # Framed metrics (pooling, STFTs) need a minimum width; samples past every item's length are
         # never read as signal, so zero-padding the batch leaves each item's values unchanged.
@@ -321,4 +325,58 @@ def compute_metrics(
         fn = get_metric(name).fn
         assert fn is not None
         out[name] = fn(ctx).to(torch.float64)
+    return out
+
+
+def _long_rows(reference: Tensor, lengths: Tensor | None) -> list[int]:
+    """Rows longer than ``streaming.STREAM_ABOVE_SAMPLES`` (scored block-wise, one item at a time)."""
+    if reference.ndim != 2 or reference.shape[-1] <= _streaming.STREAM_ABOVE_SAMPLES:
+        return []
+    if lengths is None:
+        return list(range(reference.shape[0]))
+    host = torch.as_tensor(lengths).detach().cpu().long().reshape(-1)
+    return [i for i, n in enumerate(host.tolist()) if n > _streaming.STREAM_ABOVE_SAMPLES]
+
+
+def _compute_with_long_items(
+    reference: Tensor,
+    estimate: Tensor,
+    lengths: Tensor | None,
+    names: Sequence[str],
+    sample_rate: int,
+    long_rows: Sequence[int],
+) -> dict[str, Tensor]:
+    """:func:`compute_metrics` of a batch holding long items: the short rows as one narrower batch, each
+    long row block-wise (:mod:`vaefix_pl.metrics.streaming`), so no temporary spans the long item."""
+    if reference.shape != estimate.shape or reference.ndim != 2:
+        raise ValueError(
+            f"reference {tuple(reference.shape)} and estimate {tuple(estimate.shape)} must both be (B, N)"
+        )
+    b, n = reference.shape
+    host = (
+        torch.full((b,), n, dtype=torch.long)
+        if lengths is None
+        else F._lengths(reference, torch.as_tensor(lengths).detach().cpu()).cpu()
+    )
+    out = {name: torch.full((b,), float("nan"), dtype=torch.float64, device=reference.device) for name in names}
+    short = [i for i in range(b) if i not in set(long_rows)]
+    if short:
+        width = max(int(host[short].max()), 1)
+        idx = torch.tensor(short, device=reference.device)
+        part = compute_metrics(
+            reference[idx, :width], estimate[idx, :width], host[short], names, sample_rate
+        )
+        for name in names:
+            out[name][idx] = part[name]
+    dtype = reference.dtype if reference.dtype in (torch.float32, torch.float64) else torch.float32
+    for i in long_rows:
+        m = int(host[i])
+        ref, est = reference[i, :m].to(dtype), estimate[i, :m].to(dtype)
+        values = _streaming.stream_item_metrics(ref, est, names, sample_rate, lag_seconds=LAG_EXCERPT_SECONDS)
+        rest = [name for name in names if name not in values]
+        if rest:  # metrics registered elsewhere: on the item whole
+            ctx = MetricContext(ref[None], est[None], None, sample_rate)
+            values.update({name: get_metric(name).fn(ctx)[0] for name in rest})  # type: ignore[misc]
+        for name in names:
+            out[name][i] = values[name].to(torch.float64)
     return out

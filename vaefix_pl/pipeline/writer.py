@@ -405,7 +405,8 @@ class RunWriter:
                 row.update({f"health_{k}": _value(v[i]) for k, v in health.items()})
                 records.append(row)
                 for tag, target in targets.items():
-                    fut = self._pool.submit(write_wav, target, audio[tag][i, :n].clone(), self._rate)
+                    # a view, not a copy: the staged batch is this writer's own and is never written to
+                    fut = self._pool.submit(write_wav, target, audio[tag][i, :n], self._rate)
                     self._pending.append((fut, item_id, path))
                 self._audio_seconds += n / self._rate
                 scored.append(i)
