@@ -16,12 +16,13 @@ This module imports only torch, safetensors and :mod:`vaefix_pl.core.nets` on it
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from vaefix_pl.core.utils import read_json_object
 
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 VOCODER_WEIGHTS = "model.safetensors"
@@ -74,13 +75,9 @@ def _assign(module: nn.Module, sd: dict[str, torch.Tensor], where: Path) -> nn.M
 
 def _read_json(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FastLoadError(f"{path}: {' '.join(str(e).split())}") from e
-    if not isinstance(cfg, dict):
-        raise FastLoadError(f"{path}: not a JSON object")
-    return cfg
+        return read_json_object(path)
+    except ValueError as exc:
+        raise FastLoadError(f"{path}: {exc}") from None
 
 
 def _build(cls, config: dict, where: Path) -> nn.Module:

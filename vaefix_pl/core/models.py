@@ -12,7 +12,6 @@ and transformers are imported only for a checkpoint those classes cannot hold.
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ from vaefix_pl.core.geometry import (
     UnsupportedGeometry,
     match_geometry,
 )
+from vaefix_pl.core.utils import read_json_object
 
 DEFAULT_SOURCE = "cvssp/audioldm2"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -195,13 +195,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise ModelNotFoundError(f"{cfg_path} is missing. " + _how_to_get(DEFAULT_SOURCE))
     try:
-        with open(cfg_path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelConfigError(f"{cfg_path}: not readable JSON ({' '.join(str(exc).split())})") from None
-    if not isinstance(cfg, dict):
-        raise ModelConfigError(f"{cfg_path}: must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+        return read_json_object(cfg_path)
+    except ValueError as exc:
+        raise ModelConfigError(f"{cfg_path}: {exc}") from None
 
 
 @dataclass

@@ -9,6 +9,7 @@ a NumPy scalar can only exist once its library is imported, so :func:`jsonable` 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
@@ -24,6 +25,19 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
         for piece in iter(lambda: fh.read(block), b""):
             h.update(piece)
     return h.hexdigest()
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in ``path``; ``ValueError`` with a one-line reason (unreadable, not JSON, not an
+    object). Callers add the path and their own error type."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not readable JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"must hold a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def jsonable(v: Any) -> Any:
