@@ -13,8 +13,10 @@
 failed, 2 bad flag/config/setting, 3 model missing or unusable, 4 no usable input, 5 output folder
 unusable, 70 internal error, 130 interrupted.
 
-``reconstruct`` is sugar over ``predict``: it builds the LightningCLI arguments, so both paths run
-the same code and accept the same ``--config`` files.
+``reconstruct`` runs the same job, data and writer classes as ``predict``. On one device without
+``--config`` files it runs them in a plain loop that never imports Lightning (a few seconds less per
+process, docs/STARTUP.md); with ``--devices N``, ``--config`` or ``--print_config`` it builds the
+LightningCLI arguments and runs ``predict``. ``VAEFIX_RUNNER=lightning`` forces the Lightning path.
 """
 
 from __future__ import annotations
