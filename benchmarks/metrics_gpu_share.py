@@ -1,0 +1,69 @@
+"""GPU time of the on-device metrics against the reconstruction itself, batch 64 x 10.24 s.
+
+Full-size architectures with random weights (seed 0); medians of CUDA-timed repeats after warm-up.
+
+    python benchmarks/metrics_gpu_share.py [--precision bf16] [--batch 64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _time(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` on the GPU (synchronised), after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args()
+    from vaefix_pl import Reconstructor
+    from vaefix_pl.core.config import SPEED_PRESETS
+    from vaefix_pl.core.metric_names import DEFAULT_METRICS
+    from vaefix_pl.metrics.registry import compute_metrics
+    from vaefix_pl.testing import full_size_configs, write_audioldm2_folder
+
+    folder = Path(tempfile.mkdtemp()) / "m"
+    write_audioldm2_folder(folder, *full_size_configs(), seed=0)
+    rec = Reconstructor.from_pretrained(str(folder), precision=a.precision, device="cuda")
+    rec = rec.optimize(**SPEED_PRESETS["auto"], batch_size=a.batch)
+    n = 163840
+    x = 0.1 * torch.randn(a.batch, n, device="cuda")
+    lengths = torch.full((a.batch,), n, device="cuda")
+    res = {"card": torch.cuda.get_device_name(), "precision": a.precision, "batch": a.batch}
+    with torch.inference_mode():
+        out = rec(x, lengths)
+        res["reconstruct_s"] = _time(lambda: rec(x, lengths), a.repeats)
+        ref, est = out.reference, out.waveform
+        res["metrics_default_s"] = _time(lambda: compute_metrics(ref, est, lengths, list(DEFAULT_METRICS)), a.repeats)
+        res["clicks_added_s"] = _time(lambda: compute_metrics(ref, est, lengths, ["clicks_added_per_s"]), a.repeats)
+    res["clicks_share"] = res["clicks_added_s"] / res["reconstruct_s"]
+    res["metrics_share"] = res["metrics_default_s"] / res["reconstruct_s"]
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
