@@ -36,6 +36,7 @@ from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
 from vaefix_pl.core.config import SPEEDS
 from vaefix_pl.core.errors import InputsError
 from vaefix_pl.core.frontend import FRAMINGS
+from vaefix_pl.core.metric_names import PERCEPTUAL_METRICS
 from vaefix_pl.core.models import PRECISIONS
 from vaefix_pl.core.utils import format_number
 from vaefix_pl.core.windowing import CROSSFADES
@@ -292,7 +293,7 @@ def reconstruct_settings(ns: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
         out["model"]["postprocess"] = dict(SEED_FINAL_SETTINGS)
     if ns.perceptual:
-        out["model"]["perceptual"] = ["pesq", "stoi", "estoi"]
+        out["model"]["perceptual"] = list(PERCEPTUAL_METRICS)
     for name, key in (("report", "report"), ("overwrite", "overwrite"), ("strict", "strict")):
         if getattr(ns, name):
             out["writer"][key] = True
