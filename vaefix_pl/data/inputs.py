@@ -540,7 +540,7 @@ class AudioInputs:
         (:mod:`vaefix_pl.data.sampler`); ``None`` (all, in order) on one process. A ``DistributedSampler``,
         so Lightning keeps it and injects none of its own."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.world_size <= 1:
+        if trainer is None or getattr(trainer, "world_size", 1) <= 1:
             return None
         assert self.dataset is not None
         seconds = entry_seconds(self.dataset.entries, self.seconds, self.offset, self.probe_seconds)
