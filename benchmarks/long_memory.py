@@ -36,7 +36,9 @@ def _measure(cmd: list[str], env: dict[str, str]) -> tuple[int, float, int, str]
         "print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,"
         " time.perf_counter() - t, p.returncode, p.stderr[-2000:]]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(cmd)], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cmd)], env=env, capture_output=True, text=True
+    )
     peak, wall, rc, err = json.loads(out.stdout.strip().splitlines()[-1])
     return int(peak), float(wall), int(rc), err
 
@@ -82,7 +84,14 @@ def main() -> None:
                 peak, wall, rc, err = _measure(cmd, env)
                 ok = rc == 0 and (out / "metrics.csv").is_file()
                 rows.append(
-                    {"rate": rate, "minutes": minutes, "peak_rss_mib": peak / 2**20, "wall_s": wall, "rc": rc, "ok": ok}
+                    {
+                        "rate": rate,
+                        "minutes": minutes,
+                        "peak_rss_mib": peak / 2**20,
+                        "wall_s": wall,
+                        "rc": rc,
+                        "ok": ok,
+                    }
                 )
                 print(
                     f"{rate:6d} Hz {minutes:6g} min  peak RSS {peak / 2**20:7.0f} MiB  wall {wall:7.1f} s  rc {rc}",

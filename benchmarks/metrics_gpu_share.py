@@ -58,8 +58,12 @@ def main() -> None:
         out = rec(x, lengths)
         res["reconstruct_s"] = _time(lambda: rec(x, lengths), a.repeats)
         ref, est = out.reference, out.waveform
-        res["metrics_default_s"] = _time(lambda: compute_metrics(ref, est, lengths, list(DEFAULT_METRICS)), a.repeats)
-        res["clicks_added_s"] = _time(lambda: compute_metrics(ref, est, lengths, ["clicks_added_per_s"]), a.repeats)
+        res["metrics_default_s"] = _time(
+            lambda: compute_metrics(ref, est, lengths, list(DEFAULT_METRICS)), a.repeats
+        )
+        res["clicks_added_s"] = _time(
+            lambda: compute_metrics(ref, est, lengths, ["clicks_added_per_s"]), a.repeats
+        )
     res["clicks_share"] = res["clicks_added_s"] / res["reconstruct_s"]
     res["metrics_share"] = res["metrics_default_s"] / res["reconstruct_s"]
     print(json.dumps(res, indent=1))

@@ -24,12 +24,16 @@ _BROKEN_INSTALL = _torchaudio_error()
 if _BROKEN_INSTALL:
     # Every other module imports vaefix_pl, which imports torchaudio: collect only the install test,
     # so a broken pair is one clear failure instead of a collection error in every file.
-    collect_ignore_glob = [p.name for p in Path(__file__).parent.glob("test_*.py") if p.name != "test_install.py"]
+    collect_ignore_glob = [
+        p.name for p in Path(__file__).parent.glob("test_*.py") if p.name != "test_install.py"
+    ]
 
 
 def pytest_report_header(config):
     if _BROKEN_INSTALL:
-        return [f"BROKEN INSTALL, only test_install.py is collected: torchaudio does not load ({_BROKEN_INSTALL})"]
+        return [
+            f"BROKEN INSTALL, only test_install.py is collected: torchaudio does not load ({_BROKEN_INSTALL})"
+        ]
     return None
 
 

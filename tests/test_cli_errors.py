@@ -121,7 +121,10 @@ def test_unknown_error_is_an_internal_error_line(monkeypatch, capfd):
     rc = main(["report", "x"])
     _, err = capfd.readouterr()
     assert rc == EXIT_INTERNAL == 70
-    assert err.strip() == "error: internal error: RuntimeError: something broke (run with --debug for the traceback)"
+    assert (
+        err.strip()
+        == "error: internal error: RuntimeError: something broke (run with --debug for the traceback)"
+    )
 
 
 def test_mistyped_command_gets_did_you_mean(capfd):
@@ -188,7 +191,20 @@ def test_config_file_and_print_config_on_argparse_commands(command, tmp_path, ca
     shown = yaml.safe_load(capfd.readouterr().out)
     assert shown[key.replace("-", "_")] == value
     # an explicit flag wins over the file
-    assert main([command, *positional, "--config", str(cfg), f"--{key}", "7" if key != "framing" and key != "out" else "tacotron", "--print_config"]) == 0  # noqa: E501
+    assert (
+        main(
+            [
+                command,
+                *positional,
+                "--config",
+                str(cfg),
+                f"--{key}",
+                "7" if key != "framing" and key != "out" else "tacotron",
+                "--print_config",
+            ]
+        )
+        == 0
+    )  # noqa: E501
     assert yaml.safe_load(capfd.readouterr().out)[key.replace("-", "_")] != value
     cfg.write_text("no_such_option: 1\n")
     rc = main([command, *positional, "--config", str(cfg)])

@@ -44,7 +44,9 @@ def _pair(n: int, sr: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A tone plus noise and a delayed, noisier copy with 12 clicks (float32, ``(n,)``)."""
     rng = np.random.default_rng(seed)
     t = np.arange(n) / sr
-    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t)) + 0.05 * rng.standard_normal(n)
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (
+        1 + 0.5 * np.sin(2 * np.pi * 0.7 * t)
+    ) + 0.05 * rng.standard_normal(n)
     y = 0.9 * np.roll(x, 3) + 0.01 * rng.standard_normal(n)
     y[rng.integers(sr // 10, n - sr // 10, 12)] += 0.8
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
@@ -66,7 +68,9 @@ def test_long_items_scored_block_wise_equal_whole_item_scores(monkeypatch, sr):
 
     calls = []
     real = streaming.stream_item_metrics
-    monkeypatch.setattr(streaming, "stream_item_metrics", lambda r, e, *a, **k: calls.append(r.shape) or real(r, e, *a, **k))
+    monkeypatch.setattr(
+        streaming, "stream_item_metrics", lambda r, e, *a, **k: calls.append(r.shape) or real(r, e, *a, **k)
+    )
     monkeypatch.setattr(streaming, "STREAM_ABOVE_SAMPLES", 16000)  # the long item streams, the short one not
     monkeypatch.setattr(streaming, "BLOCK_SAMPLES", 5003)  # odd, so blocks cut frames at every phase
     monkeypatch.setattr(streaming, "CLICK_BLOCK_SAMPLES", 8000)
@@ -80,7 +84,9 @@ def test_long_items_scored_block_wise_equal_whole_item_scores(monkeypatch, sr):
         torch.testing.assert_close(got[name][1], short_alone[name][0], rtol=0, atol=0, msg=name)  # unchanged
     # and against NumPy directly: the block sums of the waveform scores
     r, e = ref_l.double().numpy(), est_l.double().numpy()
-    assert math.isclose(got["snr"][0].item(), 10 * np.log10((r**2).sum() / ((r - e) ** 2).sum()), rel_tol=1e-12)
+    assert math.isclose(
+        got["snr"][0].item(), 10 * np.log10((r**2).sum() / ((r - e) ** 2).sum()), rel_tol=1e-12
+    )
     assert math.isclose(got["pearson"][0].item(), np.corrcoef(r, e)[0, 1], rel_tol=1e-12)
     assert got["lag"][0].item() == 3
 
@@ -99,7 +105,9 @@ def test_long_item_lag_reads_only_the_excerpt(monkeypatch):
     assert seen == [(1, 16000)] and out["lag"].item() == 3
 
 
-@pytest.mark.parametrize(("sr", "target"), [(44100, 16000), (48000, 16000), (8000, 16000), (22050, 48000), (16000, 48000)])
+@pytest.mark.parametrize(
+    ("sr", "target"), [(44100, 16000), (48000, 16000), (8000, 16000), (22050, 48000), (16000, 48000)]
+)
 def test_stream_resampler_equals_one_shot_torchaudio(sr, target):
     x = torch.from_numpy(np.random.default_rng(sr).standard_normal(sr * 2 + 17).astype(np.float32))
     one = torchaudio.functional.resample(x, sr, target)
@@ -134,7 +142,12 @@ def test_load_audio_reads_in_blocks_equal_to_reading_whole(tmp_path, monkeypatch
         want = torchaudio.functional.resample(mixed[span], 44100, 16000)
         assert got.dtype == torch.float32 and got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
-    torch.testing.assert_close(load_audio(path, 16000, channel=2), torchaudio.functional.resample(torch.from_numpy(data[:, 2].copy()), 44100, 16000), rtol=0, atol=2e-6)
+    torch.testing.assert_close(
+        load_audio(path, 16000, channel=2),
+        torchaudio.functional.resample(torch.from_numpy(data[:, 2].copy()), 44100, 16000),
+        rtol=0,
+        atol=2e-6,
+    )
     same = tmp_path / "same.wav"
     sf.write(same, data[:, 0], 16000, subtype="FLOAT")
     assert torch.equal(load_audio(same, 16000), torch.from_numpy(data[:, 0].copy()))  # no resampling: exact
@@ -172,14 +185,18 @@ def _peak_rss(cmd: list[str]) -> int:
         "print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, rc]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(cmd)], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(cmd)], env=env, capture_output=True, text=True
+    )
     peak, rc = json.loads(out.stdout.strip().splitlines()[-1])
     assert rc == 0
     return int(peak)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("VAEFIX_MEMORY_TEST") != "1", reason="several minutes: set VAEFIX_MEMORY_TEST=1")
+@pytest.mark.skipif(
+    os.environ.get("VAEFIX_MEMORY_TEST") != "1", reason="several minutes: set VAEFIX_MEMORY_TEST=1"
+)
 def test_peak_rss_is_flat_from_1_to_10_minutes(tmp_path, tiny_model_dir):
     peaks = {}
     for minutes in (1, 10):

@@ -32,7 +32,11 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _clips(folder: Path, names, seed: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
-        x = harmonic(2400 + 160 * i, f0=200.0 + 40 * i + seed) if seed == 0 else noise(2400 + 160 * i, seed=seed + i)
+        x = (
+            harmonic(2400 + 160 * i, f0=200.0 + 40 * i + seed)
+            if seed == 0
+            else noise(2400 + 160 * i, seed=seed + i)
+        )
         sf.write(folder / f"{name}.wav", x, 16000, subtype="PCM_16")
 
 
@@ -61,7 +65,10 @@ def test_two_real_runs_into_one_folder_one_refuses_and_nothing_is_lost(tmp_path,
     gate = tmp_path / "gate"
     gate.write_text("")  # the first run's WAV writes wait until the second run has been refused
     first = subprocess.Popen(
-        cmd, env={**_env(), "VAEFIX_TEST_WRITE_GATE": str(gate)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cmd,
+        env={**_env(), "VAEFIX_TEST_WRITE_GATE": str(gate)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -134,7 +141,9 @@ def test_changed_file_and_changed_settings_are_redone(tmp_path, tiny_model_dir):
     sf.write(tmp_path / "in" / "a.wav", noise(4000, seed=3), 16000, subtype="PCM_16")  # same name, new audio
     assert vaefix(argv) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["resume"]["skipped_complete"] == 1 and s["resume"]["redone"] == {"a": "changed since the last run"}
+    assert s["resume"]["skipped_complete"] == 1 and s["resume"]["redone"] == {
+        "a": "changed since the last run"
+    }
     assert sf.info(out / "a.original.wav").frames == 4000
     assert vaefix([*argv, "--seconds", "0.1"]) == 0  # other settings: everything is redone
     s = json.loads((out / "summary.json").read_text())
@@ -150,7 +159,10 @@ def test_a_full_resume_keeps_the_earlier_figures(tmp_path, tiny_model_dir):
     assert vaefix(argv) == 0
     after = json.loads((out / "summary.json").read_text())
     assert after["resumed"] == 3 and after["resume"]["skipped_complete"] == 3
-    assert after["timing"]["audio_s"] == pytest.approx(before["timing"]["audio_s"]) and after["timing"]["audio_s"] > 0.4
+    assert (
+        after["timing"]["audio_s"] == pytest.approx(before["timing"]["audio_s"])
+        and after["timing"]["audio_s"] > 0.4
+    )
     assert after["timing"]["wall_s"] >= before["timing"]["wall_s"]
     assert after["metrics"] == before["metrics"]
 
@@ -194,7 +206,16 @@ def test_neutralise_cell_follows_owasp():
     from vaefix_pl.runs.tables import neutralise_cell, rows_to_csv
 
     assert [neutralise_cell(v) for v in ["=1", "+1", "-1", "@a", "\tx", "\rx", "'q", "ok", 5, -1.0]] == [
-        "'=1", "'+1", "'-1", "'@a", "'\tx", "'\rx", "''q", "ok", 5, -1.0
+        "'=1",
+        "'+1",
+        "'-1",
+        "'@a",
+        "'\tx",
+        "'\rx",
+        "''q",
+        "ok",
+        5,
+        -1.0,
     ]
     text = rows_to_csv([{"id": "=1+2", "x": -3}])
     assert text.splitlines()[1] == "'=1+2,-3"

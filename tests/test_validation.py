@@ -34,7 +34,9 @@ def test_bom_csv_and_latin1_txt_manifests_go_on_with_a_line_error(tmp_path):
     (tmp_path / "m.csv").write_bytes("\ufeffpath,label\na.wav,x\n".encode("utf-8"))
     (tmp_path / "m.txt").write_bytes(b"b.wav\ncaf\xe9.wav\nc.wav\n")  # Latin-1 line 2
     (tmp_path / "nocol.csv").write_text("file\na.wav\n", encoding="utf-8")
-    entries = discover_inputs([tmp_path / "m.csv", tmp_path / "m.txt", tmp_path / "nocol.csv", tmp_path / "beside.wav"])
+    entries = discover_inputs(
+        [tmp_path / "m.csv", tmp_path / "m.txt", tmp_path / "nocol.csv", tmp_path / "beside.wav"]
+    )
     ok = sorted(Path(e.path).name for e in entries if not e.error)
     assert ok == ["a.wav", "b.wav", "beside.wav", "c.wav"]
     errors = [e for e in entries if e.error]
@@ -61,8 +63,12 @@ def test_out_equal_to_the_input_folder_reconstructs_the_same_clips_each_time(tmp
 # ------------------------------------------------------------------ 10. one-line setting errors
 @pytest.mark.parametrize(
     "kwargs, word",
-    [({"seconds": -5}, "seconds"), ({"seconds": 0}, "seconds"), ({"offset": -1}, "offset"),
-     ({"batch_size": 0}, "batch_size")],  # fmt: skip
+    [
+        ({"seconds": -5}, "seconds"),
+        ({"seconds": 0}, "seconds"),
+        ({"offset": -1}, "offset"),
+        ({"batch_size": 0}, "batch_size"),
+    ],  # fmt: skip
 )
 def test_data_settings_are_refused_with_one_line(kwargs, word):
     from vaefix_pl.data.module import AudioDataModule
@@ -145,7 +151,9 @@ def _broken_model(src: Path, dst: Path, case: str) -> Path:
         ("bin_only", "only safetensors weights are loaded); save the model with safe_serialization=True"),
     ],
 )
-def test_broken_model_folders_are_one_line_model_errors_saying_what_is_wrong(tmp_path, tiny_model_dir, capfd, case, want):
+def test_broken_model_folders_are_one_line_model_errors_saying_what_is_wrong(
+    tmp_path, tiny_model_dir, capfd, case, want
+):
     model = _broken_model(tiny_model_dir, tmp_path / "m", case)
     _clip(tmp_path / "a.wav")
     rc = vaefix(["reconstruct", str(tmp_path / "a.wav"), "--model", str(model), "--out", str(tmp_path / "o"),
@@ -153,14 +161,19 @@ def test_broken_model_folders_are_one_line_model_errors_saying_what_is_wrong(tmp
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == ModelError.exit_code and len(err) == 1 and "Traceback" not in err[0], err
     assert want in err[0], err
-    assert "hf download" not in err[0] and " is missing." not in err[0]  # no download advice for a local folder
+    assert (
+        "hf download" not in err[0] and " is missing." not in err[0]
+    )  # no download advice for a local folder
 
 
 # ------------------------------------------------------------------ 11. diagnose-mel inputs
 @pytest.mark.parametrize(
     "mel, word",
-    [(np.zeros((0, 64), np.float32), "empty"), (np.float32(1.0), "0-d"),
-     (np.ones((50, 64), np.complex64), "complex")],  # fmt: skip
+    [
+        (np.zeros((0, 64), np.float32), "empty"),
+        (np.float32(1.0), "0-d"),
+        (np.ones((50, 64), np.complex64), "complex"),
+    ],  # fmt: skip
 )
 def test_diagnose_mel_refuses_empty_scalar_and_complex(mel, word):
     from vaefix_pl.diagnose.mel import diagnose_mel
@@ -172,4 +185,6 @@ def test_diagnose_mel_refuses_empty_scalar_and_complex(mel, word):
 
 def test_diagnose_mel_cli_refuses_an_empty_mel(tmp_path):
     np.save(tmp_path / "m.npy", np.zeros((0, 64), np.float32))
-    assert vaefix(["diagnose-mel", str(tmp_path / "m.npy")]) == SettingsError.exit_code  # the CLI prints it as one line
+    assert (
+        vaefix(["diagnose-mel", str(tmp_path / "m.npy")]) == SettingsError.exit_code
+    )  # the CLI prints it as one line

@@ -66,7 +66,9 @@ _VAE_RULES: tuple[tuple[str, Callable[..., str | None]], ...] = (
     ),
     (
         r"decoder\.up\.(\d+)\.block\.(\d+)\.(\w+)\.(weight|bias)",
-        lambda n, b, j, part, p: _key("decoder.up_blocks", n - 1 - int(b), "resnets", j, _resnet_part(part), p),
+        lambda n, b, j, part, p: _key(
+            "decoder.up_blocks", n - 1 - int(b), "resnets", j, _resnet_part(part), p
+        ),
     ),
     (
         r"decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)",

@@ -349,7 +349,9 @@ def _phase_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, p
     if q * f != n:  # whole output blocks: zeros past the end (what the conv's padding reads there)
         x4 = nn.functional.pad(x4, (0, q * f - n)).contiguous(memory_format=torch.channels_last)
     weight, bias = _like(weight, x), None if bias is None else _like(bias, x)
-    return _from_phases(nn.functional.conv2d(x4, weight, bias, stride=(1, f), padding=(0, pad)).squeeze(2), f, n)
+    return _from_phases(
+        nn.functional.conv2d(x4, weight, bias, stride=(1, f), padding=(0, pad)).squeeze(2), f, n
+    )
 
 
 #: Functional form of :class:`PhaseConv1d` (a ``torch.library`` custom op, as :func:`folded_conv1d`).

@@ -239,7 +239,9 @@ def load_audio(
             f"{p}: no samples (an audio file with 0 frames, or offset {offset}s past its end)"
         )
     if n_nan or n_inf:
-        raise AudioReadError(f"{p}: non-finite samples ({n_nan} NaN, {n_inf} infinite): rejected, not repaired")
+        raise AudioReadError(
+            f"{p}: non-finite samples ({n_nan} NaN, {n_inf} infinite): rejected, not repaired"
+        )
     return out.result()
 
 

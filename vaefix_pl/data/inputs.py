@@ -341,13 +341,21 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _check_data_settings(seconds: Any, offset: Any, batch_size: Any, num_workers: Any) -> None:
     """Refuse settings that cannot mean anything, with one line naming the setting."""
-    if seconds is not None and not (isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0):
-        raise SettingsError(f"seconds (--seconds) must be a positive number of seconds or unset, got {seconds!r}")
+    if seconds is not None and not (
+        isinstance(seconds, (int, float)) and np.isfinite(seconds) and seconds > 0
+    ):
+        raise SettingsError(
+            f"seconds (--seconds) must be a positive number of seconds or unset, got {seconds!r}"
+        )
     if not (isinstance(offset, (int, float)) and np.isfinite(offset) and offset >= 0):
         raise SettingsError(f"offset (--offset) must be >= 0 seconds, got {offset!r}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise SettingsError(f"batch_size (--batch-size) must be an integer >= 1, got {batch_size!r}")
-    if num_workers != "auto" and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+    if num_workers != "auto" and (
+        isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+    ):
         raise SettingsError(f"num_workers (--num-workers) must be an integer >= 0, got {num_workers!r}")
 
 
@@ -371,7 +379,6 @@ def resolve_loader_settings(
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         num_workers = min(AUTO_MAX_WORKERS[kind], cpus)
     return int(batch_size), int(num_workers)
-
 
 
 class AudioInputs:
@@ -554,4 +561,3 @@ class AudioInputs:
 
     def test_dataloader(self) -> DataLoader:
         return self._loader()
-

@@ -29,7 +29,9 @@ def _reduced(orig_freq: int, new_freq: int) -> tuple[int, int, int]:
     return int(orig_freq) // g, int(new_freq) // g, g
 
 
-def kernel_elements(orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+def kernel_elements(
+    orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99
+) -> int:
     """Elements of torchaudio's sinc kernel from ``orig_freq`` to ``new_freq`` (0 when equal)."""
     if int(orig_freq) == int(new_freq):
         return 0
@@ -47,7 +49,11 @@ class StreamResampler:
     """
 
     def __init__(
-        self, orig_freq: int, new_freq: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        self,
+        orig_freq: int,
+        new_freq: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> None:
         if orig_freq <= 0 or new_freq <= 0:
             raise ValueError(f"rates must be positive, got {orig_freq} and {new_freq}")

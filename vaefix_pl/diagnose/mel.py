@@ -99,7 +99,13 @@ def _check_mel_input(raw: Tensor) -> None:
         raise SettingsError(
             f"the mel is complex ({str(raw.dtype).replace('torch.', '')}): pass the magnitude's log-mel, a real array"
         )
-    if not raw.is_floating_point() and raw.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+    if not raw.is_floating_point() and raw.dtype not in (
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+    ):
         raise SettingsError(f"the mel has a non-numeric dtype ({raw.dtype})")
 
 

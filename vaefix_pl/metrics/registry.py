@@ -104,6 +104,7 @@ def metric_info() -> dict[str, dict[str, str]]:
 #: Seconds of each item that the lag is estimated from (see ``MetricContext.lag_and_peak``).
 LAG_EXCERPT_SECONDS = 60.0
 
+
 class MetricContext:
     """One batch's inputs plus a cache of shared intermediate results (lag, alignment, detections)."""
 
@@ -120,7 +121,9 @@ class MetricContext:
         self.estimate = estimate
         # Validated once on the host: a CUDA ``lengths`` is read back once here, and every metric gets
         # the CPU copy, so scoring queues its kernels without waiting for the GPU.
-        self.host_lengths = None if lengths is None else full_lengths(reference, torch.as_tensor(lengths).cpu(), "cpu")
+        self.host_lengths = (
+            None if lengths is None else full_lengths(reference, torch.as_tensor(lengths).cpu(), "cpu")
+        )
         self.lengths = full_lengths(reference, self.host_lengths)  # (B,) on the device
         self.sample_rate = int(sample_rate)
         self.cache: dict[str, Any] = {}
@@ -213,7 +216,9 @@ def _register_pair(name: str, fn: Callable[..., Tensor], unit: str, description:
 
 
 _register_pair("snr", F.snr, "dB", "the bug report's SNR 10 log10(sum ref^2 / sum (ref - est)^2)", "SNR")
-_register_pair("pearson", F.pearson, "", "the bug report's Pearson correlation (np.corrcoef)", "Pearson correlation")
+_register_pair(
+    "pearson", F.pearson, "", "the bug report's Pearson correlation (np.corrcoef)", "Pearson correlation"
+)
 _register_pair("si_sdr", F.si_sdr, "dB", "scale-invariant SDR (zero-mean, torchmetrics' formula)", "SI-SDR")
 
 
@@ -358,14 +363,14 @@ def _compute_with_long_items(
         if lengths is None
         else F._lengths(reference, torch.as_tensor(lengths).detach().cpu()).cpu()
     )
-    out = {name: torch.full((b,), float("nan"), dtype=torch.float64, device=reference.device) for name in names}
+    out = {
+        name: torch.full((b,), float("nan"), dtype=torch.float64, device=reference.device) for name in names
+    }
     short = [i for i in range(b) if i not in set(long_rows)]
     if short:
         width = max(int(host[short].max()), 1)
         idx = torch.tensor(short, device=reference.device)
-        part = compute_metrics(
-            reference[idx, :width], estimate[idx, :width], host[short], names, sample_rate
-        )
+        part = compute_metrics(reference[idx, :width], estimate[idx, :width], host[short], names, sample_rate)
         for name in names:
             out[name][idx] = part[name]
     dtype = reference.dtype if reference.dtype in (torch.float32, torch.float64) else torch.float32

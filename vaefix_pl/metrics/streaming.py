@@ -170,7 +170,9 @@ def _mel_distance(both: tuple[Tensor, Tensor], sample_rate: int, block: int) -> 
 
 
 # ------------------------------------------------------------------------------------------ clicks
-def _click_counts(r: Tensor, e: Tensor, sample_rate: int, added: bool, own: bool, block: int) -> dict[str, int]:
+def _click_counts(
+    r: Tensor, e: Tensor, sample_rate: int, added: bool, own: bool, block: int
+) -> dict[str, int]:
     """Onsets per detector, counted in each window's core (windows with ``CLICK_MARGIN_SECONDS`` of context)."""
     n = r.shape[0]
     margin = int(round(CLICK_MARGIN_SECONDS * sample_rate))
@@ -220,7 +222,7 @@ class _Item:
             if aligned:  # the pairs (ref[n], est[n + lag]) where both are valid, as F.align
                 lag, n = int(self.lag()[0]), r.shape[0]
                 lo, hi = max(0, -lag), min(n, n - lag)
-                r, e = r[lo:max(lo, hi)], e[lo + lag : max(lo, hi) + lag]
+                r, e = r[lo : max(lo, hi)], e[lo + lag : max(lo, hi) + lag]
             return _wave_scores(r, e, self.eps, self.block)
 
         return self.cached(f"wave{aligned}", run)

@@ -37,7 +37,6 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 MODEL_COLUMNS = ("geometry", "scaling_factor")
 
 
-
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
     skip = {"id", "path", "seconds", "error", "error_stage", "rank", *IDENTITY_COLUMNS, *MODEL_COLUMNS}
@@ -62,15 +61,15 @@ def merge_parts(parts: Sequence[Path], rows: Iterable[dict[str, Any]] = ()) -> l
     by_id: dict[str, dict[str, Any]] = {r["id"]: dict(r) for r in rows}
     for part in parts:
         for rec in read_jsonl(part):
-                kind = rec.pop("kind", "item")
-                if kind == "perceptual":
-                    row = by_id.setdefault(rec["id"], {"id": rec["id"]})
-                    prefix = "" if rec.pop("tag", "recon") == "recon" else "post_"
-                    for k, v in rec.items():
-                        if k != "id":
-                            row[prefix + k] = v
-                else:
-                    by_id[rec["id"]] = rec
+            kind = rec.pop("kind", "item")
+            if kind == "perceptual":
+                row = by_id.setdefault(rec["id"], {"id": rec["id"]})
+                prefix = "" if rec.pop("tag", "recon") == "recon" else "post_"
+                for k, v in rec.items():
+                    if k != "id":
+                        row[prefix + k] = v
+            else:
+                by_id[rec["id"]] = rec
     return [by_id[k] for k in sorted(by_id)]
 
 
@@ -232,7 +231,9 @@ def write_run_tables(
         out_dir / "summary.md": summary_markdown(
             summary_metrics, title=f"{title}: {len(ok_rows)} clips, {len(failed)} failed"
         ),
-        out_dir / "errors.csv": rows_to_csv(errors, first=ERROR_COLUMNS) if errors else ",".join(ERROR_COLUMNS) + "\n",
+        out_dir / "errors.csv": rows_to_csv(errors, first=ERROR_COLUMNS)
+        if errors
+        else ",".join(ERROR_COLUMNS) + "\n",
         out_dir / "summary.json": json.dumps(jsonable(summary), indent=2),
     }
     try:

@@ -55,7 +55,9 @@ def instantiate_class(class_path: str, init_args: Mapping[str, Any] | None = Non
         reason = "; ".join(s for s in lines if s and not s.startswith("Problem with given class_path"))
         missing = any(s in reason for s in ("No module named", "has no attribute", "dot import path"))
         verb = "cannot import" if missing else "cannot build"
-        raise VocoderError(f"{verb} vocoder class_path {class_path!r}: {reason or type(exc).__name__}") from exc
+        raise VocoderError(
+            f"{verb} vocoder class_path {class_path!r}: {reason or type(exc).__name__}"
+        ) from exc
 
 
 def load_checkpoint_state(
