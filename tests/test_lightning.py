@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from ddp import run_ddp_predict
 from signals import formant_pulses, harmonic, noise
 
 from vaefix_pl import AudioDataModule, ReconstructionModule, ReconstructionWriter
@@ -153,17 +151,7 @@ def test_writer_batch_thread_keeps_order_and_surfaces_failures(tmp_path, tiny_mo
 @pytest.mark.slow
 def test_ddp_two_processes_exactly_once(tmp_path, tiny_model_dir):
     lengths = [4000, 9000, 16000, 5600, 12037, 7000, 20000, 3300, 11000]  # 9 files: ranks get 5 and 4
-    inputs = tmp_path / "in"
-    for i, n in enumerate(lengths):
-        inputs.mkdir(exist_ok=True)
-        sf.write(inputs / f"clip{i}.wav", harmonic(n, f0=100 + 30 * i), 16000)
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "ddp_predict_script.py"), "--model", str(tiny_model_dir),
-         "--inputs", str(inputs), "--out", str(out)],
-        check=True, env=env, timeout=600,
-    )  # fmt: skip
+    out = run_ddp_predict(tmp_path, tiny_model_dir, lengths)
     rows = _read_csv(out / "metrics.csv")
     assert [r["id"] for r in rows] == sorted(f"clip{i}" for i in range(len(lengths)))
     for i, n in enumerate(lengths):

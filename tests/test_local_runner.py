@@ -127,3 +127,14 @@ def test_one_batch_is_decoded_without_worker_processes(clips):
     fixed = AudioInputs(inputs=str(clips), batch_size=8, num_workers=2)  # a number is used as given
     fixed.setup("predict")
     assert fixed.predict_dataloader().num_workers == 2
+
+
+@pytest.mark.parametrize("flag, value, arg", [("none", None, "null"), ("5.12", 5.12, "5.12")])
+def test_window_seconds_flag_reaches_both_runners(flag, value, arg):
+    from vaefix_pl.cli.commands import _reconstruct_parser, reconstruct_args, reconstruct_settings
+
+    ns = _reconstruct_parser().parse_args(["a.wav", "--window-seconds", flag])
+    assert reconstruct_settings(ns)["model"]["window_seconds"] == value  # the plain loop's keyword
+    assert f"--model.window_seconds={arg}" in reconstruct_args(ns)  # LightningCLI's argument
+    unset = _reconstruct_parser().parse_args(["a.wav"])
+    assert "window_seconds" not in reconstruct_settings(unset)["model"]  # the class default applies

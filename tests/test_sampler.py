@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
+from ddp import run_ddp_predict
 from signals import harmonic
 from torch.utils.data import DistributedSampler
 
@@ -166,25 +164,10 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _run_ddp(tmp_path: Path, model: Path, lengths: list[int]) -> Path:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for i, n in enumerate(lengths):
-        sf.write(inputs / f"clip{i}.wav", harmonic(n, f0=100 + 30 * i), 16000)
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "ddp_predict_script.py"), "--model", str(model),
-         "--inputs", str(inputs), "--out", str(out)],
-        check=True, env=env, timeout=600,
-    )  # fmt: skip
-    return out
-
-
 @pytest.mark.slow
 def test_ddp_one_input_two_processes_finishes(tmp_path, tiny_model_dir):
     """Fewer inputs than ranks (e.g. a resumed run with one left): the run finishes, the input once."""
-    out = _run_ddp(tmp_path, tiny_model_dir, [12000])
+    out = run_ddp_predict(tmp_path, tiny_model_dir, [12000])
     assert [r["id"] for r in _read_csv(out / "metrics.csv")] == ["clip0"]
     assert len(list(out.rglob("*.recon.wav"))) == 1
     ranks = json.loads((out / "summary.json").read_text())["timing"]["ranks"]
@@ -196,7 +179,7 @@ def test_ddp_two_processes_balanced_exactly_once(tmp_path, tiny_model_dir):
     """2 gloo processes, mixed lengths: every input once in metrics.csv and on disk, ranks balanced."""
     rng = np.random.default_rng(5)
     lengths = [int(s * 16000) for s in np.exp(rng.uniform(np.log(0.1), np.log(3.0), 9))] + [60000]
-    out = _run_ddp(tmp_path, tiny_model_dir, lengths)
+    out = run_ddp_predict(tmp_path, tiny_model_dir, lengths)
     rows = _read_csv(out / "metrics.csv")
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == len(lengths)

@@ -261,9 +261,6 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
 def reconstruct_settings(ns: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """``vaefix reconstruct`` flags as ``{"model": {...}, "data": {...}, "writer": {...}, "trainer": {...}}``:
     the explicitly given settings only (defaults stay the classes'), for either runner."""
-    window = ns.window_seconds
-    if window is not None:
-        window = None if str(window).lower() == "none" else float(window)
     groups: dict[str, dict[str, Any]] = {
         "data": {
             "inputs": [str(a) for a in ns.audio] if ns.audio else None,
@@ -277,7 +274,6 @@ def reconstruct_settings(ns: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "precision": ns.precision,
             "framing": ns.framing,
             "speed": ns.speed,
-            "window_seconds": window,
             "window_overlap_seconds": ns.window_overlap_seconds,
             "max_windows": ns.max_windows,
             "crossfade": ns.crossfade,
@@ -285,9 +281,10 @@ def reconstruct_settings(ns: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "trainer": {"devices": ns.devices, "accelerator": ns.accelerator},
         "writer": {"output_dir": ns.out},
     }
-    if ns.window_seconds is not None and window is None:
-        groups["model"]["window_seconds"] = "null"  # explicit "whole items", kept apart from "not given"
     out = {g: {k: v for k, v in kv.items() if v is not None} for g, kv in groups.items()}
+    if ns.window_seconds is not None:  # "none": whole items (an explicit None, unlike "not given")
+        window = str(ns.window_seconds)
+        out["model"]["window_seconds"] = None if window.lower() == "none" else float(window)
     if ns.repair:
         from vaefix_pl.repair.config import SEED_FINAL_SETTINGS
 
@@ -309,7 +306,7 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
         args += ["--config", cfg]
     for group, values in reconstruct_settings(ns).items():
         for key, value in values.items():
-            text = json.dumps(value) if isinstance(value, (list, dict, bool)) else value
+            text = json.dumps(value) if value is None or isinstance(value, (list, dict, bool)) else value
             args.append(f"--{group}.{key}={text}")
     if ns.print_config:
         args.append("--print_config")
@@ -334,9 +331,8 @@ def run_one_device(settings: dict[str, dict[str, Any]]) -> int:
 
     mark("imports_done")
 
-    model = {k: (None if v == "null" else v) for k, v in settings["model"].items()}
     device = resolve_device(settings["trainer"].get("accelerator"))
-    job = ReconstructionJob(**model)
+    job = ReconstructionJob(**settings["model"])
     data = AudioInputs(**settings["data"])
     require_some_input(data.inputs)
     writer = RunWriter(**settings["writer"])

@@ -198,40 +198,37 @@ class MidBlock2D(nn.Module):
         return x
 
 
-class DownEncoderBlock2D(nn.Module):
-    """``layers`` resnets, then an optional :class:`Downsample2D` (as ``downsamplers.0``)."""
+class _ResnetStack(nn.Module):
+    """``layers`` resnets, then an optional resampler registered as ``<_sampler>.0`` (diffusers' names)."""
 
-    def __init__(self, cin: int, cout: int, layers: int, groups: int, act_fn: str, down: bool) -> None:
+    _sampler = ""
+    _resample: type[nn.Module]
+
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, act_fn: str, resample: bool) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(cin if i == 0 else cout, cout, groups, act_fn) for i in range(layers)]
         )
-        self.downsamplers = nn.ModuleList([Downsample2D(cout)]) if down else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        for resnet in self.resnets:
-            x = resnet(x)
-        for down in self.downsamplers or ():
-            x = down(x)
-        return x
-
-
-class UpDecoderBlock2D(nn.Module):
-    """``layers`` resnets, then an optional :class:`Upsample2D` (as ``upsamplers.0``)."""
-
-    def __init__(self, cin: int, cout: int, layers: int, groups: int, act_fn: str, up: bool) -> None:
-        super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock2D(cin if i == 0 else cout, cout, groups, act_fn) for i in range(layers)]
-        )
-        self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if up else None
+        setattr(self, self._sampler, nn.ModuleList([self._resample(cout)]) if resample else None)
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
         for resnet in self.resnets:
             x = resnet(x)
-        for up in self.upsamplers or ():
-            x = up(x)
+        for sampler in getattr(self, self._sampler) or ():
+            x = sampler(x)
         return x
+
+
+class DownEncoderBlock2D(_ResnetStack):
+    """``layers`` resnets, then an optional :class:`Downsample2D` (as ``downsamplers.0``)."""
+
+    _sampler, _resample = "downsamplers", Downsample2D
+
+
+class UpDecoderBlock2D(_ResnetStack):
+    """``layers`` resnets, then an optional :class:`Upsample2D` (as ``upsamplers.0``)."""
+
+    _sampler, _resample = "upsamplers", Upsample2D
 
 
 class Encoder(nn.Module):

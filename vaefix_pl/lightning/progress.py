@@ -8,6 +8,7 @@ from typing import Any
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from vaefix_pl.core.frontend import SAMPLE_RATE
+from vaefix_pl.pipeline.local import throughput_postfix
 
 
 class ClipsPerSecondProgressBar(TQDMProgressBar):
@@ -27,9 +28,6 @@ class ClipsPerSecondProgressBar(TQDMProgressBar):
         self._audio_s += float(batch["lengths"].sum()) / (
             getattr(pl_module, "sample_rate", None) or SAMPLE_RATE
         )
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
         if self.predict_progress_bar is not None:
-            self.predict_progress_bar.set_postfix(
-                {"clips/s": f"{self._clips / elapsed:.1f}", "xRT": f"{self._audio_s / elapsed:.0f}"},
-                refresh=False,
-            )
+            postfix = throughput_postfix(self._clips, self._audio_s, self._t0)
+            self.predict_progress_bar.set_postfix(postfix, refresh=False)

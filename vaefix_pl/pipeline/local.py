@@ -78,6 +78,12 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+def throughput_postfix(clips: int, audio_s: float, t0: float) -> dict[str, str]:
+    """A progress bar's ``clips/s`` and ``xRT`` (audio seconds per wall second) since ``t0`` (perf_counter)."""
+    elapsed = max(time.perf_counter() - t0, 1e-9)
+    return {"clips/s": f"{clips / elapsed:.1f}", "xRT": f"{audio_s / elapsed:.0f}"}
+
+
 class _Progress:
     """One tqdm bar on stderr with clips/s and x real time, like the Lightning path's bar."""
 
@@ -90,10 +96,7 @@ class _Progress:
     def update(self, batch: dict[str, Any]) -> None:
         self.clips += len(batch["ids"])
         self.audio_s += float(sum(batch.get("host_lengths") or batch["lengths"].tolist())) / self.rate
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix(
-            {"clips/s": f"{self.clips / elapsed:.1f}", "xRT": f"{self.audio_s / elapsed:.0f}"}, refresh=False
-        )
+        self.bar.set_postfix(throughput_postfix(self.clips, self.audio_s, self.t0), refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
