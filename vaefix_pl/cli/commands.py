@@ -33,13 +33,11 @@ from typing import Any
 
 from vaefix_pl.cli.common import add_repair_flag, inputs_parser, make_parser, require_some_input
 from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
-from vaefix_pl.core.config import SPEEDS
+from vaefix_pl.core.choices import CROSSFADES, FRAMINGS, PRECISIONS, SPEEDS
 from vaefix_pl.core.errors import InputsError
-from vaefix_pl.core.frontend import FRAMINGS
 from vaefix_pl.core.metric_names import PERCEPTUAL_METRICS
-from vaefix_pl.core.models import PRECISIONS
 from vaefix_pl.core.utils import format_number
-from vaefix_pl.core.windowing import CROSSFADES
+from vaefix_pl.pipeline.launch import launch, plan_devices, rank_and_world
 
 DEMO_TINY_DIR = Path(os.environ.get("VAEFIX_CACHE", Path.home() / ".cache" / "vaefix")) / "tiny-audioldm2"
 
@@ -313,17 +311,16 @@ def reconstruct_args(ns: argparse.Namespace) -> list[str]:
     return args
 
 
-def _one_device(ns: argparse.Namespace) -> bool:
-    """Run without Lightning: one device, no config files (they may hold any Trainer setting) and no
+def _plain_loop(ns: argparse.Namespace) -> bool:
+    """Run without Lightning: no config files (they may hold any Trainer setting) and no
     ``--print_config`` (LightningCLI's). ``VAEFIX_RUNNER=lightning`` forces the Lightning path."""
-    if os.environ.get("VAEFIX_RUNNER", "").lower() == "lightning" or ns.config or ns.print_config:
-        return False
-    return str(ns.devices) in ("None", "1")
+    return not (os.environ.get("VAEFIX_RUNNER", "").lower() == "lightning" or ns.config or ns.print_config)
 
 
 def run_one_device(settings: dict[str, dict[str, Any]]) -> int:
     """``reconstruct`` in the plain loop (:mod:`vaefix_pl.pipeline.local`): the same job, data and
-    writer classes as ``predict``, without importing Lightning."""
+    writer classes as ``predict``, without importing Lightning. Under a launch (``RANK``/``WORLD_SIZE``
+    set, :mod:`vaefix_pl.pipeline.launch` or torchrun) this process is one rank; rank 0 reports."""
     from vaefix_pl.data.inputs import AudioInputs
     from vaefix_pl.pipeline.job import ReconstructionJob
     from vaefix_pl.pipeline.local import mark, predict_local, resolve_device
@@ -331,22 +328,31 @@ def run_one_device(settings: dict[str, dict[str, Any]]) -> int:
 
     mark("imports_done")
 
-    device = resolve_device(settings["trainer"].get("accelerator"))
+    rank, world = rank_and_world()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank)) if world > 1 else 0
+    device = resolve_device(settings["trainer"].get("accelerator"), local_rank)
     job = ReconstructionJob(**settings["model"])
     data = AudioInputs(**settings["data"])
     require_some_input(data.inputs)
     writer = RunWriter(**settings["writer"])
-    predict_local(job, data, writer, device)
-    return finish_run(writer)
+    predict_local(job, data, writer, device, rank=rank, world=world)
+    return finish_run(writer) if rank == 0 else 0
 
 
 def reconstruct_main(argv: Sequence[str]) -> int:
     ns = _reconstruct_parser().parse_args(argv)
     if not ns.print_config:
         require_some_input(ns.audio)
-    if _one_device(ns):
+    if not _plain_loop(ns):
+        return predict_main(reconstruct_args(ns))
+    if rank_and_world()[1] > 1:  # one rank of a launch: this process runs one device
         return run_one_device(reconstruct_settings(ns))
-    return predict_main(reconstruct_args(ns))
+    world, gpus = plan_devices(ns.devices, ns.accelerator)
+    if world == 1:
+        if gpus and "," in str(ns.devices):  # one GPU picked by index: make it this process's cuda:0
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        return run_one_device(reconstruct_settings(ns))
+    return launch(["reconstruct", *argv, "--devices", "1"], world, gpus)
 
 
 # ---------------------------------------------------------------------------------- demo

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
+from vaefix_pl.core.choices import SPEEDS, Speed  # noqa: F401 (re-exported)
 from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import Framing
 from vaefix_pl.core.models import DEFAULT_SOURCE, Precision, normalize_precision
@@ -17,7 +18,6 @@ from vaefix_pl.core.windowing import Crossfade
 
 LatentMode = Literal["mode", "sample"]
 LATENT_MODES: tuple[str, ...] = get_args(LatentMode)
-Speed = Literal["none", "auto", "compile"]
 
 #: ``speed`` -> :meth:`~vaefix_pl.core.reconstruct.Reconstructor.optimize` settings (on CUDA). Every
 #: rewrite is exact; each was kept because it measured faster on an H100 (docs/PERFORMANCE.md).
@@ -36,7 +36,6 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
         "narrow_convs": True,
     },
 }
-SPEEDS: tuple[str, ...] = get_args(Speed)
 assert tuple(SPEED_PRESETS) == SPEEDS
 
 

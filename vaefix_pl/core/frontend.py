@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal, get_args
 
 import torch
 import torchaudio
 from torch import Tensor, nn
 
+from vaefix_pl.core.choices import FRAMINGS, Framing  # noqa: F401 (re-exported)
 from vaefix_pl.core.geometry import AUDIOLDM_16K, Geometry
 
 SAMPLE_RATE = 16000
@@ -39,9 +39,6 @@ PEAK = 0.5
 LOG_MEL_CEIL = 2.8139
 #: The range a healthy AudioLDM2 log-mel lives in (the VAE and vocoder were trained on it).
 TRAINED_LOG_MEL_RANGE = (LOG_MEL_FLOOR, LOG_MEL_CEIL)
-
-Framing = Literal["tacotron", "hifigan"]
-FRAMINGS: tuple[str, ...] = get_args(Framing)
 
 
 def _check_framing(framing: str) -> None:

@@ -17,11 +17,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import nn
 
+from vaefix_pl.core.choices import PRECISIONS, Precision  # noqa: F401 (re-exported)
 from vaefix_pl.core.errors import ModelError
 from vaefix_pl.core.frontend import SAMPLE_RATE
 from vaefix_pl.core.geometry import (
@@ -35,8 +36,6 @@ from vaefix_pl.core.geometry import (
 from vaefix_pl.core.utils import read_json_object
 
 DEFAULT_SOURCE = "cvssp/audioldm2"
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 _PRECISION_ALIASES = {
     "32": "fp32", "32-true": "fp32", "float32": "fp32", "tf32": "fp32",
     "bf16-mixed": "bf16", "bfloat16": "bf16", "bf16-true": "bf16",

@@ -30,15 +30,14 @@ mel frames, latent frames); the functions are a few lines of index arithmetic ea
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from vaefix_pl.core.choices import CROSSFADES, Crossfade  # noqa: F401 (re-exported)
 from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 
-Crossfade = Literal["equal_gain", "equal_power"]
-CROSSFADES: tuple[str, ...] = get_args(Crossfade)
 #: Window starts and lengths are multiples of this many mel frames (the VAE's down factor).
 FRAME_ALIGN = 4
 #: Real-audio context (mel frames) each side of a window when its mel is computed, so that the

@@ -5,7 +5,8 @@ transformers' auto classes) costs several seconds per process, which a one-clip 
 before its first reconstruction (docs/STARTUP.md). The job, data and writer are the same classes
 the Lightning path runs (:class:`~vaefix_pl.pipeline.job.ReconstructionJob`,
 :class:`~vaefix_pl.data.inputs.AudioInputs`, :class:`~vaefix_pl.pipeline.writer.RunWriter`), called
-through the same hooks, so both paths write the same files. Several devices: ``vaefix predict``.
+through the same hooks, so both paths write the same files. Several devices: one such process per
+device, started together by :mod:`vaefix_pl.pipeline.launch`.
 """
 
 from __future__ import annotations
@@ -43,32 +44,76 @@ class OneProcess:
         return obj
 
 
+class GroupStrategy(OneProcess):
+    """One rank of a launched run (:mod:`vaefix_pl.pipeline.launch`): the writer's collectives over a
+    gloo process group. Only small Python objects cross it (the run id, barriers, timing), so gloo
+    on the loopback interface is enough and GPUs need no NCCL set-up."""
+
+    def __init__(self, device: torch.device, rank: int, world: int, timeout_s: float = 24 * 3600) -> None:
+        import datetime
+
+        import torch.distributed as dist
+
+        super().__init__(device)
+        if not dist.is_initialized():
+            # the timeout bounds a wait at a barrier; a rank that dies is caught by the launcher first
+            dist.init_process_group(
+                "gloo", init_method="env://", rank=rank, world_size=world,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )  # fmt: skip
+
+    def barrier(self, name: str | None = None) -> None:  # noqa: D102 (Lightning's Strategy API)
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:  # noqa: D102 (Lightning's Strategy API)
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the process group (once every rank is done with it)."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 class LocalTrainer:
-    """What the job, data and writer read from a Lightning ``Trainer``, for one process and device."""
+    """What the job, data and writer read from a Lightning ``Trainer``: one process, one device, rank
+    ``rank`` of ``world`` (``world`` > 1: a launched run, collectives through :class:`GroupStrategy`)."""
 
-    is_global_zero = True
-    world_size = 1
-    global_rank = 0
-    local_rank = 0
-
-    def __init__(self, device: torch.device, datamodule: Any, module: Any) -> None:
-        self.strategy = OneProcess(device)
+    def __init__(
+        self, device: torch.device, datamodule: Any, module: Any, rank: int = 0, world: int = 1
+    ) -> None:
+        self.strategy = GroupStrategy(device, rank, world) if world > 1 else OneProcess(device)
+        self.global_rank = self.local_rank = rank
+        self.world_size = world
+        self.is_global_zero = rank == 0
         self.datamodule = datamodule
         self.lightning_module = module
         self.predict_dataloaders: Any = None
 
 
-def resolve_device(accelerator: str | None = None) -> torch.device:
-    """``cpu``; ``gpu``/``cuda`` (an error without CUDA); ``auto``/``None``: CUDA if available, else the CPU."""
+def resolve_device(accelerator: str | None = None, local_rank: int = 0) -> torch.device:
+    """``cpu``; ``gpu``/``cuda`` (an error without CUDA); ``auto``/``None``: CUDA if available, else the CPU.
+
+    The CUDA index is ``local_rank`` modulo the visible GPUs: 0 under ``vaefix``'s launcher (each rank
+    sees its own GPU alone), ``LOCAL_RANK`` under ``torchrun`` (every rank sees every GPU)."""
     name = (accelerator or "auto").lower()
     if name == "cpu":
         return torch.device("cpu")
     if name in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise SettingsError(f"--accelerator {accelerator}: no CUDA device is available on this machine")
-        return torch.device("cuda", 0)
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if name == "auto":
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
     raise SettingsError(f"--accelerator must be cpu, gpu or auto for a one-device run, got {accelerator!r}")
 
 
@@ -103,15 +148,26 @@ class _Progress:
         self.bar.close()
 
 
-def predict_local(job: Any, data: Any, writer: Any, device: torch.device, progress: bool = True) -> None:
+def predict_local(
+    job: Any,
+    data: Any,
+    writer: Any,
+    device: torch.device,
+    progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
+) -> None:
     """``trainer.predict(job, datamodule=data)`` with ``writer`` as its callback, on ``device``, one process.
 
     Hook order as Lightning's: data ``setup``, writer ``setup``, ``configure_model``, the loader, writer
     then job ``on_predict_start``, per batch ``predict_step`` (under ``torch.inference_mode``) and writer
     then job ``on_predict_batch_end``, writer ``on_predict_end`` (the loop and its start/end hooks are
-    skipped when the loader is empty); ``on_exception`` on an error; ``teardown`` always.
+    skipped when the loader is empty); ``on_exception`` on an error; ``teardown`` always. ``rank`` of
+    ``world`` > 1: one rank of a launched run (:mod:`vaefix_pl.pipeline.launch`); only rank 0 shows
+    progress.
     """
-    trainer = LocalTrainer(device, data, job)
+    trainer = LocalTrainer(device, data, job, rank, world)
+    progress = progress and rank == 0
     data.trainer = trainer
     job._trainer = trainer
     data.setup("predict")
@@ -152,3 +208,5 @@ def predict_local(job: Any, data: Any, writer: Any, device: torch.device, progre
         raise
     finally:
         writer.teardown(trainer, job, "predict")
+        if isinstance(trainer.strategy, GroupStrategy):
+            trainer.strategy.close()
