@@ -1,10 +1,12 @@
-"""Multi-GPU scaling of ``vaefix predict``, whole process timed, with the exactly-once checks.
+"""Multi-GPU scaling of a whole ``vaefix`` run, process timed, with the exactly-once checks.
 
-Each row is one fresh ``vaefix predict`` process (``python -m vaefix_pl.cli``; on N GPUs Lightning
-starts the other ranks from it), timed from ``Popen`` to exit: imports, model loading, compile or
-autotune, decoding, the WAVs and the merge into ``metrics.csv`` / ``summary.json`` included. The
-configs are the user's: ``configs/default.yaml`` + ``configs/bf16.yaml`` on one GPU, plus
-``configs/multi_gpu.yaml`` on more; batch size and loader workers are set the same on every row.
+Each row is one fresh ``vaefix`` command (``python -m vaefix_pl.cli``), timed from ``Popen`` to
+exit: imports, model loading, compile or autotune, decoding, the WAVs and the merge into
+``metrics.csv`` / ``summary.json`` included. ``--runner reconstruct`` (default): ``vaefix
+reconstruct MANIFEST --devices g [--precision bf16] --speed S`` (on g > 1 GPUs one plain-loop
+process per GPU, started together). ``--runner predict``: ``vaefix predict`` with the user's configs,
+``configs/default.yaml`` (+ ``configs/bf16.yaml``) on one GPU, plus ``configs/multi_gpu.yaml`` on
+more (its ranks are also started together). Batch size and loader workers are the same on every row.
 Checks per row: unique ids in ``metrics.csv`` == N (and the set of inputs), ``*.recon.wav`` and
 ``*.original.wav`` == N, one ``summary.json`` with ``n_ok`` == N and no part files left. From
 ``summary.json`` it also reports each rank's first batch (where compile/autotune shows), loop end
@@ -18,7 +20,8 @@ that share ``--work`` and ``--json``: rows are appended).
 compile cache holds this shape for every device index (Inductor's graph cache is keyed by the
 device, so a cache warmed on 1 GPU leaves rank 1 cold); ``--warmup none`` times cold caches.
 
-    python benchmarks/multi_gpu.py --counts 3072 --gpus 1,2 --json docs/mgpu.json        # ~7 min on 2 x H200
+    python benchmarks/multi_gpu.py --counts 3072 --gpus 1,2 --json mgpu.json        # ~4 min on 2 x H200
+    python benchmarks/multi_gpu.py --runner predict --counts 3072 --gpus 1,2 --skip-compile --json mgpu.json
     python benchmarks/multi_gpu.py --counts 12288 --gpus 2 --skip-compile --work /tmp/mg ...
     python benchmarks/multi_gpu.py --smoke      # CPU: tiny models, N = 8, 1 and 2 gloo processes
 """
@@ -49,7 +52,17 @@ VAEFIX = [sys.executable, "-m", "vaefix_pl.cli", "predict"]  # -m: Lightning rel
 def predict_cmd(
     a: argparse.Namespace, gpus: int, speed: str, manifest: Path, model: Path, out: Path
 ) -> list[str]:
-    configs = ["configs/default.yaml", "configs/bf16.yaml"] + (["configs/multi_gpu.yaml"] if gpus > 1 else [])
+    if a.runner == "reconstruct":  # the plain loop; several GPUs: one process each, started together
+        cmd = [sys.executable, "-m", "vaefix_pl.cli", "reconstruct", str(manifest), "--model", str(model),
+               "--out", str(out), "--speed", speed, "--batch-size", str(a.batch_size),
+               "--num-workers", str(a.num_workers), "--devices", str(gpus)]  # fmt: skip
+        if a.precision != "fp32":
+            cmd += ["--precision", a.precision]
+        if a.smoke:
+            cmd += ["--accelerator", "cpu"]
+        return cmd + a.extra.split()
+    configs = ["configs/default.yaml"] + (["configs/bf16.yaml"] if a.precision == "bf16" else [])
+    configs += ["configs/multi_gpu.yaml"] if gpus > 1 else []
     cmd = [*VAEFIX]
     for c in configs:
         cmd += ["--config", str(ROOT / c)]
@@ -116,6 +129,10 @@ def main() -> None:
     p.add_argument("--counts", default="3072", help="clips per run, comma-separated (e.g. 3072,12288)")
     p.add_argument("--gpus", default="1,2", help="GPU counts, comma-separated (1 first: scaling needs it)")
     p.add_argument("--speeds", default="auto,compile")
+    p.add_argument("--runner", choices=["reconstruct", "predict"], default="reconstruct",
+                   help="`vaefix reconstruct --devices N` (plain loop, ranks started together) or "
+                        "`vaefix predict` with configs (Lightning DDP)")  # fmt: skip
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--skip-compile", action="store_true", help="leave out speed=compile")
     p.add_argument("--warmup", choices=["none", "compile", "all"], default="compile",
                    help="untimed small run per (GPUs, speed) first: warms the compile cache per device")  # fmt: skip
@@ -172,6 +189,7 @@ def main() -> None:
                     )
                 out = work / f"out_{g}gpu_{speed}_{n}"
                 row = {"card": card, "date": str(date.today()), "gpus": g, "speed": speed, "n": n,
+                       "runner": a.runner, "precision": a.precision,
                        "seconds": a.seconds, "batch_size": a.batch_size, "num_workers": a.num_workers,
                        "warm": a.warmup == "all" or (a.warmup == "compile" and speed == "compile"),
                        "smoke": a.smoke}  # fmt: skip
@@ -189,13 +207,14 @@ def main() -> None:
 
     def one_gpu(r: dict) -> dict | None:
         same = [q for q in rows if q["gpus"] == 1 and q["rc"] == 0 and
-                all(q.get(k) == r.get(k) for k in ("speed", "n", "seconds", "batch_size", "card", "smoke"))]  # fmt: skip
+                all(q.get(k) == r.get(k) for k in ("speed", "n", "seconds", "batch_size", "card", "smoke",
+                                                   "runner", "precision"))]  # fmt: skip
         return same[-1] if same else None
 
     print(f"\n{card}, {date.today()}, torch {torch.__version__}, clips of {a.seconds} s, batch {a.batch_size}, "
           f"{a.num_workers} workers{', tiny random models' if a.smoke else ', full-size random weights'}\n")  # fmt: skip
-    print("| GPUs | speed | N | wall s | clips/s | scaling | exactly once | first batch s (ranks) | "
-          "waited at end s (ranks) |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("| runner | GPUs | speed | N | wall s | clips/s | scaling | exactly once | first batch s (ranks) | "
+          "waited at end s (ranks) |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in mine:
         base = one_gpu(r)
         r["scaling"] = base["wall_s"] / (r["gpus"] * r["wall_s"]) if base and r["rc"] == 0 else None
@@ -211,7 +230,7 @@ def main() -> None:
             )
         )
         scaling = f"{r['scaling']:.2f}" if r["scaling"] is not None else "-"
-        print(f"| {r['gpus']} | {r['speed']}{' (warm)' if r['warm'] else ''} | {r['n']} | {r['wall_s']:.1f} | "
+        print(f"| {r['runner']} {r['precision']} | {r['gpus']} | {r['speed']}{' (warm)' if r['warm'] else ''} | {r['n']} | {r['wall_s']:.1f} | "
               f"{r['clips_per_s']:.1f} | {scaling} | {once} | {first or '-'} | {waited or '-'} |")  # fmt: skip
     if store:
         store.write_text(json.dumps({"rows": rows}, indent=1))

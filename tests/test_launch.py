@@ -167,3 +167,34 @@ def test_the_parent_does_not_import_torch():
         subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
         == 0
     )
+
+
+def test_predict_with_two_devices_starts_its_ranks_together(mixed, tmp_path, tiny_model_dir):
+    out = tmp_path / "p"
+    r = _vaefix("predict", f"--data.inputs={mixed}", f"--model.model={tiny_model_dir}", f"--writer.output_dir={out}",
+                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("7 clips reconstructed") == 1
+    assert sorted(_rows(out)) == [f"m{i}" for i in range(7)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timing"]["world_size"] == 2 and sum(q["items"] for q in summary["timing"]["ranks"]) == 7
+
+
+def test_predict_launch_reads_configs_then_flags(tmp_path, monkeypatch):
+    from vaefix_pl.cli.commands import _predict_launch, _trainer_settings
+
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("trainer:\n  devices: 1\n  accelerator: gpu\n")
+    b.write_text("trainer:\n  devices: -1\n  strategy: ddp\n  num_nodes: 1\n")
+    assert _trainer_settings(["--config", str(a)]) == {"devices": 1, "accelerator": "gpu"}
+    assert _predict_launch(["--config", str(a)]) is None  # one device: Lightning alone
+    assert _predict_launch(["--config", str(a), "--config", str(b)]) == (3, ["0", "1", "2"])
+    assert _predict_launch(["--config", str(b), "--trainer.devices", "2"]) == (2, ["0", "1"])
+    assert _predict_launch([f"--config={b}", "--trainer.devices=[0, 2]"]) == (2, ["0", "2"])
+    assert _predict_launch(["--config", str(b), "--trainer.num_nodes=2"]) is None  # a cluster launcher's job
+    assert _predict_launch(["--config", str(b), "--trainer.strategy=fsdp"]) is None
+    monkeypatch.setenv("RANK", "0")
+    assert _predict_launch(["--config", str(b)]) is None  # already one rank of a launch

@@ -93,11 +93,68 @@ def _make(cli_class, args: Sequence[str]):
 EXIT_INPUTS_FAILED = 1
 
 
+def _trainer_settings(argv: Sequence[str]) -> dict[str, Any]:
+    """The ``trainer.devices/accelerator/strategy/num_nodes`` that LightningCLI arguments resolve to
+    (configs in order, then flags), read without Lightning; ``{}`` keys where none is given."""
+    import yaml
+
+    keys = ("devices", "accelerator", "strategy", "num_nodes")
+    out: dict[str, Any] = {}
+    args = list(argv)
+    for i, a in enumerate(args):
+        name, sep, value = a.partition("=")
+        if not sep and i + 1 < len(args):
+            value = args[i + 1]
+        if name == "--config":
+            try:
+                cfg = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                continue  # LightningCLI reports it in the ordinary way
+            trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
+            if isinstance(trainer, dict):
+                out.update({k: trainer[k] for k in keys if k in trainer})
+        elif name.startswith("--trainer.") and name[len("--trainer.") :] in keys:
+            out[name[len("--trainer.") :]] = yaml.safe_load(value) if value else value
+    return out
+
+
+def _predict_launch(argv: Sequence[str]) -> tuple[int, list[str] | None] | None:
+    """``(ranks, GPUs)`` when a ``predict`` asks for several devices of this machine with DDP, so the
+    ranks can start together (:mod:`vaefix_pl.pipeline.launch`) rather than one after another under
+    Lightning's own launcher; ``None``: leave it to Lightning (one device, several nodes, another
+    strategy, or already one rank of a launch)."""
+    if rank_and_world()[1] > 1 or "RANK" in os.environ:
+        return None
+    t = _trainer_settings(argv)
+    strategy = t.get("strategy")
+    if t.get("num_nodes") not in (None, 1) or strategy not in (None, "auto", "ddp"):
+        return None
+    devices = t.get("devices")
+    if isinstance(devices, list):
+        devices = ",".join(str(d) for d in devices)
+    if devices is None or str(devices) == "1":
+        return None
+    try:
+        world, gpus = plan_devices(devices, t.get("accelerator"))
+    except Exception:  # noqa: BLE001 (Lightning gives its own message for what we cannot read)
+        return None
+    return (world, gpus) if world > 1 else None
+
+
 def predict_main(argv: Sequence[str]) -> int:
     """Run ``trainer.predict`` from LightningCLI arguments; print the summary on rank 0.
 
+    Several devices of one machine under DDP: every rank is started at once, each a ``predict`` with
+    torchrun's variables (Lightning reads its rank from them and starts nothing itself).
     Returns 0, or :data:`EXIT_INPUTS_FAILED` when the writer is ``strict`` and any input failed.
     """
+    plan = _predict_launch(argv)
+    if plan is not None:
+        world, gpus = plan
+        # every rank sees every GPU of the run; Lightning gives rank r the r-th (LOCAL_RANK)
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        return launch(["predict", *argv, f"--trainer.devices={world}"], world, None)
     cli = _lightning_cli(argv)
     writer = _writer(cli.trainer)
     if not cli.trainer.is_global_zero or writer is None:
