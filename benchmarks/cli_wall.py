@@ -56,19 +56,27 @@ def write_models(folder: Path, tiny: bool) -> Path:
     return folder
 
 
-def write_clips(folder: Path, n: int, seconds: float) -> list[Path]:
-    """``n`` distinct mono 16 kHz WAV files: chirps, tones and noise at different levels."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+def _write_clip(path: Path, i: int, seconds: float) -> None:
+    rng = np.random.default_rng(i)  # per clip, so clips are the same however many processes write them
     t = np.arange(int(round(seconds * SR))) / SR
-    paths = []
-    for i in range(n):
-        path = folder / f"clip{i:05d}.wav"
-        if not path.exists():
-            f0 = rng.uniform(80, 800)
-            x = 0.3 * np.sin(2 * np.pi * (f0 + 200 * t) * t) + 0.02 * rng.standard_normal(t.size)
-            sf.write(path, (x * rng.uniform(0.3, 1.0)).astype(np.float32), SR, subtype="PCM_16")
-        paths.append(path)
+    f0 = rng.uniform(80, 800)
+    x = 0.3 * np.sin(2 * np.pi * (f0 + 200 * t) * t) + 0.02 * rng.standard_normal(t.size)
+    sf.write(path, (x * rng.uniform(0.3, 1.0)).astype(np.float32), SR, subtype="PCM_16")
+
+
+def write_clips(folder: Path, n: int, seconds: float) -> list[Path]:
+    """``n`` distinct mono 16 kHz WAV files (chirps plus noise at different levels); kept ones are reused."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"clip{i:05d}.wav" for i in range(n)]
+    todo = [(p, i) for i, p in enumerate(paths) if not p.exists()]
+    if len(todo) > 256:
+        with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+            list(pool.map(_write_clip, *zip(*todo), [seconds] * len(todo), chunksize=64))
+    else:
+        for p, i in todo:
+            _write_clip(p, i, seconds)
     return paths
 
 
