@@ -160,6 +160,16 @@ def test_auto_loader_settings_follow_the_device(monkeypatch):
     assert resolve_loader_settings(3, 0, "cuda") == (3, 0)  # numbers pass through
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert resolve_loader_settings("auto", "auto", "cuda") == (64, 1)
+    # ranks of one machine share its cores: 2 ranks on 16 cores take 7 workers each, 4 on 8 take 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert resolve_loader_settings("auto", "auto", "cuda") == (64, 7)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert resolve_loader_settings("auto", "auto", "cuda") == (64, 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert resolve_loader_settings("auto", "auto", "cuda") == (64, 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
 
     dm = AudioDataModule(inputs=None, probe_seconds=0.5)
     dm.trainer = type("T", (), {"strategy": type("S", (), {"root_device": torch.device("cuda")})()})()

@@ -371,13 +371,16 @@ def resolve_loader_settings(
     batch_size: int | Literal["auto"], num_workers: int | Literal["auto"], device_type: str
 ) -> tuple[int, int]:
     """``(batch_size, num_workers)`` with ``"auto"`` resolved for ``device_type`` (``"cuda"``: 64 and
-    ``min(8, cpu_count)``; anything else: 8 and ``min(2, cpu_count)``). Numbers pass through."""
+    ``min(8, cpu_count)``; anything else: 8 and ``min(2, cpu_count)``; with ``LOCAL_WORLD_SIZE`` ranks on
+    the machine, each takes its share of the cores less one for its main process). Numbers pass through."""
     kind = "cuda" if device_type == "cuda" else "cpu"
     if batch_size == "auto":
         batch_size = AUTO_BATCH_SIZE[kind]
     if num_workers == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        num_workers = min(AUTO_MAX_WORKERS[kind], cpus)
+        # the ranks of one machine share its cores (LOCAL_WORLD_SIZE: torchrun's and vaefix's launcher)
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        num_workers = min(AUTO_MAX_WORKERS[kind], max(1, cpus // ranks - 1) if ranks > 1 else cpus)
     return int(batch_size), int(num_workers)
 
 
