@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from vaefix_pl.core.errors import SettingsError
-from vaefix_pl.pipeline.launch import launch, plan_devices, rank_and_world, visible_gpus
+from vaefix_pl.pipeline.launch import RANK_VARS, launch, plan_devices, rank_and_world, visible_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +30,7 @@ def _vaefix(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-    for k in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "GROUP_RANK",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ):
+    for k in RANK_VARS:
         env.pop(k, None)
     return subprocess.run(
         [sys.executable, "-m", "vaefix_pl.cli", *args],
