@@ -1,6 +1,6 @@
 """``added_clicks`` on real speech (espeak-ng) and music (sox): recall by click type and level, false alarms.
 
-The fast subset of ``benchmarks/clicks.py`` (2 speech + 2 music items, fixed seeds). A click is found
+The fast subset of ``benchmarks/clicks.py`` (3 speech + 2 music items, fixed seeds). A click is found
 when an event onset lies within 5 ms of the samples it changed; its level is its peak over the clean
 estimate's RMS in +-10 ms (``tests/real_audio.py``). Run with ``-s`` to see the measured table.
 Every cell with at least 5 clicks asserts its target.
