@@ -175,7 +175,7 @@ def table(summary: dict, base_names: tuple[str, ...], recall_bases: tuple[str, .
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 speech + 2 music items (the test subset)")
+    p.add_argument("--quick", action="store_true", help="3 speech + 2 music items (the test subset)")
     p.add_argument("--bases", nargs="*", default=list(ra.BASES), choices=list(ra.BASES))
     p.add_argument("--no-adeclick", action="store_true", help="skip the FFmpeg adeclick peer")
     p.add_argument("--tolerance-ms", type=float, default=5.0)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"benchmarks/clicks.py: missing tools {missing} (Debian: apt-get install espeak-ng sox ffmpeg)")
         return 2
-    speech_names = ("en", "de") if args.quick else None
+    speech_names = ("en", "de", "en_f") if args.quick else None
     music_names = ("pluck", "piano") if args.quick else None
     corpora = {"speech": ra.corpus("speech", speech_names), "music": ra.corpus("music", music_names)}
     detectors = {"added_clicks": ra.added_click_onsets}

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from vaefix_pl.core.frontend import SAMPLE_RATE, valid_mask
+from vaefix_pl.metrics.dropouts import dropout_flags
 from vaefix_pl.metrics.functional import _check_pair, _fast_len, _lengths, _masked, estimate_lag
 
 __all__ = [
@@ -276,15 +277,6 @@ def detect_clicks(
 
 
 # ------------------------------------------------------------------------------------ reference-aware
-def _frames_to_onsets(flags_f: Tensor, hop: int, mask: Tensor) -> Tensor:
-    """Frame flags ``(B, T)`` -> sample flags ``(B, N)`` at each flagged frame's first sample."""
-    n = mask.shape[-1]
-    flags = torch.zeros_like(mask)
-    fi = torch.nonzero(flags_f, as_tuple=True)
-    flags[fi[0], (fi[1] * hop).clamp(max=n - 1)] = True
-    return flags & mask
-
-
 def envelope_lag(
     reference: Tensor,
     estimate: Tensor,
@@ -388,70 +380,6 @@ def _shifted_max(values: Tensor, half: int, shift: Tensor) -> Tensor:
     return torch.maximum(pooled, moved).transpose(1, 2)
 
 
-def _gap_flags(
-    reference: Tensor,
-    estimate: Tensor,
-    mask: Tensor,
-    sample_rate: int,
-    tolerance_s: float,
-    gap_db: float,
-    floor_db: float,
-    edge: int,
-) -> Tensor:
-    """Dropouts: samples ``(B, N)`` where the estimate falls silent for 0.75 ms and the reference does not.
-
-    On a grid of 0.25 ms, the largest ``|x|`` in the next 0.75 ms is compared with the RMS in the
-    surrounding 20 ms; a gap is ``gap_db`` under it (and that RMS over ``floor_db``, in the estimate
-    and in the reference: silence next to a click, or in a pause, is no dropout). The estimate's gap
-    is a dropout unless the reference has a gap (``gap_db`` + 10 dB) within ``tolerance_s`` (a pause,
-    a stop closure: a delayed or low-passed copy shifts and blurs those edges).
-    Any run of at least 1 ms of zeroed samples contains one whole 0.75 ms block of the grid. Blocks
-    within ``edge`` samples of an item's ends are skipped (a delayed estimate starts with silence).
-    """
-    block = max(2, int(round(0.00075 * sample_rate)))
-    step = max(1, block // 3)
-    ctx = int(round(0.01 * sample_rate))
-    thr = 10.0 ** (gap_db / 20.0)
-    floor = 10.0 ** (floor_db / 20.0)
-
-    def gaps(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """0.75 ms peaks, block-inside-item mask and the RMS of the surrounding 20 ms ``(B, J)``."""
-        xm = _masked(x, mask, torch.float32)[:, None]
-        valid = mask.to(torch.float32)[:, None]
-        peak = torch.nn.functional.max_pool1d(xm.abs(), block, step)[:, 0]  # (B, J)
-        inside = torch.nn.functional.avg_pool1d(valid, block, step)[:, 0] >= 1.0
-        power = torch.nn.functional.avg_pool1d(
-            torch.nn.functional.pad(xm.square(), (ctx, ctx)), block + 2 * ctx, step
-        )[:, 0]
-        count = torch.nn.functional.avg_pool1d(
-            torch.nn.functional.pad(valid, (ctx, ctx)), block + 2 * ctx, step
-        )[:, 0]
-        rms = (power / count.clamp(min=1e-6)).sqrt()[:, : peak.shape[-1]]
-        return peak, inside, rms
-
-    # the estimate is measured against the reference's local RMS (times the item's RMS ratio): its own
-    # would include the click next to a silent stretch and call that stretch a dropout
-    peak_e, inside, _ = gaps(estimate)
-    peak_r, _, rms_r = gaps(reference)
-    p_ref = _masked(reference, mask, torch.float64).square().sum(1)
-    p_est = _masked(estimate, mask, torch.float64).square().sum(1)
-    gain = torch.where(p_ref > 0, (p_est / p_ref.clamp(min=1e-30)).sqrt(), torch.ones_like(p_ref)).clamp(
-        0.1, 10.0
-    )
-    active_r = rms_r > floor
-    gap_e = (peak_e < rms_r * gain.to(rms_r.dtype)[:, None] * thr) & active_r & inside
-    gap_r = (peak_r < rms_r * thr * 10.0 ** (10.0 / 20.0)) & active_r  # 10 dB looser: near-gaps explain gaps
-    tol = max(1, int(round(tolerance_s * sample_rate / step)))
-    ref_gap = torch.nn.functional.max_pool1d(gap_r.to(torch.float32)[:, None], 2 * tol + 1, 1, padding=tol)[
-        :, 0
-    ]
-    starts = torch.arange(gap_e.shape[-1], device=mask.device)[None, :] * step
-    lengths = mask.sum(1, keepdim=True)
-    away = (starts >= edge) & (starts + block + edge <= lengths)
-    flagged = gap_e & (ref_gap == 0) & active_r & inside & away
-    return _frames_to_onsets(flagged, step, mask)
-
-
 def _transient_score(
     reference: Tensor, estimate: Tensor, lengths: Tensor, frames: tuple[int, ...], tol: int, shift: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -491,11 +419,11 @@ def _whitened(
 
 
 def _difference_score(
-    reference: Tensor, estimate: Tensor, lengths: Tensor, frames: tuple[int, ...], max_lag: int, snr_db: float
+    reference: Tensor, estimate: Tensor, lengths: Tensor, frames: tuple[int, ...], lag: Tensor, snr_db: float
 ) -> Tensor:
     """Transient score ``(B, T)`` of the waveform difference, where the estimate reproduces the waveform.
 
-    ``d = estimate - g reference[n - lag]`` (sample lag of the cross-correlation, least-squares gain).
+    ``d = estimate - g reference[n - lag]`` (``lag`` ``(B,)``: the cross-correlation's, least-squares gain).
     A frame counts where the reference is on average ``snr_db`` over ``d`` in the side windows (the
     waveform is reproduced there; a phase-free resynthesis never is) and scores the mean over bands of
     ``d``'s excess over its own largest side frame.
@@ -504,7 +432,6 @@ def _difference_score(
     n = reference.shape[-1]
     mask = valid_mask(lengths, n)
     rm, em = _masked(reference, mask, torch.float32), _masked(estimate, mask, torch.float32)
-    lag = estimate_lag(rm, em, lengths, max_lag=max_lag)
     src = torch.arange(n, device=mask.device)[None, :] - lag[:, None]
     moved = torch.where((src >= 0) & mask, torch.gather(rm, 1, src.clamp(0, n - 1)), torch.zeros_like(rm))
     gain = ((moved.double() * em).sum(1) / moved.double().square().sum(1).clamp(min=1e-30)).float()
@@ -533,6 +460,7 @@ def added_clicks(
     waveform_threshold_db: float = 6.0,
     gap_db: float = -30.0,
     gap_floor_db: float = -90.0,
+    gap_tolerance_s: float = 0.001,
     merge_s: float = 0.005,
     as_mask: bool = False,
 ) -> list[Tensor] | Tensor:
@@ -559,9 +487,10 @@ def added_clicks(
     * where the estimate reproduces the reference's waveform (local SNR over ``waveform_snr_db``):
       a transient ``waveform_threshold_db`` over its neighbours in the waveform difference
       (:func:`_difference_score`). ``None`` turns it off.
-    * dropouts (:func:`_gap_flags`): the estimate falls ``gap_db`` under the reference's local RMS
-      (times the item's RMS ratio; that RMS over ``gap_floor_db``) for 0.75 ms while the reference
-      has no such gap within ``tolerance_s``; not within ``max_lag_s`` of an item's ends.
+    * dropouts (:func:`~vaefix_pl.metrics.dropouts.dropout_flags`): the estimate falls ``gap_db``
+      under the reference's local RMS (times the item's RMS ratio; that RMS over ``gap_floor_db``)
+      for 0.75 ms while the reference, at the envelope lag, has no near-gap within
+      ``gap_tolerance_s``; not within ``max_lag_s`` of an item's ends.
 
     Flags closer than ``merge_s`` form one event (a dropout's two edges, a burst's frames).
     Measured on real speech and music: ``docs/METRICS.md``.
@@ -587,14 +516,18 @@ def added_clicks(
         starts = torch.arange(valid.shape[1], device=mask.device)[None, :] * hop  # not at the filters' edges
         inner = (starts >= max_lag) & (starts + win + max_lag <= lengths[:, None])
         flagged |= (_transient_score(*white, lengths, frames, tol, shift)[0] > threshold_db) & inner
-    if waveform_snr_db is not None and valid.shape[1] > 0:
-        flagged |= _difference_score(reference, estimate, lengths, frames, max_lag, waveform_snr_db) > (
-            waveform_threshold_db
-        )
+    wave_lag = None
+    if waveform_snr_db is not None:
+        rm, em = _masked(reference, mask, torch.float32), _masked(estimate, mask, torch.float32)
+        wave_lag = estimate_lag(rm, em, lengths, max_lag=max_lag)
+        if valid.shape[1] > 0:
+            score = _difference_score(reference, estimate, lengths, frames, wave_lag, waveform_snr_db)
+            flagged |= score > waveform_threshold_db
     flags = torch.zeros_like(mask)
     fi = torch.nonzero(flagged & valid, as_tuple=True)
     flags[fi[0], (fi[1] * hop + win // 2).clamp(max=n - 1)] = True
     flags &= mask
-    flags |= _gap_flags(reference, estimate, mask, sample_rate, tolerance_s, gap_db, gap_floor_db, max_lag)
+    gaps = (tolerance_s, gap_tolerance_s, gap_db, gap_floor_db, max_lag, wave_lag, waveform_snr_db or 0.0)
+    flags |= dropout_flags(reference, estimate, mask, lag, sample_rate, *gaps)
     onsets = click_events(flags, int(round(merge_s * sample_rate)))
     return onsets if as_mask else _indices(onsets)
