@@ -155,7 +155,9 @@ class StaticBatchPart:
         self._runners: dict[tuple, Callable[[Tensor], Tensor]] = {}
         self._compiled: Callable[..., Tensor] | None = None
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if args or kwargs:  # not the pipeline's one-tensor call: run the module as it is
+            return self.part._call_impl(x, *args, **kwargs)
         b = x.shape[0]
         n = self.batch or b
         layout = _layout(x)
