@@ -89,7 +89,9 @@ def test_channels_last_input_keeps_its_layout():
 def test_failed_export_falls_back_to_torch_compile_with_one_log_line(tmp_path, monkeypatch, caplog):
     net = _RowNet().eval()
     part = aoti.StaticBatchPart(net, "vocoder", 2, folder=tmp_path / "aoti")
-    monkeypatch.setattr(part, "_build", lambda *a: (_ for _ in ()).throw(RuntimeError("unsupported op\nmore")))
+    monkeypatch.setattr(
+        part, "_build", lambda *a: (_ for _ in ()).throw(RuntimeError("unsupported op\nmore"))
+    )
     part._compile_runner = lambda: net.forward
     before = aoti.STATS["fallback"]
     with caplog.at_level(logging.WARNING, logger="vaefix_pl.core.aoti"), torch.no_grad():
@@ -194,3 +196,61 @@ def test_changed_model_config_builds_anew_and_a_corrupt_package_is_rebuilt(tmp_p
     third = _run(root, a, "vocoder")
     assert third["rebuilt"] == "corrupt" and third["stats"] == {"exported": 1}
     assert third["diff"] <= 1e-4 * third["scale"]
+
+
+@pytest.mark.slow
+def test_autocast_is_compiled_into_the_package(tmp_path):
+    """Called inside a bf16 autocast region (as the pipeline calls its parts), the package runs the
+    region's casts itself: same output and dtype as eager under autocast, not the float32 result."""
+    torch.manual_seed(0)
+    net = _RowNet().eval()
+    part = aoti.StaticBatchPart(net, "net", 2, folder=tmp_path / "aoti")
+    x = torch.randn(1, 4, 64)
+    before = aoti.STATS.copy()
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = net(x)
+            got = part(x)
+        fp32 = net(x)
+    assert [p.name for p in (tmp_path / "aoti").glob("*.pt2")] == ["net-2x4x64-float32-cpu-c-ac_bfloat16.pt2"]
+    assert aoti.STATS["exported"] == before["exported"] + 1 and aoti.STATS["fallback"] == before["fallback"]
+    assert got.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    assert (got.float() - fp32).abs().max() > 0  # bf16 math, not float32's
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_cuda_pipeline_through_packages_matches_eager(tmp_path, tiny_model_dir, precision):
+    """On the GPU: the whole ``compile`` preset through packages (bf16 autocast inside the graph,
+    package loaded on the input's device), against the eager pipeline; a second load builds nothing."""
+    from vaefix_pl.core.config import SPEED_PRESETS
+    from vaefix_pl.core.reconstruct import Reconstructor
+
+    def build():
+        return Reconstructor.from_pretrained(
+            tiny_model_dir, pad_frames_to=16, precision=precision, device="cuda"
+        )
+
+    lengths = torch.tensor([2400, 1600, 2560])
+    wave = (torch.randn(3, 2560) * 0.1).cuda()
+    eager = build()(wave, lengths).waveform
+    cache = cc.compile_cache_for(tiny_model_dir, "cuda", precision, {"t": 1}, root=tmp_path)
+    cache.activate(seal_at_exit=False)
+    try:
+        outs = []
+        for _ in range(2):  # the second reconstructor loads what the first exported
+            before = aoti.STATS.copy()
+            rec = build()
+            with torch.inference_mode():
+                rec.optimize(**SPEED_PRESETS["compile"], batch_size=4)
+                outs.append(rec(wave, lengths).waveform)
+            new = {k: aoti.STATS[k] - before.get(k, 0) for k in aoti.STATS}
+            assert new.get("fallback", 0) == 0, new
+        assert new.get("exported", 0) == 0 and new["loaded"] == 3
+    finally:
+        cache.deactivate()
+    tol = 0.05 if precision == "bf16" else 1e-3
+    scale = eager.abs().max()
+    for out in outs:
+        assert out.device.type == "cuda" and (out - eager).abs().max() <= tol * scale
