@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ class StaticBatchPart:
         self._compiled: Callable[..., Tensor] | None = None
 
     def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        if args or kwargs:  # not the pipeline's one-tensor call: run the module as it is
+        if args or kwargs or x.shape[0] == 0:  # not the pipeline's call: run the module as it is
             return self.part._call_impl(x, *args, **kwargs)
         b = x.shape[0]
         n = self.batch or b
@@ -208,10 +209,12 @@ class StaticBatchPart:
     ) -> Callable[[Tensor], Tensor] | None:
         """Load this shape's package, building it first if missing; ``None`` (logged) if that fails."""
         path = self.package_path(x, layout, autocast)
+        t0 = time.perf_counter()
         if path.is_file():
             runner = self._load(path, x)
             if runner is not None:
                 STATS["loaded"] += 1
+                log.info("loaded %s (%.1f s)", path.name, time.perf_counter() - t0)
                 return runner
             STATS["rebuilt"] += 1
             path.unlink(missing_ok=True)
@@ -226,6 +229,7 @@ class StaticBatchPart:
             )  # fmt: skip
             return None
         STATS["exported"] += 1
+        log.info("built %s (%.1f s)", path.name, time.perf_counter() - t0)
         runner = self._load(path, x)
         if runner is None:
             STATS["fallback"] += 1
