@@ -4,6 +4,7 @@ The artefacts are Inductor's own on-disk caches (FX graph cache, AOTAutograd cac
 kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``), pointed at a folder of ours:
 
     <root>/<key>/inductor/...     Inductor's caches for this key
+    <root>/<key>/aoti/*.pt2       AOTInductor packages per compiled part and shape (core/aoti.py)
     <root>/<key>/meta.json        what the key was made from (readable)
     <root>/<key>/manifest.json    sha256 of every artefact, written once a run has compiled
 
@@ -12,7 +13,7 @@ kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``), pointed at a 
 mtime of both weight files), the torch/CUDA versions, the GPU name and capability, the precision and
 the speed settings/shapes, so a changed model, torch or GPU never finds an old artefact. A folder
 whose files do not match its manifest (or that has no manifest: a run that died while compiling) is
-deleted and rebuilt. Why this cache and not Mega-Cache or AOTInductor: docs/STARTUP.md.
+deleted and rebuilt. Why packages and Inductor's caches and not Mega-Cache: docs/STARTUP.md.
 
 Imports only the standard library at module level (torch inside the functions that need it), so
 :func:`cache_main` (``vaefix cache info|clear``) starts in a fraction of a second.
@@ -95,9 +96,19 @@ def environment_key(device: torch.device | str = "cpu") -> dict[str, str]:
         major, minor = torch.cuda.get_device_capability(idx)
         env["gpu"] = torch.cuda.get_device_name(idx)
         env["capability"] = f"{major}.{minor}"
-    else:
+    else:  # CPU code is built for the CPU's vector instructions: the model name stands for them
         env["cpu"] = platform.machine()
+        env["cpu_model"] = _cpu_model()
     return env
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def cache_key(
@@ -118,10 +129,28 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest()[:20], parts
 
 
+#: Subfolders of a key folder whose files are artefacts: Inductor's caches and the AOTInductor packages.
+_ARTEFACT_DIRS = ("inductor", "aoti")
+_ACTIVE: CompileCache | None = None
+
+
+def active_cache() -> CompileCache | None:
+    """The :class:`CompileCache` this process activated last and has not deactivated (or ``None``):
+    :mod:`vaefix_pl.core.aoti` writes its packages into its folder."""
+    return _ACTIVE
+
+
 def _artefacts(folder: Path) -> list[Path]:
-    d = folder / "inductor"
-    # Inductor keeps lock files and per-process temporaries beside the entries; they are not artefacts.
-    return sorted(p for p in d.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".tmp")))
+    # Inductor keeps lock files and per-process temporaries beside the entries, and a package being
+    # built is a ``*.partial.pt2`` beside a ``.build.<pid>`` folder: none of them are artefacts.
+    return sorted(
+        p
+        for d in _ARTEFACT_DIRS
+        for p in (folder / d).rglob("*")
+        if p.is_file()
+        and not p.name.endswith((".lock", ".tmp", ".partial.pt2"))
+        and not any(part.startswith(".build.") for part in p.relative_to(folder).parts)
+    )
 
 
 class CompileCache:
@@ -197,6 +226,8 @@ class CompileCache:
         import torch._functorch.config as functorch_config
         import torch._inductor.config as inductor_config
 
+        global _ACTIVE
+        _ACTIVE = self
         inductor_config.fx_graph_cache = True
         functorch_config.enable_autograd_cache = True
         if seal_at_exit and not self._atexit:
@@ -216,12 +247,35 @@ class CompileCache:
         return True
 
     def seal(self) -> None:
-        """Write the manifest (sha256 of every artefact); call once the first compiled batch ran."""
-        files = {str(p.relative_to(self.path)): sha256_file(p) for p in _artefacts(self.path)}
-        _write_json(self.path / MANIFEST, {"sealed": time.time(), "files": files})
+        """Write the manifest (sha256 of every artefact); call once the first compiled batch ran.
+
+        A file whose size and mtime match the previous manifest keeps its digest (it was verified at
+        :meth:`activate`): re-sealing a warm folder of large packages costs no re-hashing.
+        """
+        try:
+            old = json.loads((self.path / MANIFEST).read_text())
+            old_files, old_stat = dict(old["files"]), dict(old.get("stat", {}))
+        except (OSError, ValueError, KeyError, TypeError):
+            old_files, old_stat = {}, {}
+        files, stat = {}, {}
+        for p in _artefacts(self.path):
+            rel, st = str(p.relative_to(self.path)), p.stat()
+            stat[rel] = [st.st_size, st.st_mtime_ns]
+            same = rel in old_files and old_stat.get(rel) == stat[rel]
+            files[rel] = old_files[rel] if same else sha256_file(p)
+        _write_json(self.path / MANIFEST, {"sealed": time.time(), "files": files, "stat": stat})
+
+    def reseal(self) -> None:
+        """:meth:`seal` again if the folder was sealed before (adds artefacts of a new shape)."""
+        if (self.path / MANIFEST).is_file():
+            with contextlib.suppress(OSError):
+                self.seal()
 
     def deactivate(self) -> None:
         """Restore ``TORCHINDUCTOR_CACHE_DIR`` as it was before :meth:`activate`."""
+        global _ACTIVE
+        if _ACTIVE is self:
+            _ACTIVE = None
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

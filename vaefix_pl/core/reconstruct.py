@@ -193,7 +193,8 @@ class Reconstructor(nn.Module):
                 model calls of at most 8 items: it pays there and costs about a minute at batch 64);
                 ``True``/``False``: the caller's choice wins. Off by the policy leaves torch's flag as is.
             compile: ``True`` or a ``torch.compile`` mode: compile the VAE encoder/decoder and the
-                vocoder in place with static shapes (fuses GroupNorm+SiLU and the element-wise chains).
+                vocoder in place with static shapes, every call padded to ``batch_size`` rows; with a
+                compile cache active, as AOTInductor packages reused by later processes (:mod:`~vaefix_pl.core.aoti`).
             freeze: with ``compile``, let Inductor treat the frozen weights as constants (folds the
                 per-call bf16 casts of the weights).
             pad_narrow_convs: run the 1-channel convolutions (VAE ``conv_in``/``conv_out``, vocoder
@@ -205,7 +206,8 @@ class Reconstructor(nn.Module):
             cudnn_benchmark_limit: how many cuDNN algorithms the benchmark tries per shape (torch's
                 default 10; 0 = all of them: slower first batch, sometimes faster kernels).
             batch_size: items per model call (data batch; capped by ``max_windows``) for the
-                ``cudnn_benchmark=None`` policy; with neither known the policy leaves autotuning off.
+                ``cudnn_benchmark=None`` policy (with neither known it leaves autotuning off) and the
+                row count compiled calls are padded to.
         """
         from vaefix_pl.core.speed import apply_rewrites
 
@@ -228,14 +230,11 @@ class Reconstructor(nn.Module):
             torch.backends.cudnn.benchmark = False
         if cudnn_benchmark_limit is not None:
             torch.backends.cudnn.benchmark_limit = int(cudnn_benchmark_limit)
-        if compile:
-            if freeze:
-                import torch._inductor.config as inductor_config
+        if compile:  # AOTInductor packages per shape, else torch.compile (vaefix_pl.core.aoti)
+            from vaefix_pl.core.aoti import compile_parts
 
-                inductor_config.freezing = True
-            mode = None if compile is True else str(compile)
-            for part in (self.vae.encoder, self.vae.decoder, self.vocoder):
-                part.compile(mode=mode, dynamic=False)
+            parts = {"encoder": self.vae.encoder, "decoder": self.vae.decoder, "vocoder": self.vocoder}
+            compile_parts(parts, None if compile is True else str(compile), freeze, batch_size)
         return self
 
     def _autotune_decision(self, requested: bool | None, batch_size: int | None) -> bool:

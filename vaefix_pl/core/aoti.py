@@ -1,0 +1,295 @@
+"""``speed: compile`` without tracing in every process: AOTInductor packages per part and shape.
+
+``torch.compile`` re-runs Dynamo and AOTAutograd in every process even with Inductor's caches warm
+(about 23 s on an H200 for the VAE decoder and HiFi-GAN). Here each compiled part (VAE encoder, VAE
+decoder, vocoder) is exported once per input shape with ``torch.export`` and compiled ahead of time
+with AOTInductor into ``<key folder>/aoti/<part>-<shape>.pt2``; a later process of the same key
+loads that package (compiled code and weights, no Dynamo) and calls it.
+
+Shapes: a part is called on batches padded to ``batch`` rows (zero rows, dropped from the output;
+every item is independent in these networks, so real rows are unchanged), so one package serves every
+batch of a run, including the last, smaller one. The frame count is in the file name (the key folder
+already fixes model, torch, GPU, precision and speed settings: :mod:`vaefix_pl.core.compile_cache`).
+
+Weights are packaged with the code (constants), so a package belongs to one set of weights: the key
+covers the weight files' size and mtime. A part that fails to export or compile falls back to
+``torch.compile`` (one log line); a package that fails to load is deleted and rebuilt once.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+#: Folder of the packages inside a compile-cache key folder.
+AOTI_DIR = "aoti"
+#: What happened per part since the process started: ``exported``, ``loaded``, ``rebuilt``, ``fallback``
+#: (tests and diagnostics read it; a warm start shows ``loaded`` only).
+STATS: collections.Counter[str] = collections.Counter()
+
+
+class _Traced(nn.Module):
+    """What is exported: ``part.forward`` (bypassing the wrapper on ``part.__call__``) inside the
+    caller's autocast region, so that a bf16 run's casts are part of the compiled graph."""
+
+    def __init__(self, part: nn.Module, autocast: tuple[str, torch.dtype] | None) -> None:
+        super().__init__()
+        self.part = part
+        self.autocast = autocast
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.autocast is None:
+            return self.part.forward(x)
+        with torch.autocast(self.autocast[0], dtype=self.autocast[1]):
+            return self.part.forward(x)
+
+
+def _autocast_state(device_type: str) -> tuple[str, torch.dtype] | None:
+    """``(device type, dtype)`` of the active autocast region, ``None`` outside one."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return device_type, torch.get_autocast_dtype(device_type)
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """The memory format a 4-D input arrives in (channels-last VAE) else contiguous: compiled code
+    assumes the strides it was compiled for, so every call is brought to this layout."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _mode_options(mode: str | None, freeze: bool) -> dict[str, Any]:
+    """Inductor options of a ``torch.compile`` mode for AOTInductor (CUDA graphs do not apply there)."""
+    options: dict[str, Any] = {}
+    if mode is not None:
+        from torch._inductor import list_mode_options
+
+        options.update(list_mode_options(mode))
+        options.pop("triton.cudagraphs", None)
+    if freeze:
+        options["freezing"] = True
+    return options
+
+
+@contextlib.contextmanager
+def _scratch_inductor_dir(folder: Path) -> Iterator[None]:
+    """``TORCHINDUCTOR_CACHE_DIR`` at a scratch folder while AOTInductor builds: its intermediate
+    files (generated C++, the shared library, a copy of the weights) would double the key folder, and
+    the package is the artefact that is kept."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plain_tensors(module: nn.Module) -> None:
+    """Replace (in place, same values) parameters and buffers created under ``torch.inference_mode``
+    (e.g. by speed rewrites applied inside a predict loop): ``torch.export`` cannot trace them."""
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_inference():
+                m._parameters[name] = nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+
+
+def _load_package(path: Path, device_index: int) -> Callable[[Tensor], Tensor]:
+    """``torch._inductor.aoti_load_package`` without its device check: that check builds about ten
+    C++ test programs to find the CPU's vector ISA (13 s on a 2-core machine) only to print a warning;
+    the cache key already fixes the machine, torch and GPU the package was built for."""
+    from torch.export.pt2_archive._package import AOTICompiledModel
+
+    loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index)
+    return AOTICompiledModel(loader)
+
+
+class StaticBatchPart:
+    """The call of one compiled part: ``(B, ...) -> (B, ...)``, run in batches of exactly ``batch`` rows.
+
+    Installed as ``part._compiled_call_impl`` (as ``nn.Module.compile`` does), so the module tree,
+    its parameters and its ``state_dict`` stay as they are. Per input shape, dtype, layout and
+    autocast state it uses, in order: the package in ``folder`` if present, a new package exported
+    there, else ``torch.compile`` of the part (``folder=None`` goes straight to ``torch.compile``).
+
+    Args:
+        part: the module (after the speed rewrites).
+        name: file-name prefix of its packages (``"decoder"``, ...).
+        batch: rows of every call (``None``: the batch as it comes).
+        folder: where packages live (``<key folder>/aoti``), or ``None``.
+        mode: ``torch.compile`` mode (also applied to AOTInductor, less CUDA graphs).
+        freeze: let Inductor fold the weights as constants.
+        on_build: called after a new package was written (the cache re-seals its manifest).
+    """
+
+    def __init__(
+        self,
+        part: nn.Module,
+        name: str,
+        batch: int | None,
+        folder: Path | None,
+        mode: str | None = None,
+        freeze: bool = False,
+        on_build: Callable[[], None] | None = None,
+    ) -> None:
+        self.part, self.name, self.batch, self.folder = part, name, batch, folder
+        self.mode, self.freeze, self.on_build = mode, freeze, on_build
+        self._runners: dict[tuple, Callable[[Tensor], Tensor]] = {}
+        self._compiled: Callable[..., Tensor] | None = None
+
+    def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if args or kwargs or x.shape[0] == 0:  # not the pipeline's call: run the module as it is
+            return self.part._call_impl(x, *args, **kwargs)
+        b = x.shape[0]
+        n = self.batch or b
+        layout = _layout(x)
+        outs = []
+        for a in range(0, b, n):
+            chunk = x[a : a + n]
+            m = chunk.shape[0]
+            if m < n:  # zero rows: independent of the real ones, dropped below
+                chunk = torch.cat([chunk, chunk.new_zeros((n - m, *chunk.shape[1:]))])
+            chunk = chunk.contiguous(memory_format=layout)
+            outs.append(self._runner(chunk, layout)(chunk)[:m])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    # ------------------------------------------------------------------------------ runners
+    def _runner(self, x: Tensor, layout: torch.memory_format) -> Callable[[Tensor], Tensor]:
+        autocast = _autocast_state(x.device.type)
+        key = (tuple(x.shape), x.dtype, str(x.device), layout, autocast)
+        runner = self._runners.get(key)
+        if runner is None:
+            runner = self._package_runner(x, layout, autocast) if self.folder is not None else None
+            if runner is None:
+                runner = self._compile_runner()
+            self._runners[key] = runner
+        return runner
+
+    def _compile_runner(self) -> Callable[..., Tensor]:
+        """Today's path: ``torch.compile`` of the module's call (static shapes), shared by every shape."""
+        if self._compiled is None:
+            if self.freeze:
+                import torch._inductor.config as inductor_config
+
+                inductor_config.freezing = True
+            self._compiled = torch.compile(self.part._call_impl, mode=self.mode, dynamic=False)
+        return self._compiled
+
+    def package_path(self, x: Tensor, layout: torch.memory_format, autocast: Any) -> Path:
+        """``<folder>/<name>-<shape>-<dtype>-<layout>[-<autocast dtype>].pt2``."""
+        assert self.folder is not None
+        shape = "x".join(map(str, x.shape))
+        parts = [self.name, shape, str(x.dtype).removeprefix("torch."), x.device.type]
+        parts.append("cl" if layout == torch.channels_last else "c")
+        if autocast is not None:
+            parts.append("ac_" + str(autocast[1]).removeprefix("torch."))
+        return self.folder / ("-".join(parts) + ".pt2")
+
+    def _package_runner(
+        self, x: Tensor, layout: torch.memory_format, autocast: tuple[str, torch.dtype] | None
+    ) -> Callable[[Tensor], Tensor] | None:
+        """Load this shape's package, building it first if missing; ``None`` (logged) if that fails."""
+        path = self.package_path(x, layout, autocast)
+        t0 = time.perf_counter()
+        if path.is_file():
+            runner = self._load(path, x)
+            if runner is not None:
+                STATS["loaded"] += 1
+                log.info("loaded %s (%.1f s)", path.name, time.perf_counter() - t0)
+                return runner
+            STATS["rebuilt"] += 1
+            path.unlink(missing_ok=True)
+        try:
+            self._build(path, x, autocast)
+        except Exception as exc:  # noqa: BLE001 - any export/AOTI failure falls back to torch.compile
+            STATS["fallback"] += 1
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "AOTInductor package of the %s not built (%s: %s); using torch.compile for it",
+                self.name, type(exc).__name__, reason,
+            )  # fmt: skip
+            return None
+        STATS["exported"] += 1
+        log.info("built %s (%.1f s)", path.name, time.perf_counter() - t0)
+        runner = self._load(path, x)
+        if runner is None:
+            STATS["fallback"] += 1
+            path.unlink(missing_ok=True)
+        elif self.on_build is not None:
+            self.on_build()
+        return runner
+
+    @staticmethod
+    def _load(path: Path, x: Tensor) -> Callable[[Tensor], Tensor] | None:
+        index = x.device.index if x.device.type == "cuda" and x.device.index is not None else -1
+        if x.device.type == "cuda" and index < 0:
+            index = torch.cuda.current_device()
+        try:
+            return _load_package(path, index)
+        except Exception as exc:  # noqa: BLE001 - an unloadable package is rebuilt
+            log.warning("AOTInductor package %s not loadable (%s); rebuilding it", path.name, exc)
+            return None
+
+    def _build(self, path: Path, x: Tensor, autocast: tuple[str, torch.dtype] | None) -> None:
+        """``torch.export`` the part on ``x``'s shape and AOT-compile it into ``path`` (atomically)."""
+        import torch.export
+        from torch._inductor import aoti_compile_and_package
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
+        # export traces outside inference mode (the pipeline calls the models inside it) and outside
+        # the caller's autocast region (re-entered inside the traced module, so it is in the graph)
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            _plain_tensors(self.part)
+            example = x.detach().clone().contiguous(memory_format=_layout(x))
+            ep = torch.export.export(_Traced(self.part, autocast).eval(), (example,), strict=False)
+            with _scratch_inductor_dir(path.parent / f".build.{os.getpid()}"):
+                aoti_compile_and_package(
+                    ep, package_path=str(tmp), inductor_configs=_mode_options(self.mode, self.freeze)
+                )
+        os.replace(tmp, path)
+
+
+def compile_parts(
+    parts: dict[str, nn.Module], mode: str | None, freeze: bool, batch_size: int | None
+) -> dict[str, StaticBatchPart]:
+    """Compile ``{name: module}`` in place for static-shape inference (see :class:`StaticBatchPart`).
+
+    Packages go to the active compile cache's key folder
+    (:func:`vaefix_pl.core.compile_cache.active_cache`); with none active (in-memory models, a
+    library call outside a job) every part uses ``torch.compile``, as before packages existed.
+    """
+    from vaefix_pl.core.compile_cache import active_cache
+
+    cache = active_cache()
+    folder = None if cache is None else cache.path / AOTI_DIR
+    on_build = None if cache is None else cache.reseal
+    out = {}
+    for name, part in parts.items():
+        current = part._compiled_call_impl
+        if isinstance(current, StaticBatchPart):  # optimize() called twice: keep the first setting
+            out[name] = current
+            continue
+        runner = StaticBatchPart(part, name, batch_size, folder, mode=mode, freeze=freeze, on_build=on_build)
+        part._compiled_call_impl = runner
+        out[name] = runner
+    return out
