@@ -123,6 +123,24 @@ def _load_package(path: Path, device_index: int) -> Callable[[Tensor], Tensor]:
     return AOTICompiledModel(loader)
 
 
+#: ``VAEFIX_AOTI``: ``1`` packages on every device, ``0`` on none; unset: on the CPU only. On CUDA
+#: (torch 2.11.0+cu130, H200) ``AOTIModelPackageLoader`` crashed the process with a segmentation fault
+#: while loading a package it had just built, for tiny and full-size models, with torch's own loader
+#: and with no Inductor options; a crash cannot fall back, so CUDA uses ``torch.compile`` unless asked
+#: (docs/STARTUP.md).
+AOTI_ENV = "VAEFIX_AOTI"
+
+
+def packages_enabled(device_type: str) -> bool:
+    """Whether parts on ``device_type`` use AOTInductor packages (see :data:`AOTI_ENV`)."""
+    flag = os.environ.get(AOTI_ENV, "").strip().lower()
+    if flag in ("1", "true", "yes", "on"):
+        return True
+    if flag in ("0", "false", "no", "off"):
+        return False
+    return device_type == "cpu"
+
+
 class StaticBatchPart:
     """The call of one compiled part: ``(B, ...) -> (B, ...)``, run in batches of exactly ``batch`` rows.
 
@@ -178,7 +196,8 @@ class StaticBatchPart:
         key = (tuple(x.shape), x.dtype, str(x.device), layout, autocast)
         runner = self._runners.get(key)
         if runner is None:
-            runner = self._package_runner(x, layout, autocast) if self.folder is not None else None
+            use = self.folder is not None and packages_enabled(x.device.type)
+            runner = self._package_runner(x, layout, autocast) if use else None
             if runner is None:
                 runner = self._compile_runner()
             self._runners[key] = runner
