@@ -258,6 +258,11 @@ class ReconstructionJob:
         }
         if len(batch["ids"]) == 0:  # every item of this batch failed to load
             return result
+        batch, result["streams"] = self._split_streams(batch)
+        for k in ("ids", "paths", "lengths"):
+            result[k] = batch[k]
+        if len(batch["ids"]) == 0:  # only long items: the writer runs their streams
+            return result
         host = batch.get("host_lengths")
         try:
             out = self.forward(
@@ -277,6 +282,48 @@ class ReconstructionJob:
                 "gain": rec.gain,
             }
         return result
+
+    def _split_streams(self, batch: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(the batch without its long items, one stream per long item)``.
+
+        An item with more windows than one segment (:func:`~vaefix_pl.core.stream.streams_item`) is
+        not reconstructed here: its :class:`~vaefix_pl.core.stream.ItemStream` goes to the writer,
+        which runs it segment by segment into its WAV files and scores it from them
+        (:mod:`vaefix_pl.pipeline.streamed`), so host memory does not grow with it. Not with a repair
+        chain, ``return_mels`` or perceptual metrics: those need the whole item (it then runs whole).
+        """
+        from vaefix_pl.core.stream import ItemStream, streams_item
+
+        rec = self.reconstructor
+        if rec is None or self.chain is not None or self.hparams.return_mels or self.perceptual_metrics:
+            return batch, []
+        host = batch.get("host_lengths")
+        host = list(host) if host is not None else torch.as_tensor(batch["lengths"]).tolist()
+        rows = [i for i, n in enumerate(host) if streams_item(rec, int(n))]
+        if not rows:
+            return batch, []
+        streams = [
+            {
+                "id": batch["ids"][i],
+                "path": batch["paths"][i],
+                "length": int(host[i]),
+                "stream": ItemStream(rec, batch["waveform"][i, : int(host[i])], batch_rows=len(host)),
+                "metrics": list(self.metric_names),
+            }
+            for i in rows
+        ]
+        keep = [i for i in range(len(host)) if i not in set(rows)]
+        idx = torch.tensor(keep, dtype=torch.long)
+        lengths = torch.as_tensor(batch["lengths"])
+        rest = dict(batch)
+        rest.update(
+            waveform=batch["waveform"][idx.to(batch["waveform"].device)],
+            lengths=lengths[idx.to(lengths.device)],
+            host_lengths=[host[i] for i in keep],
+            ids=[batch["ids"][i] for i in keep],
+            paths=[batch["paths"][i] for i in keep],
+        )
+        return rest, streams
 
 
 def _job_signature() -> inspect.Signature:
