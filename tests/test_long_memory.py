@@ -193,6 +193,40 @@ def _peak_rss(cmd: list[str]) -> int:
     return int(peak)
 
 
+def _write_tone(path: Path, seconds: float, sr: int = 16000) -> None:
+    """The benchmark's signal (benchmarks/long_memory.py), written in 60 s blocks."""
+    with sf.SoundFile(path, "w", sr, 1, subtype="PCM_16") as fh:
+        rng = np.random.default_rng(0)
+        n = int(seconds * sr)
+        for a in range(0, n, 60 * sr):
+            t = np.arange(a, min(n, a + 60 * sr)) / sr
+            x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
+            fh.write((x + 0.05 * rng.standard_normal(t.shape[0])).astype(np.float32))
+
+
+#: Growth allowed from the short to the 4x longer file: the one decoded input waveform (float32, 3.84 MB
+#: per minute at 16 kHz, the only thing held whole) plus allocator noise. The whole-item path grew by
+#: ~33 MiB per minute here (its mels, latent and output tensors, then scoring on top of them).
+GROWTH_BOUND = 48 * 2**20
+
+
+def test_peak_rss_does_not_grow_with_the_file(tmp_path, tiny_model_dir):
+    """A real ``vaefix reconstruct`` child process on 1.5 and 6 minutes of audio: the 6-minute run (streamed
+    in segments) peaks within :data:`GROWTH_BOUND` of the 1.5-minute one (every default metric, CPU)."""
+    peaks = {}
+    for minutes in (1.5, 6):
+        wav = tmp_path / f"long{minutes}.wav"
+        _write_tone(wav, minutes * 60)
+        out = tmp_path / f"out{minutes}"
+        peaks[minutes] = _peak_rss([sys.executable, "-m", "vaefix_pl.cli", "reconstruct", str(wav),
+                                    "--model", str(tiny_model_dir), "--out", str(out), "--accelerator", "cpu",
+                                    "--num-workers", "0"])  # fmt: skip
+        assert (out / "metrics.csv").is_file() and (out / f"long{minutes}.recon.wav").is_file()
+        assert sf.info(out / f"long{minutes}.recon.wav").frames == int(minutes * 60 * 16000)
+    print({m: f"{p / 2**20:.0f} MiB" for m, p in peaks.items()})  # shown with -s
+    assert peaks[6] - peaks[1.5] < GROWTH_BOUND, peaks
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("VAEFIX_MEMORY_TEST") != "1", reason="several minutes: set VAEFIX_MEMORY_TEST=1"

@@ -132,3 +132,54 @@ def test_a_streamed_run_writes_the_files_and_rows_of_the_whole_item_run(
         assert sr_a == sr_b == 16000 and a.shape == b.shape == (n,)
         np.testing.assert_allclose(a, b, rtol=0, atol=0 if tag == "original" else 1e-5)
     assert not [p for p in (tmp_path / "streamed").rglob("*") if p.name.startswith(".vaefix-tmp")]
+
+
+def test_a_file_read_as_it_streams_equals_the_item_read_whole(models, tmp_path, monkeypatch):
+    """``ItemStream`` over ``StreamedAudio`` (two passes over a 44.1 kHz file, resampled block by block,
+    the level in re-cut blocks) gives the spans and gain of ``ItemStream`` over ``load_audio``'s tensor."""
+    import soundfile as sf
+
+    import vaefix_pl.core.frontend as frontend
+    import vaefix_pl.core.stream as stream_mod
+    from vaefix_pl.data import audio as audio_mod
+    from vaefix_pl.data.audio import StreamedAudio, load_audio
+
+    for mod in (frontend, stream_mod):
+        monkeypatch.setattr(mod, "_LEVEL_BLOCK", 10007)  # several level blocks, cut across read blocks
+    monkeypatch.setattr(audio_mod, "READ_BLOCK_FRAMES", 4099)
+    vae, vocoder, sf_ = models
+    rec = Reconstructor(vae, vocoder, sf_, window_seconds=1.28, window_overlap_seconds=0.32)
+    x = _signal(int(6.3 * 44100), sr=44100).numpy()
+    sf.write(tmp_path / "a.wav", np.stack([x, 0.5 * x], 1), 44100, subtype="FLOAT")
+    whole = load_audio(tmp_path / "a.wav", 16000)
+    audio = StreamedAudio(tmp_path / "a.wav", 16000)
+    assert audio.expected == whole.shape[0]
+    a, b = ItemStream(rec, whole, segment_windows=2), ItemStream(rec, audio, segment_windows=2)
+    spans_a, spans_b = list(a), list(b)
+    assert a.gain == b.gain and a.health == b.health
+    for tag in ("original", "recon"):
+        torch.testing.assert_close(
+            torch.cat([s[tag] for s in spans_b]), torch.cat([s[tag] for s in spans_a]), rtol=0, atol=0
+        )
+    ref = rec(whole[None])
+    torch.testing.assert_close(torch.cat([s["recon"] for s in spans_b]), ref.waveform[0], rtol=0, atol=0)
+
+
+def test_a_long_file_with_bad_samples_is_a_decode_row_and_the_run_goes_on(tmp_path, tiny_model_dir):
+    import csv
+
+    import soundfile as sf
+
+    (tmp_path / "in").mkdir()
+    bad = _signal(int(40 * 16000)).numpy()
+    bad[300000] = np.nan  # past the first read block: found by the level pass, before any output
+    sf.write(tmp_path / "in" / "bad.wav", bad, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "in" / "good.wav", _signal(16000 * 2).numpy(), 16000, subtype="FLOAT")
+    _run_cli(tmp_path / "in", tiny_model_dir, tmp_path / "out", "--window-seconds", "2.56")
+    with open(tmp_path / "out" / "errors.csv", newline="") as fh:
+        (err,) = list(csv.DictReader(fh))
+    assert err["id"] == "bad" and err["stage"] == "decode"
+    assert "non-finite samples (1 NaN, 0 infinite)" in err["reason"]
+    assert (tmp_path / "out" / "good.recon.wav").is_file()
+    assert not (tmp_path / "out" / "bad.recon.wav").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".vaefix-tmp")]

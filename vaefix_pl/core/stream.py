@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from vaefix_pl.core.frontend import TRAINED_LOG_MEL_RANGE, apply_level, level_stats
+from vaefix_pl.core.frontend import _LEVEL_BLOCK, TRAINED_LOG_MEL_RANGE, LevelStats, apply_level, level_stats
 from vaefix_pl.core.health import CONSTANT_STD, repair_mel, repair_waveform
 from vaefix_pl.core.windowing import (
     MEL_CONTEXT,
@@ -42,12 +42,21 @@ from vaefix_pl.core.windowing import (
 if TYPE_CHECKING:
     from vaefix_pl.core.reconstruct import Reconstructor
 
-__all__ = ["SEGMENT_WINDOWS", "ItemStream", "streams_item"]
+__all__ = ["SEGMENT_WINDOWS", "ItemStream", "stream_threshold", "streams_item"]
 
 #: Windows per segment (16 windows of 10.24 s, 9.24 s apart: 2.5 minutes of audio).
 SEGMENT_WINDOWS = 16
 #: Items shorter than this many samples keep the batched whole-item path (their scores too).
 MIN_STREAM_SAMPLES = 2**19
+
+
+def stream_threshold(rec: Reconstructor, segment_windows: int | None = None) -> int | None:
+    """Samples above which an item streams (:func:`streams_item`); ``None`` without windows."""
+    if rec.window_frames is None:
+        return None
+    segment = SEGMENT_WINDOWS if segment_windows is None else segment_windows
+    frames = (segment - 1) * rec._hop_frames + rec.window_frames  # more frames: more than `segment` windows
+    return max(MIN_STREAM_SAMPLES, frames * rec.hop)
 
 
 def streams_item(rec: Reconstructor, length: int, segment_windows: int | None = None) -> bool:
@@ -155,16 +164,21 @@ class ItemStream:
     def __init__(
         self,
         rec: Reconstructor,
-        waveform: Tensor,
+        waveform: Any,
         batch_rows: int = 1,
         segment_windows: int | None = None,
     ) -> None:
-        if waveform.ndim != 1:
-            raise ValueError(f"one item: (n,), got {tuple(waveform.shape)}")
-        self.rec, self.x = rec, waveform
+        if isinstance(waveform, Tensor):
+            if waveform.ndim != 1:
+                raise ValueError(f"one item: (n,), got {tuple(waveform.shape)}")
+            self.source: Any = _TensorSource(waveform)
+            self.n = int(waveform.shape[0])
+        else:
+            self.source = _BlockSource(waveform)
+            self.n = int(waveform.expected)  # the header's, until the first pass counts them
+        self.rec = rec
         segment = SEGMENT_WINDOWS if segment_windows is None else segment_windows
         self.batch_rows, self.segment_windows = max(1, int(batch_rows)), max(1, int(segment))
-        self.n = int(waveform.shape[0])
         self.health: dict[str, Any] = {}
         self.gain = math.nan
 
@@ -173,10 +187,14 @@ class ItemStream:
             yield from self._run()
 
     def _run(self) -> Iterator[dict[str, Tensor]]:
-        rec, x, n = self.rec, self.x.float(), self.n
-        dev = x.device
+        rec, src = self.rec, self.source
+        dev = next(iter(rec.parameters()), torch.empty(0)).device
+        n, mean, gain = src.level()
+        self.n = n
+        mean, gain = mean.to(dev), gain.to(dev)
         host = torch.tensor([n])
-        mean, gain = level_stats(x[None], host.to(dev))
+        if not bool(rec.windowed(host)[0]):
+            raise ValueError(f"{n} samples is no longer than one window: not a long item")
         self.gain = float(gain[0])
         inv = 1.0 / gain[:, None]
         frames = int(rec.covered_frames(host)[0])
@@ -199,7 +217,7 @@ class ItemStream:
             pos = window_sample_positions(p, w, canon_dev, MEL_CONTEXT, hop)
             inside = (pos >= 0) & (pos < n)
             lo, hi = _read_range(p, w, canon, n, hop)
-            span = apply_level(x[None, lo:hi], mean, gain)[0]
+            span = apply_level(src.read(lo, hi).to(dev)[None], mean, gain)[0]
             xw = torch.where(inside, span[(pos - lo).clamp(0, hi - lo - 1)], torch.zeros((), device=dev))
             mel_w = rec.frontend(xw)[:, :, MEL_CONTEXT : MEL_CONTEXT + w]
             z = rec.encode(mel_w)
@@ -249,12 +267,13 @@ class ItemStream:
             output_bad += int((~torch.isfinite(raw)).sum())
             out = repair_waveform(raw)
             peak = max(peak, float(out.abs().amax())) if out.numel() else peak
-            ref = apply_level(x[None, emitted:upto], mean, gain)
+            ref = apply_level(src.read(emitted, upto).to(dev)[None], mean, gain)
             yield {
                 "original": (ref.double() * inv).float()[0],
                 "recon": (out[None].double() * inv).float()[0],
             }
             emitted = upto
+            src.release(min(emitted, max(0, (decoded * step - MEL_CONTEXT) * hop)))
         self.health = {f"mel_{k}": v for k, v in h_mel.result().items() if k in ("min", "max", "mean", "std")}
         self.health.update({f"mel_hat_{k}": v for k, v in h_hat.result().items()})
         self.health.update(latent_nonfinite=latent_bad, output_nonfinite=output_bad, output_peak=peak)
@@ -278,3 +297,70 @@ def _read_range(plan: Any, w: int, canon: int, n: int, hop: int) -> tuple[int, i
         values.append(big_l - 1)
     lo, hi = max(0, min(values)), min(n, max(values) + 1)
     return lo, max(hi, lo + 1)
+
+
+class _TensorSource:
+    """An item held as a ``(n,)`` tensor."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x.float()
+
+    def level(self) -> tuple[int, Tensor, Tensor]:
+        n = int(self.x.shape[0])
+        mean, gain = level_stats(self.x[None], torch.tensor([n], device=self.x.device))
+        return n, mean, gain
+
+    def read(self, a: int, b: int) -> Tensor:
+        return self.x[a:b]
+
+    def release(self, upto: int) -> None:
+        pass
+
+
+class _BlockSource:
+    """An item read in order from ``audio.blocks()`` (a :class:`~vaefix_pl.data.audio.StreamedAudio`):
+    one pass for the level (re-cut into :func:`level_stats`' blocks, so the gain is the whole-item
+    one), then a second one read as the windows need it, keeping only the samples from the last
+    :meth:`release` on."""
+
+    def __init__(self, audio: Any) -> None:
+        self.audio = audio
+        self.blocks: Iterator[Tensor] | None = None
+        self.buf, self.start, self.done = torch.zeros(0), 0, False
+
+    def level(self) -> tuple[int, Tensor, Tensor]:
+        acc, n, pending = LevelStats(1), 0, torch.zeros(0)
+        for block in self.audio.blocks():
+            pending = torch.cat([pending, block.float()])
+            while pending.shape[0] >= _LEVEL_BLOCK:
+                chunk, pending = pending[:_LEVEL_BLOCK], pending[_LEVEL_BLOCK:].clone()
+                acc.add(chunk[None], torch.ones(1, _LEVEL_BLOCK, dtype=torch.bool))
+                n += _LEVEL_BLOCK
+        if pending.shape[0]:
+            acc.add(pending[None], torch.ones(1, pending.shape[0], dtype=torch.bool))
+            n += pending.shape[0]
+        mean, gain = acc.result(torch.tensor([n]))
+        return n, mean, gain
+
+    def read(self, a: int, b: int) -> Tensor:
+        if a < self.start:
+            raise RuntimeError(f"samples {a}.. were released (kept from {self.start})")
+        if self.blocks is None:
+            self.blocks = self.audio.blocks()
+        parts = [self.buf]
+        have = self.start + self.buf.shape[0]
+        while have < b and not self.done:
+            block = next(self.blocks, None)
+            if block is None:
+                self.done = True
+                break
+            parts.append(block.float())
+            have += block.shape[0]
+        if len(parts) > 1:
+            self.buf = torch.cat(parts)
+        return self.buf[a - self.start : b - self.start]
+
+    def release(self, upto: int) -> None:
+        k = min(max(0, upto - self.start), self.buf.shape[0])
+        if k:
+            self.buf, self.start = self.buf[k:].clone(), self.start + k

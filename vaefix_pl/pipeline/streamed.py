@@ -20,7 +20,7 @@ from typing import Any
 
 import soundfile as sf
 
-from vaefix_pl.data.audio import new_file_mode, temp_prefix
+from vaefix_pl.data.audio import AudioReadError, new_file_mode, temp_prefix
 from vaefix_pl.runs.files import UnsafePathError, safe_output_path, write_error_reason
 
 log = logging.getLogger(__name__)
@@ -90,20 +90,19 @@ def write_streamed_item(
         if write_audio:
             for tag, target in targets.items():
                 os.replace(files[tag][0], target)
+    except AudioReadError as exc:  # a long file read as it streams: its decode error, as the data's
+        return error("decode", str(exc))
     except Exception as exc:  # noqa: BLE001 - one item's failure is its row, never the run's end
-        reason = (
-            f"cannot write the output: {write_error_reason(exc, output_dir)}"
-            if stage == "write"
-            else (f"{type(exc).__name__}: {exc}")
-        )
-        return error(stage, reason)
+        if stage == "write":
+            return error(stage, f"cannot write the output: {write_error_reason(exc, output_dir)}")
+        return error(stage, f"{type(exc).__name__}: {exc}")
     finally:
         for tmp, fh in files.values():
             if not fh.closed:
                 fh.close()
             Path(tmp).unlink(missing_ok=True)
     health = {f"health_{k}": int(v) if isinstance(v, bool) else v for k, v in item["stream"].health.items()}
-    return {**row, **scores, **health}
+    return {**row, "seconds": item["stream"].n / rate, **scores, **health}
 
 
 def write_streams(writer: Any, streams: list[dict[str, Any]], rank: int) -> None:
@@ -115,5 +114,5 @@ def write_streams(writer: Any, streams: list[dict[str, Any]], rank: int) -> None
         row = writer._row(item["id"], item["path"], item["length"], rank)
         rec = write_streamed_item(item, writer.output_dir, writer._rate, writer.write_audio, rank, row)
         if not rec.get("error"):
-            writer._audio_seconds += item["length"] / writer._rate
+            writer._audio_seconds += rec["seconds"]
         writer._append([rec])
