@@ -96,7 +96,7 @@ def test_a_streamed_run_writes_the_files_and_rows_of_the_whole_item_run(
 
     import vaefix_pl.core.stream as stream_mod
 
-    n = int(41.3 * 16000)  # 2.56 s windows 1.56 s apart: 26 windows, two segments of 16
+    n = int(41.3 * 16000)  # 2.56 s windows 1.56 s apart: 26 windows, four segments of 8
     (tmp_path / "in").mkdir()
     sf.write(tmp_path / "in" / "long.wav", _signal(n).numpy(), 16000, subtype="FLOAT")
     sf.write(tmp_path / "in" / "short.wav", _signal(16000 * 3, seed=1).numpy(), 16000, subtype="FLOAT")

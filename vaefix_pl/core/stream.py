@@ -31,6 +31,7 @@ from torch import Tensor
 
 from vaefix_pl.core.frontend import _LEVEL_BLOCK, TRAINED_LOG_MEL_RANGE, LevelStats, apply_level, level_stats
 from vaefix_pl.core.health import CONSTANT_STD, repair_mel, repair_waveform
+from vaefix_pl.core.output import _scale_rows
 from vaefix_pl.core.windowing import (
     MEL_CONTEXT,
     crossfade_weights,
@@ -44,8 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SEGMENT_WINDOWS", "ItemStream", "stream_threshold", "streams_item"]
 
-#: Windows per segment (16 windows of 10.24 s, 9.24 s apart: 2.5 minutes of audio).
-SEGMENT_WINDOWS = 16
+#: Windows per segment (8 windows of 10.24 s, 9.24 s apart: 74 s of audio). A segment's buffers are
+#: the memory a long item costs (about 4 M samples of float32 buffers at 48 kHz).
+SEGMENT_WINDOWS = 8
 #: Items shorter than this many samples keep the batched whole-item path (their scores too).
 MIN_STREAM_SAMPLES = 2**19
 
@@ -267,11 +269,8 @@ class ItemStream:
             output_bad += int((~torch.isfinite(raw)).sum())
             out = repair_waveform(raw)
             peak = max(peak, float(out.abs().amax())) if out.numel() else peak
-            ref = apply_level(src.read(emitted, upto).to(dev)[None], mean, gain)
-            yield {
-                "original": (ref.double() * inv).float()[0],
-                "recon": (out[None].double() * inv).float()[0],
-            }
+            ref = _blockwise(lambda v: apply_level(v, mean, gain), src.read(emitted, upto).to(dev)[None])
+            yield {"original": _scale_rows(ref, inv)[0], "recon": _scale_rows(out[None], inv)[0]}
             emitted = upto
             src.release(min(emitted, max(0, (decoded * step - MEL_CONTEXT) * hop)))
         self.health = {f"mel_{k}": v for k, v in h_mel.result().items() if k in ("min", "max", "mean", "std")}
@@ -364,3 +363,12 @@ class _BlockSource:
         k = min(max(0, upto - self.start), self.buf.shape[0])
         if k:
             self.buf, self.start = self.buf[k:].clone(), self.start + k
+
+
+def _blockwise(fn: Any, x: Tensor, block: int = 1 << 20) -> Tensor:
+    """``fn(x)`` of an element-wise ``fn`` over ``x`` ``(B, n)``, in column blocks (its float64
+    temporaries span a block, not the segment)."""
+    out = torch.empty_like(x)
+    for s in range(0, x.shape[-1], block):
+        out[:, s : s + block] = fn(x[:, s : s + block])
+    return out
