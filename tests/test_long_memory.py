@@ -204,10 +204,10 @@ def _write_tone(path: Path, seconds: float, sr: int = 16000) -> None:
             fh.write((x + 0.05 * rng.standard_normal(t.shape[0])).astype(np.float32))
 
 
-#: Growth allowed from the short to the 4x longer file (2 more minutes): allocator noise. The whole-item
+#: Growth allowed from the short to the 4x longer file (2 more minutes): allocator noise (runs vary by +-20 MiB). The whole-item
 #: path grows by ~20 bytes per sample here (the decoded input, its mels, latent and outputs: ~45 MiB
 #: for these 2 minutes); streamed, nothing of the item is held whole.
-GROWTH_BOUND = 20 * 2**20
+GROWTH_BOUND = 32 * 2**20
 
 
 def test_peak_rss_does_not_grow_with_the_file(tmp_path, tiny_model_dir):
