@@ -11,6 +11,8 @@ every default metric, and its peak RSS is read with ``resource.getrusage(RUSAGE_
     python benchmarks/long_memory.py                              # 16 kHz: 1, 10, 60 minutes
     python benchmarks/long_memory.py --rates 48000 --minutes 1 10
     python benchmarks/long_memory.py --minutes 1 10 --json mem.json
+    python benchmarks/long_memory.py --minutes 60 --threads 16          # a bigger CPU box
+    python benchmarks/long_memory.py --minutes 1 10 60 --accelerator gpu  # models on the GPU (host RSS)
 """
 
 from __future__ import annotations
@@ -63,15 +65,18 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--rates", type=int, nargs="+", default=[16000], choices=[16000, 48000])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--accelerator", default="cpu", help="the run's --accelerator (cpu, gpu)")
+    ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the run")
+    ap.add_argument("--keep", default=None, help="folder for the files and outputs (default: a temp folder)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
     from vaefix_pl.testing import write_tiny_audioldm2, write_tiny_audioldm_48k
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
         for rate in args.rates:
             writer = write_tiny_audioldm2 if rate == 16000 else write_tiny_audioldm_48k
             model = writer(tmp / f"tiny{rate}", seed=0)
@@ -80,7 +85,7 @@ def main() -> None:
                 write_long_file(wav, minutes, rate)
                 out = tmp / f"out_{rate}_{minutes:g}"
                 cmd = [sys.executable, "-m", "vaefix_pl.cli", "reconstruct", str(wav), "--model", str(model),
-                       "--out", str(out), "--accelerator", "cpu", "--num-workers", "0"]  # fmt: skip
+                       "--out", str(out), "--accelerator", args.accelerator, "--num-workers", "0"]  # fmt: skip
                 peak, wall, rc, err = _measure(cmd, env)
                 ok = rc == 0 and (out / "metrics.csv").is_file()
                 rows.append(

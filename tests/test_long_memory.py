@@ -193,6 +193,42 @@ def _peak_rss(cmd: list[str]) -> int:
     return int(peak)
 
 
+def _write_tone(path: Path, seconds: float, sr: int = 16000) -> None:
+    """The benchmark's signal (benchmarks/long_memory.py), written in 60 s blocks."""
+    with sf.SoundFile(path, "w", sr, 1, subtype="PCM_16") as fh:
+        rng = np.random.default_rng(0)
+        n = int(seconds * sr)
+        for a in range(0, n, 60 * sr):
+            t = np.arange(a, min(n, a + 60 * sr)) / sr
+            x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
+            fh.write((x + 0.05 * rng.standard_normal(t.shape[0])).astype(np.float32))
+
+
+#: Growth allowed from the short to the 4x longer file (2 more minutes): allocator noise (runs vary by +-20 MiB). The whole-item
+#: path grows by ~20 bytes per sample here (the decoded input, its mels, latent and outputs: ~45 MiB
+#: for these 2 minutes); streamed, nothing of the item is held whole.
+GROWTH_BOUND = 32 * 2**20
+
+
+def test_peak_rss_does_not_grow_with_the_file(tmp_path, tiny_model_dir):
+    """A real ``vaefix reconstruct`` child process on 40 s and 160 s of audio (two fast metrics; the longer
+    file streams in segments): the longer run peaks within :data:`GROWTH_BOUND` of the shorter one."""
+    config = tmp_path / "fast.yaml"
+    config.write_text("model:\n  metrics: [snr, lsd]\n")
+    peaks = {}
+    for seconds in (40, 160):
+        wav = tmp_path / f"long{seconds}.wav"
+        _write_tone(wav, seconds)
+        out = tmp_path / f"out{seconds}"
+        peaks[seconds] = _peak_rss([sys.executable, "-m", "vaefix_pl.cli", "reconstruct", str(wav),
+                                    "--model", str(tiny_model_dir), "--out", str(out), "--accelerator", "cpu",
+                                    "--num-workers", "0", "--config", str(config)])  # fmt: skip
+        assert (out / "metrics.csv").is_file()
+        assert sf.info(out / f"long{seconds}.recon.wav").frames == seconds * 16000
+    print({m: f"{p / 2**20:.0f} MiB" for m, p in peaks.items()})  # shown with -s
+    assert peaks[160] - peaks[40] < GROWTH_BOUND, peaks
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("VAEFIX_MEMORY_TEST") != "1", reason="several minutes: set VAEFIX_MEMORY_TEST=1"

@@ -74,6 +74,54 @@ def valid_mask(lengths: Tensor, size: int) -> Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
+class LevelStats:
+    """:func:`level_stats` accumulated over column blocks of :data:`_LEVEL_BLOCK` samples (every block
+    but the last exactly that wide, so the float64 sums are those of one call over the whole item)."""
+
+    def __init__(self, b: int = 1, device: torch.device | str | None = None) -> None:
+        f64 = torch.float64
+        self.total = torch.zeros(b, dtype=f64, device=device)
+        self.hi = torch.full((b,), -math.inf, dtype=f64, device=device)
+        self.lo = torch.full((b,), math.inf, dtype=f64, device=device)
+
+    def add(self, xb: Tensor, mb: Tensor) -> None:
+        """``xb`` ``(B, k)`` samples and ``mb`` their validity mask."""
+        self.total += torch.where(mb, xb, 0.0).to(torch.float64).sum(dim=1)
+        self.hi = torch.maximum(self.hi, torch.where(mb, xb, -math.inf).amax(dim=1).to(torch.float64))
+        self.lo = torch.minimum(self.lo, torch.where(mb, xb, math.inf).amin(dim=1).to(torch.float64))
+
+    def result(self, lengths: Tensor, peak: float = PEAK, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+        """``(mean, gain)`` ``(B,)`` float64 for items of ``lengths`` valid samples."""
+        mean = self.total / lengths.clamp(min=1).to(torch.float64)
+        spread = torch.maximum(self.hi - mean, mean - self.lo).clamp(min=0.0)  # 0 for empty items
+        return mean, peak / (spread + eps)
+
+
+def level_stats(
+    waveform: Tensor, lengths: Tensor | None = None, peak: float = PEAK, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """``(mean, gain)`` ``(B,)`` float64 of :func:`normalize_level` for ``waveform`` ``(B, N)``, without
+    making the normalised copy (a long item's segments get it from :func:`apply_level`)."""
+    if waveform.ndim != 2:
+        raise ValueError(f"waveform must be (B, N), got shape {tuple(waveform.shape)}")
+    b, n = waveform.shape
+    if lengths is None:
+        lengths = torch.full((b,), n, dtype=torch.long, device=waveform.device)
+    # float64 statistics, in column blocks: a 10-minute item would otherwise hold several float64
+    # copies of itself. max|x - mean| = max(max x - mean, mean - min x), so only the extremes are kept.
+    acc = LevelStats(b, waveform.device)
+    for s in range(0, n, _LEVEL_BLOCK):
+        xb = waveform[:, s : s + _LEVEL_BLOCK]
+        acc.add(xb, valid_mask(lengths - s, xb.shape[1]))
+    return acc.result(lengths, peak, eps)
+
+
+def apply_level(x: Tensor, mean: Tensor, gain: Tensor) -> Tensor:
+    """``(x - mean) * gain`` (float64 arithmetic, ``x``'s dtype) for ``x`` ``(B, n)`` of valid samples and
+    ``mean``/``gain`` ``(B,)`` float64: :func:`normalize_level`'s values, for any span of the items."""
+    return ((x.to(torch.float64) - mean[:, None]) * gain[:, None]).to(x.dtype)
+
+
 def normalize_level(
     waveform: Tensor, lengths: Tensor | None = None, peak: float = PEAK, eps: float = 1e-8
 ) -> tuple[Tensor, Tensor]:
@@ -88,32 +136,15 @@ def normalize_level(
         ``(y, gain)``: ``y`` ``(B, N)`` in the input's dtype, and ``gain`` ``(B,)`` float64 such that
         ``y = (x - mean) * gain``; divide a reconstruction by ``gain`` to return to the input level.
     """
-    if waveform.ndim != 2:
-        raise ValueError(f"waveform must be (B, N), got shape {tuple(waveform.shape)}")
+    mean, gain = level_stats(waveform, lengths, peak, eps)
     b, n = waveform.shape
     if lengths is None:
         lengths = torch.full((b,), n, dtype=torch.long, device=waveform.device)
-    mask = valid_mask(lengths, n)
-    count = lengths.clamp(min=1).to(torch.float64)
-    f64 = torch.float64
-    # float64 statistics, in column blocks: a 10-minute item would otherwise hold several float64
-    # copies of itself. max|x - mean| = max(max x - mean, mean - min x), so only the extremes are kept.
-    total = torch.zeros(b, dtype=f64, device=waveform.device)
-    hi = torch.full((b,), -math.inf, dtype=f64, device=waveform.device)
-    lo = torch.full((b,), math.inf, dtype=f64, device=waveform.device)
-    for s in range(0, n, _LEVEL_BLOCK):
-        xb, mb = waveform[:, s : s + _LEVEL_BLOCK], mask[:, s : s + _LEVEL_BLOCK]
-        total += torch.where(mb, xb, 0.0).to(f64).sum(dim=1)
-        hi = torch.maximum(hi, torch.where(mb, xb, -math.inf).amax(dim=1).to(f64))
-        lo = torch.minimum(lo, torch.where(mb, xb, math.inf).amin(dim=1).to(f64))
-    mean = total / count
-    spread = torch.maximum(hi - mean, mean - lo).clamp(min=0.0)  # 0 for empty items
-    gain = peak / (spread + eps)
     out = torch.empty_like(waveform)
     for s in range(0, n, _LEVEL_BLOCK):
-        xb, mb = waveform[:, s : s + _LEVEL_BLOCK], mask[:, s : s + _LEVEL_BLOCK]
-        y = (xb.to(f64) - mean[:, None]) * gain[:, None]
-        out[:, s : s + _LEVEL_BLOCK] = torch.where(mb, y, 0.0).to(waveform.dtype)
+        xb = waveform[:, s : s + _LEVEL_BLOCK]
+        mb = valid_mask(lengths - s, xb.shape[1])
+        out[:, s : s + _LEVEL_BLOCK] = torch.where(mb, apply_level(xb, mean, gain), 0.0)
     return out, gain
 
 

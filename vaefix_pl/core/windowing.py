@@ -56,6 +56,7 @@ __all__ = [
     "plan_windows",
     "planned_frames",
     "window_geometry",
+    "window_sample_positions",
 ]
 
 
@@ -221,14 +222,23 @@ def gather_window_samples(
     reflection, at their edges.
     """
     n = waveform.shape[-1]
-    span = hop * (window + 2 * context)
-    pos = (plan.start[:, None] - context) * hop + torch.arange(span, device=waveform.device)[None, :]
-    big_l = (total_frames[plan.item] * hop)[:, None]
-    pos = pos.abs()
-    pos = torch.where(pos >= big_l, 2 * (big_l - 1) - pos, pos)
+    pos = window_sample_positions(plan, window, total_frames, context, hop)
     inside = (pos >= 0) & (pos < lengths[plan.item][:, None]) & (pos < n)
     vals = waveform[plan.item[:, None], pos.clamp(0, n - 1)]
     return torch.where(inside, vals, torch.zeros((), dtype=waveform.dtype, device=waveform.device))
+
+
+def window_sample_positions(
+    plan: WindowPlan, window: int, total_frames: Tensor, context: int = MEL_CONTEXT, hop: int = HOP
+) -> Tensor:
+    """``(M, hop * (window + 2 * context))`` int64: the item sample each of
+    :func:`gather_window_samples`' samples is read from, reflected at 0 and at ``hop * total_frames``
+    (negative where the reflection leaves the item: such samples are 0)."""
+    span = hop * (window + 2 * context)
+    pos = (plan.start[:, None] - context) * hop + torch.arange(span, device=plan.start.device)[None, :]
+    big_l = (total_frames[plan.item] * hop)[:, None]
+    pos = pos.abs()
+    return torch.where(pos >= big_l, 2 * (big_l - 1) - pos, pos)
 
 
 def boundary_samples(plan: WindowPlan, overlap: int, hop: int = HOP) -> tuple[Tensor, Tensor]:

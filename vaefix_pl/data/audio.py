@@ -13,6 +13,7 @@ import math
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,101 @@ class _Output:
         return self.buf[: self.n]
 
 
+def _decode(
+    p: Path,
+    sample_rate: int,
+    channel: str | int,
+    offset: float,
+    seconds: float | None,
+    tally: dict[str, int],
+    header_only: bool = False,
+) -> Iterator[Tensor]:
+    """The mono blocks at ``sample_rate`` of ``p``'s span, in order; ``tally`` gets ``expected`` (output
+    samples the header promises, set before the first block), ``nan``, ``inf`` and ``total`` (frames
+    read). Blocks stop at the first non-finite sample (the rest is only counted). Raises
+    :class:`_SizeLimit` for a file refused before decoding."""
+    with sf.SoundFile(str(p)) as fh:
+        sr = fh.samplerate
+        start = int(round(offset * sr))
+        if start > 0:
+            fh.seek(min(start, fh.frames))
+        count = -1 if seconds is None else int(round(seconds * sr))
+        left = max(0, fh.frames - min(max(start, 0), fh.frames))
+        want = left if count < 0 else min(count, left)
+        limit = size_limit_reason(want, sr, sample_rate)
+        if limit is not None:
+            raise _SizeLimit(limit)
+        try:  # a channel the file does not have: refused before decoding
+            to_mono(torch.zeros(fh.channels, 1), channel)
+        except ValueError as exc:
+            raise _SizeLimit(str(exc)) from None
+        tally["expected"] = math.ceil(want * sample_rate / sr)
+        if header_only:
+            return
+        resampler = None if sr == sample_rate else StreamResampler(sr, sample_rate)
+        remaining = count
+        while remaining != 0:
+            n = READ_BLOCK_FRAMES if remaining < 0 else min(READ_BLOCK_FRAMES, remaining)
+            data = fh.read(frames=n, dtype="float32", always_2d=True)
+            got = data.shape[0]
+            if got == 0:
+                break
+            finite = np.isfinite(data)
+            if not finite.all():
+                nan = int(np.isnan(data).sum())
+                tally["nan"] += nan
+                tally["inf"] += int((~finite).sum()) - nan
+            tally["total"] += got
+            remaining = remaining - got if remaining > 0 else remaining
+            if tally["nan"] or tally["inf"]:
+                continue  # rejected by the caller; the count covers the whole span
+            x = to_mono(torch.from_numpy(data.T), channel)
+            yield x if resampler is None else resampler.push(x)
+            if got < n:
+                break
+        if resampler is not None and not (tally["nan"] or tally["inf"]) and tally["total"]:
+            yield resampler.flush()
+
+
+def _read_blocks(
+    p: Path,
+    sample_rate: int,
+    channel: str | int,
+    offset: float,
+    seconds: float | None,
+    tally: dict[str, int] | None = None,
+) -> Iterator[Tensor]:
+    """:func:`_decode` with its failures as :class:`AudioReadError` (raised after the whole span was
+    counted, for empty spans and non-finite samples)."""
+    reason = unreadable_reason(p)
+    if reason is not None:
+        raise AudioReadError(f"{p}: cannot decode audio: {reason}")
+    tally = {"nan": 0, "inf": 0, "total": 0, "expected": 0} if tally is None else tally
+    try:
+        blocks = _decode(p, sample_rate, channel, offset, seconds, tally)
+        while True:
+            try:
+                x = next(blocks)
+            except StopIteration:
+                break
+            if not (tally["nan"] or tally["inf"]):
+                yield x
+    except _SizeLimit as exc:
+        raise AudioReadError(f"{p}: {exc}") from None
+    except Exception as exc:
+        raise AudioReadError(
+            f"{p}: cannot decode audio, corrupt or truncated file ({type(exc).__name__}: {_terse(exc)})"
+        ) from exc
+    if tally["total"] == 0:
+        raise AudioReadError(
+            f"{p}: no samples (an audio file with 0 frames, or offset {offset}s past its end)"
+        )
+    if tally["nan"] or tally["inf"]:
+        raise AudioReadError(
+            f"{p}: non-finite samples ({tally['nan']} NaN, {tally['inf']} infinite): rejected, not repaired"
+        )
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = SAMPLE_RATE,
@@ -184,65 +280,47 @@ def load_audio(
     are NaN or infinite are rejected, not repaired: any repair would invent signal, and the scores
     would then compare against audio the file never held.
     """
-    p = Path(path)
-    reason = unreadable_reason(p)
-    if reason is not None:
-        raise AudioReadError(f"{p}: cannot decode audio: {reason}")
-    n_nan = n_inf = total = 0
-    try:
-        with sf.SoundFile(str(p)) as fh:
-            sr = fh.samplerate
-            start = int(round(offset * sr))
-            if start > 0:
-                fh.seek(min(start, fh.frames))
-            count = -1 if seconds is None else int(round(seconds * sr))
-            left = max(0, fh.frames - min(max(start, 0), fh.frames))
-            want = left if count < 0 else min(count, left)
-            limit = size_limit_reason(want, sr, sample_rate)
-            if limit is not None:
-                raise _SizeLimit(limit)
-            try:  # a channel the file does not have: refused before decoding
-                to_mono(torch.zeros(fh.channels, 1), channel)
-            except ValueError as exc:
-                raise _SizeLimit(str(exc)) from None
-            resampler = None if sr == sample_rate else StreamResampler(sr, sample_rate)
-            out = _Output(math.ceil(want * sample_rate / sr))
-            remaining = count
-            while remaining != 0:
-                n = READ_BLOCK_FRAMES if remaining < 0 else min(READ_BLOCK_FRAMES, remaining)
-                data = fh.read(frames=n, dtype="float32", always_2d=True)
-                got = data.shape[0]
-                if got == 0:
-                    break
-                finite = np.isfinite(data)
-                if not finite.all():
-                    nan = int(np.isnan(data).sum())
-                    n_nan, n_inf = n_nan + nan, n_inf + int((~finite).sum()) - nan
-                total += got
-                remaining = remaining - got if remaining > 0 else remaining
-                if n_nan or n_inf:
-                    continue  # rejected below; the count covers the whole span
-                x = to_mono(torch.from_numpy(data.T), channel)
-                out.add(x if resampler is None else resampler.push(x))
-                if got < n:
-                    break
-            if resampler is not None and not (n_nan or n_inf) and total:
-                out.add(resampler.flush())
-    except _SizeLimit as exc:
-        raise AudioReadError(f"{p}: {exc}") from None
-    except Exception as exc:
-        raise AudioReadError(
-            f"{p}: cannot decode audio, corrupt or truncated file ({type(exc).__name__}: {_terse(exc)})"
-        ) from exc
-    if total == 0:
-        raise AudioReadError(
-            f"{p}: no samples (an audio file with 0 frames, or offset {offset}s past its end)"
-        )
-    if n_nan or n_inf:
-        raise AudioReadError(
-            f"{p}: non-finite samples ({n_nan} NaN, {n_inf} infinite): rejected, not repaired"
-        )
+    tally = {"nan": 0, "inf": 0, "total": 0, "expected": 0}
+    out = None
+    for x in _read_blocks(Path(path), sample_rate, channel, offset, seconds, tally):
+        if out is None:  # sized from the header, known before the first block
+            out = _Output(tally["expected"])
+        out.add(x)
+    assert out is not None  # no block: _read_blocks raised
     return out.result()
+
+
+class StreamedAudio:
+    """A file read in order, block by block, each time :meth:`blocks` is iterated: the samples
+    :func:`load_audio` returns, never held whole (a long item reconstructed in segments reads it twice,
+    once for its level and once for its windows). ``expected``: output samples its header promises."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int = SAMPLE_RATE,
+        channel: str | int = "mean",
+        offset: float = 0.0,
+        seconds: float | None = None,
+    ) -> None:
+        self.path, self.sample_rate, self.channel = Path(path), int(sample_rate), channel
+        self.offset, self.seconds = offset, seconds
+        reason = unreadable_reason(self.path)
+        if reason is not None:
+            raise AudioReadError(f"{self.path}: cannot decode audio: {reason}")
+        tally = {"nan": 0, "inf": 0, "total": 0, "expected": 0}
+        try:
+            for _ in _decode(self.path, self.sample_rate, channel, offset, seconds, tally, header_only=True):
+                pass
+        except _SizeLimit as exc:
+            raise AudioReadError(f"{self.path}: {exc}") from None
+        except Exception as exc:
+            raise AudioReadError(f"{self.path}: cannot read audio header ({_terse(exc)})") from exc
+        self.expected = tally["expected"]
+
+    def blocks(self) -> Iterator[Tensor]:
+        """``(k,)`` float32 blocks; raises :class:`AudioReadError` as :func:`load_audio` would."""
+        return _read_blocks(self.path, self.sample_rate, self.channel, self.offset, self.seconds)
 
 
 #: Start of every temporary file name the project writes (then the run's tag, then a random part), so

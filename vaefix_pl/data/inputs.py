@@ -35,7 +35,14 @@ from vaefix_pl.core.config import Hparams
 from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import HOP, SAMPLE_RATE
 from vaefix_pl.core.probes import PROBE_NAMES, probe_signals
-from vaefix_pl.data.audio import AUDIO_EXTENSIONS, AudioReadError, audio_info, load_audio, unreadable_reason
+from vaefix_pl.data.audio import (
+    AUDIO_EXTENSIONS,
+    AudioReadError,
+    StreamedAudio,
+    audio_info,
+    load_audio,
+    unreadable_reason,
+)
 from vaefix_pl.data.sampler import BalancedDistributedSampler, entry_seconds
 
 log = logging.getLogger(__name__)
@@ -268,6 +275,10 @@ class AudioDataset(Dataset):
         self.seconds, self.offset, self.sample_rate = seconds, offset, sample_rate
         self.channel, self.probe_seconds, self.min_samples = channel, probe_seconds, min_samples
         self._probes: dict[str, np.ndarray] | None = None
+        #: items whose header promises more samples than this are not read here: their
+        #: :class:`~vaefix_pl.data.audio.StreamedAudio` goes in the batch's ``deferred`` list (set by the
+        #: job when it can reconstruct such items in segments; ``None``: every item is read whole)
+        self.stream_above: int | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -292,6 +303,14 @@ class AudioDataset(Dataset):
         }
         if e.error:
             return item
+        if self.stream_above is not None and e.path is not None and self.seconds is None:
+            try:
+                audio = StreamedAudio(e.path, self.sample_rate, self.channel, self.offset)
+                if audio.expected > self.stream_above:
+                    item["deferred"] = audio
+                    return item
+            except AudioReadError:
+                pass  # read below, which names the reason
         try:
             if e.path is None:
                 x = self._probe(e.id)
@@ -335,6 +354,12 @@ def collate_audio(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
             {"id": it["id"], "path": it["path"], "stage": it.get("stage") or "decode", "reason": it["error"]}
             for it in items
             if it["error"]
+        ],
+        # long files not read here (AudioDataset.stream_above): the job reconstructs them in segments
+        "deferred": [
+            {"id": it["id"], "path": it["path"], "audio": it["deferred"]}
+            for it in items
+            if it.get("deferred")
         ],
     }
 

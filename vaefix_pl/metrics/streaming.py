@@ -21,6 +21,10 @@ does on a long item:
   items' RMS ratio for dropouts), which is then taken per window.
 
 Metrics registered by users run on the item whole (their memory is theirs).
+
+The item may be a tensor or a :class:`FileSignal` (a float WAV read span by span): a long item
+reconstructed in segments (:mod:`vaefix_pl.core.stream`) is scored from the files it was written to,
+so no step holds it whole.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ from torch import Tensor
 from vaefix_pl.metrics import clicks as _clicks
 from vaefix_pl.metrics import functional as F
 
-__all__ = ["BLOCK_SAMPLES", "CLICK_BLOCK_SAMPLES", "STREAM_ABOVE_SAMPLES", "stream_item_metrics"]
+__all__ = [
+    "BLOCK_SAMPLES",
+    "CLICK_BLOCK_SAMPLES",
+    "STREAM_ABOVE_SAMPLES",
+    "FileSignal",
+    "stream_item_metrics",
+]
 
 #: Items longer than this (samples: 32.8 s at 16 kHz, 10.9 s at 48 kHz) are scored block-wise.
 STREAM_ABOVE_SAMPLES = 2**19
@@ -43,6 +53,51 @@ BLOCK_SAMPLES = 2**18
 #: Core samples per click window (8.2 s at 16 kHz) and the context added on each side.
 CLICK_BLOCK_SAMPLES = 2**17
 CLICK_MARGIN_SECONDS = 0.5
+
+
+class FileSignal:
+    """A mono float WAV file as the ``(L,)`` float32 item the block-wise metrics read span by span.
+
+    ``start``/``stop``: the frames of the file it stands for (default: all of them).
+    """
+
+    ndim = 1
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, path: Any, start: int = 0, stop: int | None = None) -> None:
+        import soundfile as sf
+
+        self.path = path
+        frames = sf.info(str(path)).frames
+        self.start, self.stop = start, frames if stop is None else stop
+        self.shape = torch.Size([max(0, self.stop - self.start)])
+
+    def read(self, a: int, b: int) -> Tensor:
+        """Samples ``[a, b)`` (clipped to the signal) as a float32 tensor."""
+        import soundfile as sf
+
+        a, b = max(0, a), min(self.shape[0], b)
+        if b <= a:
+            return torch.zeros(0)
+        with sf.SoundFile(str(self.path)) as fh:
+            fh.seek(self.start + a)
+            data = fh.read(frames=b - a, dtype="float32")
+        return torch.from_numpy(data.reshape(-1)[: b - a])
+
+    def span(self, a: int, b: int) -> FileSignal:
+        """Samples ``[a, b)`` as a :class:`FileSignal` (nothing read)."""
+        a, b = max(0, a), min(self.shape[0], b)
+        return FileSignal(self.path, self.start + a, self.start + max(a, b))
+
+
+def _read(x: Any, a: int, b: int) -> Tensor:
+    """``x[a:b]`` of a tensor or a :class:`FileSignal`."""
+    return x[a:b] if isinstance(x, Tensor) else x.read(a, b)
+
+
+def _span(x: Any, a: int, b: int) -> Any:
+    return x[a:b] if isinstance(x, Tensor) else x.span(a, b)
 
 
 # ------------------------------------------------------------------------------------------ waveform sums
@@ -58,21 +113,21 @@ def _wave_scores(r: Tensor, e: Tensor, eps: float, block: int) -> dict[str, Tens
     n = r.shape[0]
     s_r, s_e, s_rr, s_dd = z, z, z, z
     for s in _blocks(n, block):
-        rb, eb = r[s].double(), e[s].double()
+        rb, eb = _read(r, s.start, s.stop).double(), _read(e, s.start, s.stop).double()
         s_r, s_e = s_r + rb.sum(), s_e + eb.sum()
         s_rr, s_dd = s_rr + rb.square().sum(), s_dd + (rb - eb).square().sum()
     count = max(n, 1)
     mr, me = s_r / count, s_e / count
     s_tp, s_tt, s_pp = z, z, z
     for s in _blocks(n, block):
-        t, p = r[s].double() - mr, e[s].double() - me
+        t, p = _read(r, s.start, s.stop).double() - mr, _read(e, s.start, s.stop).double() - me
         s_tp, s_tt, s_pp = s_tp + (t * p).sum(), s_tt + t.square().sum(), s_pp + p.square().sum()
     alpha = (s_tp + eps) / (s_tt + eps)
     s_target, s_noise = z, z
     for s in _blocks(n, block):
-        target = alpha * (r[s].double() - mr)
+        target = alpha * (_read(r, s.start, s.stop).double() - mr)
         s_target = s_target + target.square().sum()
-        s_noise = s_noise + (target - (e[s].double() - me)).square().sum()
+        s_noise = s_noise + (target - (_read(e, s.start, s.stop).double() - me)).square().sum()
     si = 10.0 * torch.log10((s_target + eps) / (s_noise + eps))
     return {
         "snr": 10.0 * torch.log10(s_rr / s_dd),
@@ -87,8 +142,18 @@ def _padded_span(x: Tensor, pad: int, a: int, b: int) -> Tensor:
     built from indices so that only the span is materialised. ``x``: 1-D, longer than ``pad``."""
     n = x.shape[0]
     m = torch.arange(a, b, device=x.device) - pad
-    src = torch.where(m < 0, -m, torch.where(m < n, m, 2 * (n - 1) - m))
-    return x[src.clamp(0, n - 1)]
+    src = torch.where(m < 0, -m, torch.where(m < n, m, 2 * (n - 1) - m)).clamp(0, n - 1)
+    if isinstance(x, Tensor):
+        return x[src]
+
+    # the read range from the span's ends and the reflections' turning points (no device read-back)
+    def reflect(i: int) -> int:
+        return min(n - 1, max(0, -i if i < 0 else (i if i < n else 2 * (n - 1) - i)))
+
+    ends = [reflect(a - pad), reflect(b - 1 - pad)] + [0] * (a - pad < 0 <= b - 1 - pad)
+    ends += [n - 1] * (a - pad <= n - 1 <= b - 1 - pad)
+    lo, hi = min(ends), max(ends) + 1
+    return x.read(lo, hi)[src - lo]
 
 
 def _frame_blocks(n_frames: int, hop: int, block: int) -> Iterator[tuple[int, int]]:
@@ -180,7 +245,7 @@ def _click_counts(
     for s in _blocks(n, block):
         a, b = max(0, s.start - margin), min(n, s.stop + margin)
         core = slice(s.start - a, s.stop - a)
-        rs, es = r[a:b][None], e[a:b][None]
+        rs, es = _read(r, a, b)[None], _read(e, a, b)[None]
         if added:
             onsets = _clicks.added_clicks(rs, es, None, sample_rate, as_mask=True)
             counts["added"] += int(onsets[0, core].sum())
@@ -211,7 +276,8 @@ class _Item:
         def run() -> tuple[Tensor, Tensor]:
             m = int(self.lag_seconds * self.sample_rate)
             max_lag = int(round(0.01 * self.sample_rate))
-            lag, peak = F.estimate_lag(self.r[None, :m], self.e[None, :m], None, max_lag, return_peak=True)
+            r, e = _read(self.r, 0, m)[None], _read(self.e, 0, m)[None]
+            lag, peak = F.estimate_lag(r, e, None, max_lag, return_peak=True)
             return lag[0], peak[0]
 
         return self.cached("lag", run)
@@ -222,7 +288,7 @@ class _Item:
             if aligned:  # the pairs (ref[n], est[n + lag]) where both are valid, as F.align
                 lag, n = int(self.lag()[0]), r.shape[0]
                 lo, hi = max(0, -lag), min(n, n - lag)
-                r, e = r[lo : max(lo, hi)], e[lo + lag : max(lo, hi) + lag]
+                r, e = _span(r, lo, max(lo, hi)), _span(e, lo + lag, max(lo, hi) + lag)
             return _wave_scores(r, e, self.eps, self.block)
 
         return self.cached(f"wave{aligned}", run)

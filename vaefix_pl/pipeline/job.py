@@ -138,8 +138,25 @@ class ReconstructionJob:
             from vaefix_pl.repair.chain import PostProcessChain
 
             self.chain = PostProcessChain(**{**(postprocess or {}), "sample_rate": self.sample_rate})
+        self._defer_long_items()
+
+    def _streams(self) -> bool:
+        """Whether long items run in segments (not with a repair chain, ``return_mels`` or perceptual
+        metrics: they need the whole item)."""
+        return not (self.chain is not None or self.hparams.return_mels or self.perceptual_metrics)
+
+    def _defer_long_items(self) -> None:
+        """Let the data leave the files this job streams unread (:attr:`AudioDataset.stream_above`): the
+        writer reads them block by block while their segments run, so none is ever held whole."""
+        from vaefix_pl.core.stream import stream_threshold
+
+        dataset = getattr(getattr(self._trainer, "datamodule", None), "dataset", None)
+        if dataset is not None and hasattr(dataset, "stream_above") and self._streams():
+            dataset.stream_above = stream_threshold(self.reconstructor)
 
     def on_predict_start(self) -> None:
+        if self.reconstructor is not None:  # the dataset is sent to loader workers when iterated, after this
+            self._defer_long_items()
         # Speed rewrites need the final device, which the Trainer sets after configure_model().
         if self._optimized or self.reconstructor is None or self._run_device().type != "cuda":
             return
@@ -256,7 +273,12 @@ class ReconstructionJob:
             "metrics": {},
             "health": {},
         }
-        if len(batch["ids"]) == 0:  # every item of this batch failed to load
+        if len(batch["ids"]) == 0 and not batch.get("deferred"):  # every item failed to load
+            return result
+        batch, result["streams"] = self._split_streams(batch)
+        for k in ("ids", "paths", "lengths"):
+            result[k] = batch[k]
+        if len(batch["ids"]) == 0:  # only long items: the writer runs their streams
             return result
         host = batch.get("host_lengths")
         try:
@@ -277,6 +299,49 @@ class ReconstructionJob:
                 "gain": rec.gain,
             }
         return result
+
+    def _split_streams(self, batch: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(the batch without its long items, one stream per long item)``.
+
+        An item with more windows than one segment (:func:`~vaefix_pl.core.stream.streams_item`) is
+        not reconstructed here: its :class:`~vaefix_pl.core.stream.ItemStream` goes to the writer,
+        which runs it segment by segment into its WAV files and scores it from them
+        (:mod:`vaefix_pl.pipeline.streamed`), so host memory does not grow with it. Not with a repair
+        chain, ``return_mels`` or perceptual metrics: those need the whole item (it then runs whole).
+        """
+        from vaefix_pl.core.stream import ItemStream, streams_item
+
+        rec = self.reconstructor
+        assert rec is not None
+        host = batch.get("host_lengths")
+        host = list(host) if host is not None else torch.as_tensor(batch["lengths"]).tolist()
+        rows = [i for i, n in enumerate(host) if self._streams() and streams_item(rec, int(n))]
+        names = list(self.metric_names)
+        rows_total = len(host) + len(batch.get("deferred") or ())
+        streams = [
+            {"id": d["id"], "path": d["path"], "length": int(d["audio"].expected), "metrics": names,
+             "stream": ItemStream(rec, d["audio"], batch_rows=rows_total)}
+            for d in batch.get("deferred") or ()
+        ]  # fmt: skip
+        streams += [
+            {"id": batch["ids"][i], "path": batch["paths"][i], "length": int(host[i]), "metrics": names,
+             "stream": ItemStream(rec, batch["waveform"][i, : int(host[i])], batch_rows=rows_total)}
+            for i in rows
+        ]  # fmt: skip
+        if not rows:
+            return batch, streams
+        keep = [i for i in range(len(host)) if i not in set(rows)]
+        idx = torch.tensor(keep, dtype=torch.long)
+        lengths = torch.as_tensor(batch["lengths"])
+        rest = dict(batch)
+        rest.update(
+            waveform=batch["waveform"][idx.to(batch["waveform"].device)],
+            lengths=lengths[idx.to(lengths.device)],
+            host_lengths=[host[i] for i in keep],
+            ids=[batch["ids"][i] for i in keep],
+            paths=[batch["paths"][i] for i in keep],
+        )
+        return rest, streams
 
 
 def _job_signature() -> inspect.Signature:

@@ -343,7 +343,7 @@ class RunWriter:
         # idle between batches. At most ``max_pending_batches`` batches wait, so memory stays bounded.
         staged = _stage_to_host(prediction)
         t = time.perf_counter()
-        self._items += len(staged["ids"])
+        self._items += len(staged["ids"]) + len(prediction.get("streams") or ())
         if self._first_batch_s is None:  # the first batch carries any compile / autotune of this rank
             self._first_batch_s = t - self._t0
         while len(self._batches) >= max(1, self.max_pending_batches):
@@ -351,6 +351,10 @@ class RunWriter:
         self._wait_s += time.perf_counter() - t
         assert self._batch_pool is not None
         self._batches.append(self._batch_pool.submit(self._write_batch, staged, trainer.global_rank))
+        if prediction.get("streams"):  # long items: their models run as they are written, here
+            from vaefix_pl.pipeline.streamed import write_streams
+
+            write_streams(self, prediction["streams"], trainer.global_rank)
 
     def _write_batch(self, staged: dict[str, Any], rank: int) -> None:
         """The writer's batch thread: wait for the batch's copies, then rows, WAV writes and scoring."""
@@ -395,10 +399,7 @@ class RunWriter:
                             }
                         )
                         continue
-                row: dict[str, Any] = {"id": item_id, "path": path, "seconds": n / self._rate, "rank": rank}
-                ident = self._identity.get(item_id, {})
-                row.update({k: v for k, v in ident.items() if k != "path"}, settings_fp=self._fingerprint)
-                row.update(self._model_fields)
+                row = self._row(item_id, path, n, rank)
                 for tag, scores in metrics.items():
                     prefix = "" if tag == "recon" else f"{tag}_"
                     row.update({prefix + k: _value(v[i]) for k, v in scores.items()})
@@ -421,6 +422,14 @@ class RunWriter:
         if self._scorer is not None:
             self._append([{"kind": "perceptual", **r} for r in self._scorer.poll()])
         self._reap(rank=rank)
+
+    def _row(self, item_id: str, path: Any, n: int, rank: int) -> dict[str, Any]:
+        """An item's row before its scores: id, path, seconds, source identity, settings, model fields."""
+        row: dict[str, Any] = {"id": item_id, "path": path, "seconds": n / self._rate, "rank": rank}
+        ident = self._identity.get(item_id, {})
+        row.update({k: v for k, v in ident.items() if k != "path"}, settings_fp=self._fingerprint)
+        row.update(self._model_fields)
+        return row
 
     def _drain_batches(self) -> None:
         """Wait for every queued batch (re-raising a failure of the batch thread)."""
