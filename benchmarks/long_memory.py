@@ -76,7 +76,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": str(args.threads),
+        }
         for rate in args.rates:
             writer = write_tiny_audioldm2 if rate == 16000 else write_tiny_audioldm_48k
             model = writer(tmp / f"tiny{rate}", seed=0)
