@@ -82,6 +82,13 @@ def test_a_resumed_launch_redoes_only_what_is_missing(mixed, tmp_path, tiny_mode
     out = tmp_path / "out"
     common = ["--model", str(tiny_model_dir), "--accelerator", "cpu", "--devices", "2"]
     assert _vaefix("reconstruct", str(mixed), "--out", str(out), *common).returncode == 0
+    (out / "m5.recon.wav").unlink()  # a lost WAV: m5 is incomplete, the others are not
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.wav")}
+    r = _vaefix("reconstruct", str(mixed), "--out", str(out), *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "6 of 7 inputs already complete" in r.stderr
+    rewritten = sorted(p.name for p in out.glob("*.wav") if kept.get(p.name) != p.stat().st_mtime_ns)
+    assert rewritten == ["m5.original.wav", "m5.recon.wav"]  # on one rank, once
     rows = _rows(out)
     del rows["m3"]  # as if m3 had not been written
     with open(out / "metrics.csv", "w", newline="") as fh:
@@ -188,5 +195,8 @@ def test_predict_launch_reads_configs_then_flags(tmp_path, monkeypatch):
     assert _predict_launch([f"--config={b}", "--trainer.devices=[0, 2]"]) == (2, ["0", "2"])
     assert _predict_launch(["--config", str(b), "--trainer.num_nodes=2"]) is None  # a cluster launcher's job
     assert _predict_launch(["--config", str(b), "--trainer.strategy=fsdp"]) is None
+    monkeypatch.setenv("VAEFIX_RUNNER", "lightning")
+    assert _predict_launch(["--config", str(b)]) is None  # Lightning's own launcher, on request
+    monkeypatch.delenv("VAEFIX_RUNNER")
     monkeypatch.setenv("RANK", "0")
     assert _predict_launch(["--config", str(b)]) is None  # already one rank of a launch

@@ -122,8 +122,10 @@ def _predict_launch(argv: Sequence[str]) -> tuple[int, list[str] | None] | None:
     """``(ranks, GPUs)`` when a ``predict`` asks for several devices of this machine with DDP, so the
     ranks can start together (:mod:`vaefix_pl.pipeline.launch`) rather than one after another under
     Lightning's own launcher; ``None``: leave it to Lightning (one device, several nodes, another
-    strategy, or already one rank of a launch)."""
+    strategy, already one rank of a launch, or ``VAEFIX_RUNNER=lightning``)."""
     if rank_and_world()[1] > 1 or "RANK" in os.environ:
+        return None
+    if os.environ.get("VAEFIX_RUNNER", "").lower() == "lightning":  # Lightning's own launcher, as before
         return None
     t = _trainer_settings(argv)
     strategy = t.get("strategy")
