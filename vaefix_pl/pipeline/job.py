@@ -313,9 +313,11 @@ class ReconstructionJob:
 
         rec = self.reconstructor
         assert rec is not None
+        if not batch.get("deferred") and not self._streams():  # the common case: nothing to split
+            return batch, []
         host = batch.get("host_lengths")
         host = list(host) if host is not None else torch.as_tensor(batch["lengths"]).tolist()
-        rows = [i for i, n in enumerate(host) if self._streams() and streams_item(rec, int(n))]
+        rows = [i for i, n in enumerate(host) if streams_item(rec, int(n))] if self._streams() else []
         names = list(self.metric_names)
         rows_total = len(host) + len(batch.get("deferred") or ())
         streams = [
@@ -330,7 +332,8 @@ class ReconstructionJob:
         ]  # fmt: skip
         if not rows:
             return batch, streams
-        keep = [i for i in range(len(host)) if i not in set(rows)]
+        streamed = set(rows)
+        keep = [i for i in range(len(host)) if i not in streamed]
         idx = torch.tensor(keep, dtype=torch.long)
         lengths = torch.as_tensor(batch["lengths"])
         rest = dict(batch)
