@@ -200,6 +200,40 @@ def test_lpc_filter_matches_scipy_lfilter_hop_by_hop_and_cross_faded():
         np.testing.assert_allclose(soft[i], want, atol=1e-9)
 
 
+def test_toeplitz_solve_matches_scipy_solve_toeplitz():
+    """The Levinson recursion against scipy's Toeplitz solver on the same loaded normal equations.
+
+    Rows: windowed noise (well conditioned), a pure tone and a constant (singular without the
+    loading), and a silent block.
+    """
+    from scipy.linalg import solve_toeplitz
+
+    from vaefix_pl.metrics.clicks import _toeplitz_solve
+
+    rng = np.random.default_rng(1)
+    order, win, loading = 32, 401, 1e-7
+    t = np.arange(win)
+    blocks = [rng.standard_normal(win) * s for s in (0.01, 0.3, 1.0)]
+    blocks += [np.sin(0.3 * t), np.full(win, 0.5), np.zeros(win)]
+    x = np.stack(blocks) * np.hanning(win)
+    r = np.stack([np.correlate(b, b, "full")[win - 1 : win + order] for b in x])  # biased autocorrelation
+    a = _toeplitz_solve(torch.tensor(r), order, loading).numpy()
+    assert np.all(a[:, 0] == 1)
+    tiny = np.finfo(np.float64).tiny ** 0.5
+    from scipy.linalg import toeplitz
+
+    for i, row in enumerate(r):
+        col = row[:order].copy()
+        col[0] = col[0] * (1 + loading) + tiny
+        rhs = -row[1 : order + 1]
+        want = solve_toeplitz(col, rhs)
+        # the same solution (ill-conditioned rows agree to ~1e-5 of their largest coefficient) ...
+        np.testing.assert_allclose(a[i, 1:], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(initial=1.0))
+        # ... and it solves the loaded system as well as scipy's does
+        resid = np.abs(toeplitz(col) @ a[i, 1:] - rhs).max()
+        assert resid <= 10 * np.abs(toeplitz(col) @ want - rhs).max() + 1e-12 * np.abs(rhs).max(initial=1.0)
+
+
 @pytest.mark.cuda
 def test_added_clicks_on_cuda_matches_cpu():
     """Same events on the GPU (float32 FFTs may move a borderline frame: allow one event of 40)."""

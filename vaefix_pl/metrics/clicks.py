@@ -47,21 +47,21 @@ _CHUNK = 1 << 14  # analysis blocks / filter segments per batch of FFTs (bounded
 def _toeplitz_solve(r: Tensor, order: int, loading: float) -> Tensor:
     """Solve the Yule-Walker normal equations for each row of ``r`` ``(M, order + 1)``.
 
-    Returns ``a`` ``(M, order + 1)`` with ``a[0] = 1`` (the inverse filter). ``torch.linalg.solve`` on the
-    batched Toeplitz matrices instead of a Levinson recursion: one batched call, no Python loop over the
-    order, and the diagonal loading keeps pure tones (a singular Toeplitz matrix) well posed.
+    Returns ``a`` ``(M, order + 1)`` with ``a[0] = 1`` (the inverse filter). Written by hand as the
+    Levinson-Durbin recursion, vectorised over the rows: O(order^2) per row instead of the O(order^3)
+    and ``(M, order, order)`` matrices of a batched ``torch.linalg.solve`` (8x faster on the CPU,
+    same result within 1e-7 on pure tones, 1e-15 on noise; docs/METRICS.md). The diagonal loading
+    (``r[0] * (1 + loading)``) keeps pure tones (a singular Toeplitz matrix) well posed.
     """
-    idx = torch.arange(order, device=r.device)
-    lag_index = (idx[:, None] - idx[None, :]).abs()
-    chunk = max(1, (1 << 24) // (order * order))  # bound the (M, p, p) float64 matrices to 128 MiB
-    coefs = []
-    for rc in r.split(chunk):
-        toe = rc[:, lag_index]  # (m, p, p)
-        diag = rc[:, :1] * loading + torch.finfo(rc.dtype).tiny ** 0.5
-        toe = toe + torch.diag_embed(diag.expand(-1, order))
-        coefs.append(torch.linalg.solve(toe, -rc[:, 1 : order + 1, None])[..., 0])
-    coef = torch.cat(coefs) if coefs else r[:, 1:]
-    return torch.cat([torch.ones_like(coef[:, :1]), coef], dim=1)
+    err = r[:, 0] * (1 + loading) + torch.finfo(r.dtype).tiny ** 0.5  # (M,) prediction error power
+    r_rev = r[:, 1:].flip(1)  # (M, order): r_order .. r_1
+    a = torch.zeros_like(r)
+    a[:, 0] = 1
+    for k in range(1, order + 1):
+        refl = -(a[:, :k] * r_rev[:, order - k :]).sum(1) / err  # (M,) reflection coefficient
+        a[:, 1 : k + 1] += refl[:, None] * a[:, :k].flip(1)
+        err = err * (1 - refl * refl)
+    return a
 
 
 def _lpc_fit(x: Tensor, lengths: Tensor, win: int, hop: int, order: int, loading: float) -> Tensor:
@@ -80,7 +80,7 @@ def _lpc_fit(x: Tensor, lengths: Tensor, win: int, hop: int, order: int, loading
     nfft = _fast_len(win + 1 + order)  # biased autocorrelation via the FFT: no wrap into lags <= order
     hw = torch.arange(1, half + 1, device=x.device)[:, None]  # every half-width (half, 1)
     hann = torch.where(offs.abs() < hw, 0.5 * (1 + torch.cos(math.pi * offs.double() / hw)), 0.0)
-    coefs, step = [], max(1, _CHUNK // max(b, 1))
+    rs, step = [], max(1, _CHUNK // max(b, 1))
     for f0 in range(0, n_hops, step):
         centre = (torch.arange(f0, min(n_hops, f0 + step), device=x.device) * hop + hop // 2).expand(b, -1)
         centre = torch.minimum(centre, big_l - h_min).clamp(min=h_min)  # (B, F')
@@ -90,9 +90,9 @@ def _lpc_fit(x: Tensor, lengths: Tensor, win: int, hop: int, order: int, loading
         vals = torch.gather(x, 1, pos.clamp(0, n - 1).reshape(b, -1)).reshape(pos.shape)
         bw = vals * w.to(x.dtype) * ((pos >= 0) & (pos < big_l[:, :, None]))
         spec = torch.fft.rfft(bw, nfft)
-        r = torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1].double()
-        coefs.append(_toeplitz_solve(r.reshape(-1, order + 1), order, loading).reshape(b, -1, order + 1))
-    return torch.cat(coefs, 1)
+        rs.append(torch.fft.irfft(spec.real.square() + spec.imag.square(), nfft)[..., : order + 1].double())
+    r = torch.cat(rs, 1)  # (B, F, order + 1): one recursion for every block
+    return _toeplitz_solve(r.reshape(-1, order + 1), order, loading).reshape(b, -1, order + 1)
 
 
 def _lpc_filter(x: Tensor, a: Tensor, hop: int, crossfade: bool = False) -> Tensor:
