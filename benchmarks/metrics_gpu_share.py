@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--precision", default="bf16")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--per-metric", action="store_true", help="also time each default metric alone")
     a = p.parse_args()
     from vaefix_pl import Reconstructor
     from vaefix_pl.core.config import SPEED_PRESETS
@@ -64,6 +65,11 @@ def main() -> None:
         res["clicks_added_s"] = _time(
             lambda: compute_metrics(ref, est, lengths, ["clicks_added_per_s"]), a.repeats
         )
+        if a.per_metric:  # each alone, shared intermediates (lag, detections) included in its cost
+            res["per_metric_s"] = {
+                name: _time(lambda name=name: compute_metrics(ref, est, lengths, [name]), a.repeats)
+                for name in DEFAULT_METRICS
+            }
     res["clicks_share"] = res["clicks_added_s"] / res["reconstruct_s"]
     res["metrics_share"] = res["metrics_default_s"] / res["reconstruct_s"]
     print(json.dumps(res, indent=1))

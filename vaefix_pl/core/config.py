@@ -20,7 +20,7 @@ LatentMode = Literal["mode", "sample"]
 LATENT_MODES: tuple[str, ...] = get_args(LatentMode)
 
 #: ``speed`` -> :meth:`~vaefix_pl.core.reconstruct.Reconstructor.optimize` settings (on CUDA). Every
-#: rewrite is exact; each was kept because it measured faster on an H100 (docs/PERFORMANCE.md).
+#: rewrite is exact; each was kept because it measured faster on an H100 or H200 (docs/PERFORMANCE.md).
 SPEED_PRESETS: dict[str, dict[str, Any]] = {
     "none": {"vocoder_channels_last": False, "cudnn_benchmark": False},
     "auto": {"vocoder_channels_last": True, "cudnn_benchmark": None},
@@ -29,7 +29,7 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
         "vocoder_channels_last": True,
         "cudnn_benchmark": None,
         "compile": True,
-        "freeze": True,
+        "freeze": False,  # frozen graphs bypass Inductor's caches; no faster (docs/STARTUP.md)
         "pad_narrow_convs": True,
         "attention_math": True,
         "polyphase_dilated": True,
