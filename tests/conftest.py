@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # tests/signals.py and other test helpers
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# Inductor probes the CPU's vector ISAs by compiling and loading a test program per ISA in a fresh
+# Python, once per process and cache folder: 10-20 s in every compiling test process on the 2-core
+# CI box. Trust torch's own CPU detection instead (tests only; the package leaves the probe on).
+os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 
 
 def _torchaudio_error() -> str | None:

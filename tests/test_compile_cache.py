@@ -80,6 +80,41 @@ def test_verify_detects_corrupt_missing_and_unsealed(tmp_path):
     assert os.environ.get("TRITON_CACHE_DIR") != str(cache.inductor_dir / "triton" / "all")  # restored
 
 
+def test_a_sealed_folder_skips_inductors_compile_worker_pool(tmp_path, monkeypatch):
+    """Only a verified, sealed folder turns Inductor's worker pool off, and deactivate restores it."""
+    import os
+
+    monkeypatch.delenv(cc.WARM_POOL_ENV, raising=False)
+    cache = cc.CompileCache(tmp_path / "k")
+    cache.activate(seal_at_exit=False)  # new folder: kernels will compile, the pool helps
+    try:
+        assert not cache.warm and cc.WARM_POOL_ENV not in os.environ
+        (cache.inductor_dir / "ab").mkdir()
+        (cache.inductor_dir / "ab" / "entry.py").write_text("x = 1\n")
+        cache.seal()
+    finally:
+        cache.deactivate()
+    cache.activate(seal_at_exit=False)  # sealed and intact: everything is on disk
+    try:
+        assert cache.warm and os.environ[cc.WARM_POOL_ENV] == "0"
+    finally:
+        cache.deactivate()
+    assert cc.WARM_POOL_ENV not in os.environ
+    monkeypatch.setenv(cc.WARM_POOL_ENV, "1")  # the user's choice wins
+    cache.activate(seal_at_exit=False)
+    try:
+        assert cache.warm and os.environ[cc.WARM_POOL_ENV] == "1"
+    finally:
+        cache.deactivate()
+    (cache.inductor_dir / "ab" / "entry.py").write_text("x = 2\n")  # corrupt: rebuilt, pool on
+    monkeypatch.delenv(cc.WARM_POOL_ENV)
+    cache.activate(seal_at_exit=False)
+    try:
+        assert cache.rebuilt == "corrupt" and not cache.warm and cc.WARM_POOL_ENV not in os.environ
+    finally:
+        cache.deactivate()
+
+
 def test_info_and_clear(tmp_path):
     a = cc.compile_cache_for(None, "cpu", "fp32", {"n": 1}, model_config={"c": 1}, root=tmp_path)
     b = cc.compile_cache_for(None, "cpu", "fp32", {"n": 1}, model_config={"c": 2}, root=tmp_path)
@@ -105,6 +140,8 @@ def test_second_process_reuses_and_corrupt_entry_is_rebuilt(tmp_path):
     second = _run(tmp_path, 4)  # a fresh process: Inductor's FX graph comes from our folder
     assert second["key_dir"] == first["key_dir"]
     assert second["hit"] >= 1 and second["miss"] == 0 and second["rebuilt"] is None
+    # and AOTAutograd's graph too (a frozen graph bypasses that cache: docs/STARTUP.md)
+    assert second["aot_hit"] >= 1 and second["aot_miss"] == 0
     # Corrupt every FX-graph entry on disk: the next process must notice, rebuild and still compute.
     entries = [p for p in (Path(first["key_dir"]) / "inductor" / "fxgraph").rglob("*") if p.is_file()]
     assert entries
