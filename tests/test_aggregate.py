@@ -57,6 +57,22 @@ def test_bootstrap_interval_is_seeded_and_sensible():
     assert c["ci95_low"] != a["ci95_low"]
 
 
+def test_bootstrap_shared_resamples_match_direct_resampling():
+    """Metrics with as many values share one set of resamples; each interval is the percentile
+    interval of ``x[idx].mean(1)`` over the same seeded index draws (NumPy, written out here)."""
+    rng = np.random.default_rng(3)
+    cols = {"snr": rng.normal(5, 2, 300), "lsd": rng.exponential(1.0, 300), "lag": rng.integers(-3, 4, 300)}
+    cols["mel_distance"] = rng.normal(1, 0.1, 300)
+    cols["mel_distance"][:7] = np.nan  # another n: its own resamples
+    summary = summarize(_rows({k: list(v) for k, v in cols.items()}), n_boot=500, seed=4)
+    for name, x in cols.items():
+        x = x[np.isfinite(x)].astype(np.float64)
+        idx = np.random.default_rng(4).integers(0, len(x), size=(500, len(x)))
+        low, high = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
+        assert summary[name]["ci95_low"] == pytest.approx(low, rel=1e-12, abs=1e-12)
+        assert summary[name]["ci95_high"] == pytest.approx(high, rel=1e-12, abs=1e-12)
+
+
 def test_non_finite_values_are_excluded_and_counted():
     rows = _rows({"snr": [1.0, float("nan"), float("inf"), 3.0, None, "5.0", "", -float("inf")]})
     rows.append({"id": "x", "tag": "recon"})  # metric missing entirely
