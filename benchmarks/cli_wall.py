@@ -159,6 +159,7 @@ def main() -> None:
     p.add_argument("--work", default=None, help="folder for models, clips and outputs (default: temp)")
     p.add_argument("--json", default=None)
     p.add_argument("--extra", default="", help="extra flags for every vaefix run, e.g. '--batch-size 64'")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare steady state (no overhead column)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny models, N = 1 and 3, checks every row")
     a = p.parse_args()
     if a.smoke:
@@ -208,7 +209,7 @@ def main() -> None:
 
     bare = {}
     for name in dict.fromkeys(a.configs.split(",")):
-        if name in CONFIG_ENV:
+        if name in CONFIG_ENV or a.no_bare:
             continue  # same model work as its base config
         flags = CONFIGS[name]
         precision = flags[flags.index("--precision") + 1] if "--precision" in flags else "fp32"

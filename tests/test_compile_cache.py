@@ -80,41 +80,6 @@ def test_verify_detects_corrupt_missing_and_unsealed(tmp_path):
     assert os.environ.get("TRITON_CACHE_DIR") != str(cache.inductor_dir / "triton" / "all")  # restored
 
 
-def test_a_sealed_folder_skips_inductors_compile_worker_pool(tmp_path, monkeypatch):
-    """Only a verified, sealed folder turns Inductor's worker pool off, and deactivate restores it."""
-    import os
-
-    monkeypatch.delenv(cc.WARM_POOL_ENV, raising=False)
-    cache = cc.CompileCache(tmp_path / "k")
-    cache.activate(seal_at_exit=False)  # new folder: kernels will compile, the pool helps
-    try:
-        assert not cache.warm and cc.WARM_POOL_ENV not in os.environ
-        (cache.inductor_dir / "ab").mkdir()
-        (cache.inductor_dir / "ab" / "entry.py").write_text("x = 1\n")
-        cache.seal()
-    finally:
-        cache.deactivate()
-    cache.activate(seal_at_exit=False)  # sealed and intact: everything is on disk
-    try:
-        assert cache.warm and os.environ[cc.WARM_POOL_ENV] == "0"
-    finally:
-        cache.deactivate()
-    assert cc.WARM_POOL_ENV not in os.environ
-    monkeypatch.setenv(cc.WARM_POOL_ENV, "1")  # the user's choice wins
-    cache.activate(seal_at_exit=False)
-    try:
-        assert cache.warm and os.environ[cc.WARM_POOL_ENV] == "1"
-    finally:
-        cache.deactivate()
-    (cache.inductor_dir / "ab" / "entry.py").write_text("x = 2\n")  # corrupt: rebuilt, pool on
-    monkeypatch.delenv(cc.WARM_POOL_ENV)
-    cache.activate(seal_at_exit=False)
-    try:
-        assert cache.rebuilt == "corrupt" and not cache.warm and cc.WARM_POOL_ENV not in os.environ
-    finally:
-        cache.deactivate()
-
-
 def test_info_and_clear(tmp_path):
     a = cc.compile_cache_for(None, "cpu", "fp32", {"n": 1}, model_config={"c": 1}, root=tmp_path)
     b = cc.compile_cache_for(None, "cpu", "fp32", {"n": 1}, model_config={"c": 2}, root=tmp_path)

@@ -43,8 +43,6 @@ ENV_CACHE_DIR = "VAEFIX_CACHE_DIR"
 MANIFEST = "manifest.json"
 META = "meta.json"
 OWNER = "owner"
-#: Inductor reads this when it first compiles: "0" skips starting its pool of compile workers.
-WARM_POOL_ENV = "TORCH_WARM_POOL"
 #: Files of these model folders enter the key: configs by content, weights by size and mtime.
 _CONFIGS = ("vae/config.json", "vocoder/config.json")
 _WEIGHTS = ("vae/diffusion_pytorch_model.safetensors", "vocoder/model.safetensors")
@@ -166,7 +164,6 @@ class CompileCache:
     def __init__(self, path: str | os.PathLike, parts: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.parts = dict(parts or {})
-        self.warm = False  # set by activate(): the folder was sealed, every artefact verified
         #: Why the folder was wiped on :meth:`activate` (``"corrupt"``, ``"unsealed"``) or ``None``.
         self.rebuilt: str | None = None
         self._saved_env: dict[str, str | None] = {}
@@ -211,7 +208,6 @@ class CompileCache:
         if reason is not None:
             self.clear()
         self.rebuilt = reason
-        self.warm = reason is None and (self.path / MANIFEST).is_file()
         self.inductor_dir.mkdir(parents=True, exist_ok=True)
         (self.path / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
         meta = self.path / META
@@ -222,11 +218,6 @@ class CompileCache:
         # serves every device of the machine (Triton writes its entries atomically).
         triton = str(self.inductor_dir / "triton" / "all")
         env = {"TORCHINDUCTOR_CACHE_DIR": str(self.inductor_dir), "TRITON_CACHE_DIR": triton}
-        if self.warm and WARM_POOL_ENV not in os.environ:
-            # Every kernel is on disk: Inductor's pool of compile workers (started at the first
-            # compile, one torch import per core) only competes with tracing; a kernel that does miss
-            # still compiles (in this process, or in the pool once it is up). docs/STARTUP.md
-            env[WARM_POOL_ENV] = "0"
         for name, value in env.items():
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
