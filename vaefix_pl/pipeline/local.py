@@ -22,11 +22,14 @@ from vaefix_pl.core.errors import SettingsError
 from vaefix_pl.core.frontend import SAMPLE_RATE
 
 
-def mark(phase: str) -> None:
+def mark(phase: str, device: torch.device | None = None) -> None:
     """Append ``<phase> <unix time>`` to the file named by ``VAEFIX_TIMELINE`` (start-up benchmarks:
-    benchmarks/cli_wall.py subtracts its own start time); nothing without it."""
+    benchmarks/cli_wall.py subtracts its own start time); nothing without it. With a CUDA ``device``
+    the mark waits for the device's queued work first (only when the timeline is on)."""
     path = os.environ.get("VAEFIX_TIMELINE")
     if path:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(f"{phase} {time.time():.4f}\n")
 
@@ -183,12 +186,17 @@ def predict_local(
             return
         writer.on_predict_start(trainer, job)
         job.on_predict_start()
+        mark("loop_started")
         if progress:
             bar = _Progress(len(loader), int(getattr(job, "sample_rate", None) or SAMPLE_RATE))
         with torch.inference_mode():
             for i, batch in enumerate(loader):
+                if i == 0:
+                    mark("first_batch_loaded")
                 batch = _to_device(batch, device)
                 out = job.predict_step(batch, i)
+                if i == 0:
+                    mark("first_step_done", device)  # reconstructed and scored on the device
                 writer.write_on_batch_end(trainer, job, out, None, batch, i, 0)
                 job.on_predict_batch_end(out, batch, i)
                 if i == 0:
