@@ -217,8 +217,10 @@ class CompileCache:
         # find what rank 0 (or a 1-GPU run) compiled. The key already fixes the GPU model, so one folder
         # serves every device of the machine (Triton writes its entries atomically).
         triton = str(self.inductor_dir / "triton" / "all")
-        env = {"TORCHINDUCTOR_CACHE_DIR": str(self.inductor_dir), "TRITON_CACHE_DIR": triton}
-        for name, value in env.items():
+        for name, value in (
+            ("TORCHINDUCTOR_CACHE_DIR", str(self.inductor_dir)),
+            ("TRITON_CACHE_DIR", triton),
+        ):
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
         import torch._functorch.config as functorch_config

@@ -48,10 +48,9 @@ def _toeplitz_solve(r: Tensor, order: int, loading: float) -> Tensor:
     """Solve the Yule-Walker normal equations for each row of ``r`` ``(M, order + 1)``.
 
     Returns ``a`` ``(M, order + 1)`` with ``a[0] = 1`` (the inverse filter). Written by hand as the
-    Levinson-Durbin recursion, vectorised over the rows: O(order^2) per row instead of the O(order^3)
-    and ``(M, order, order)`` matrices of a batched ``torch.linalg.solve`` (8x faster on the CPU,
-    same result within 1e-7 on pure tones, 1e-15 on noise; docs/METRICS.md). The diagonal loading
-    (``r[0] * (1 + loading)``) keeps pure tones (a singular Toeplitz matrix) well posed.
+    Levinson-Durbin recursion, vectorised over the rows, because torch has no batched Toeplitz solver:
+    O(order^2) per row and no ``(M, order, order)`` matrices (docs/METRICS.md, Cost). The diagonal
+    loading (``r[0] * (1 + loading)``) keeps pure tones (a singular Toeplitz matrix) well posed.
     """
     err = r[:, 0] * (1 + loading) + torch.finfo(r.dtype).tiny ** 0.5  # (M,) prediction error power
     r_rev = r[:, 1:].flip(1)  # (M, order): r_order .. r_1
