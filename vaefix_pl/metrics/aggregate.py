@@ -86,10 +86,6 @@ def _ordered(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
 
 
-def _bootstrap_ci(x: np.ndarray, level: float, n_boot: int, seed: int) -> tuple[float, float]:
-    return _bootstrap_cis(x[:, None], level, n_boot, seed)[0]
-
-
 def _bootstrap_cis(xs: np.ndarray, level: float, n_boot: int, seed: int) -> list[tuple[float, float]]:
     """Percentile-bootstrap intervals of the mean of each column of ``xs`` ``(n, k)``, one set of resamples.
 
