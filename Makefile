@@ -8,14 +8,20 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= demo_out
 MODEL ?=
 PYTEST_ARGS ?=
+MIN_FREE_GB ?= 9
 
 .PHONY: install lock demo test test-gpu lint bench clean
 
 # Every package at the exact version in constraints.txt, the verified torch/torchaudio pair included
 # (torchaudio's compiled ops load only on the torch they were built for). Ranges stay in pyproject.toml.
+# --no-cache-dir: pip's cache would hold a second copy of the ~3 GB of torch/CUDA wheels during the
+# install; the free-space check turns "No space left on device" halfway through into one line first.
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; \
+	sys.exit(f'make install: needs about $(MIN_FREE_GB) GB of free disk for .venv, {free:.1f} GB free here') \
+	if free < $(MIN_FREE_GB) else None"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[metrics,test,dev]"
+	$(PY) -m pip install --quiet --no-cache-dir -c constraints.txt -e ".[metrics,test,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
