@@ -44,7 +44,7 @@ CONFIGS = {
 }
 #: extra environment per config
 CONFIG_ENV = {"fp32-lightning": {"VAEFIX_RUNNER": "lightning"}}
-VAEFIX = [sys.executable, "-c", "import sys; from vaefix_pl.cli import main; sys.exit(main())"]
+VAEFIX = [sys.executable, "-m", "vaefix_pl.cli"]  # what the `vaefix` console script runs
 
 
 def write_models(folder: Path, tiny: bool) -> Path:

@@ -3,6 +3,7 @@ and a clean run shows none of the libraries' chatter."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -258,3 +259,25 @@ def test_parsers_import_jsonargparse_only_when_a_command_runs():
     code = "import sys, vaefix_pl.cli.commands, vaefix_pl.cli.report; print('jsonargparse' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_module_entry_writes_complete_runs_and_exit_codes(tmp_path, wav, tiny_model_dir):
+    """``python -m vaefix_pl.cli`` (the console script's code): every file of a run complete, and a
+    bad input's exit status."""
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("VAEFIX_DEBUG", "VAEFIX_FAST_EXIT")}
+    cmd = [sys.executable, "-m", "vaefix_pl.cli", "reconstruct", str(wav), "--model", str(tiny_model_dir),
+           "--out", str(out), "--num-workers", "0"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_inputs"], summary["n_ok"], summary["n_failed"]) == (1, 1, 0)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["snr"]) == pytest.approx(summary["metrics"]["snr"]["mean"])
+    assert (out / f"{wav.stem}.recon.wav").stat().st_size > 44
+    missing = subprocess.run(
+        [*cmd[:4], str(tmp_path / "absent.wav"), *cmd[5:-4], "--out", str(tmp_path / "o2")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert missing.returncode == 4, missing.stderr
+    assert missing.stderr.count("\n") == 1 and "absent.wav" in missing.stderr

@@ -1,5 +1,3 @@
-import sys
+from vaefix_pl.cli.commands import run
 
-from vaefix_pl.cli.commands import main
-
-sys.exit(main())
+run()

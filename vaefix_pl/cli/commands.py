@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vaefix_pl.cli.common import add_repair_flag, inputs_parser, make_parser, require_some_input
-from vaefix_pl.cli.errors import debug_enabled, quiet_libraries, report_error
+from vaefix_pl.cli.errors import debug_enabled, fast_exit, quiet_libraries, report_error
 from vaefix_pl.core.choices import CROSSFADES, FRAMINGS, PRECISIONS, SPEEDS
 from vaefix_pl.core.errors import InputsError
 from vaefix_pl.core.metric_names import PERCEPTUAL_METRICS
@@ -524,5 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(exc)
 
 
+def run() -> None:
+    """The ``vaefix`` console script (and ``python -m vaefix_pl.cli``): :func:`main`, then
+    :func:`~vaefix_pl.cli.errors.fast_exit` with its code. Call :func:`main` to stay in the process."""
+    fast_exit(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import warnings
+from typing import NoReturn
 
 from vaefix_pl.core.errors import VaefixError
 
@@ -116,3 +117,30 @@ def quiet_libraries(debug: bool = False) -> None:
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "disable_progress_bar"):
             module.disable_progress_bar()
+
+
+def fast_exit(code: int | None) -> NoReturn:
+    """End the process with ``code`` as the interpreter would, minus its final teardown.
+
+    Runs what a normal exit runs that has an effect outside the process: the join of non-daemon
+    threads (thread pools included, as ``sys.exit`` does), the ``atexit`` handlers (logging's flush,
+    coverage, Inductor's worker pools) and a flush of stdout/stderr; then ``os._exit``. What is skipped
+    is the teardown of every module and object, which took 0.3 s of a 1.9 s CPU run (docs/STARTUP.md)
+    and frees nothing the OS would not. ``VAEFIX_FAST_EXIT=0`` falls back to ``sys.exit``.
+    """
+    code = 0 if code is None else int(code)
+    if os.environ.get("VAEFIX_FAST_EXIT", "1") == "0":
+        sys.exit(code)
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first; private, so guarded
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed, replaced or detached streams
+            pass
+    os._exit(code & 0xFF)  # the status sys.exit(code) gives on POSIX
