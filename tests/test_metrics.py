@@ -88,6 +88,28 @@ def test_si_sdr_equals_torchmetrics(dtype, tol):
         assert abs(float(got[i]) - float(want)) < tol, (i, float(got[i]), float(want))
 
 
+def test_fast_len_is_scipys_next_fast_len_and_needs_no_scipy_fft():
+    import random
+    import subprocess
+    import sys
+
+    import scipy.fft
+
+    from vaefix_pl.metrics.functional import _fast_len
+
+    rng = random.Random(0)
+    sizes = [*range(1, 5001), *(rng.randint(5001, 10**9) for _ in range(500)), 163_840 + 161, 2**20 + 1]
+    assert [_fast_len(n) for n in sizes] == [scipy.fft.next_fast_len(n, real=True) for n in sizes]
+    code = (
+        "import sys, torch; from vaefix_pl.metrics.functional import estimate_lag; "
+        "x = torch.randn(2, 4000); estimate_lag(x, x); print('scipy.fft' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
 def test_estimate_lag_recovers_every_shift_within_10_ms_exactly():
     rng = np.random.default_rng(4)
     n = 6000

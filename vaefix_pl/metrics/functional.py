@@ -13,6 +13,7 @@ Conventions (all functions):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,11 +162,22 @@ def _masked_mean(values: Tensor, mask: Tensor, dim: int | tuple[int, ...]) -> Te
 # ----------------------------------------------------------------------------------------------------------
 # lag
 # ----------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
 def _fast_len(n: int) -> int:
-    """An FFT-friendly (5-smooth) size >= ``n``; scipy's table, a plain int computed on the host."""
-    import scipy.fft
-
-    return int(scipy.fft.next_fast_len(int(n), real=True))
+    """The smallest 5-smooth size (``2^a 3^b 5^c``) >= ``n``: what ``scipy.fft.next_fast_len(n, real=True)``
+    returns. Written out because importing ``scipy.fft`` for one integer cost 0.1 s of the first batch
+    on the CPU (docs/STARTUP.md); tests/test_metrics.py checks it against scipy."""
+    n = max(int(n), 1)
+    best = 1 << (n - 1).bit_length()  # the next power of two always qualifies
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            q = p35 << max(0, (-(-n // p35) - 1).bit_length())  # p35 * 2^k, the first >= n
+            best = min(best, q)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def estimate_lag(
