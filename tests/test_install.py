@@ -71,3 +71,24 @@ def test_torchaudio_resample_keeps_a_band_limited_tone():
     t_out = np.arange(sr_out) / sr_out
     mid = slice(1000, sr_out - 1000)  # away from the zero-padded edges of the sinc kernel
     np.testing.assert_allclose(y[mid], np.sin(2 * np.pi * f * t_out)[mid], atol=2e-3)
+
+
+def test_make_install_stops_with_one_line_when_the_disk_is_too_full(tmp_path):
+    """The Makefile's free-disk check runs before the venv is made: one line naming what is needed
+    and what is free, a non-zero exit, and no half-made ``.venv``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+    proc = subprocess.run(
+        ["make", "-s", "install", f"VENV={venv}", "MIN_FREE_GB=1000000000"],
+        cwd=CONSTRAINTS.parent, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    first = proc.stderr.strip().splitlines()[0]
+    assert re.fullmatch(
+        r"make install: needs about 1000000000 GB of free disk for \.venv, [\d.]+ GB free here", first
+    )
+    assert not venv.exists()
