@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/signals.py and other tes
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 # Inductor probes the CPU's vector ISAs by compiling and loading a test program per ISA in a fresh
-# Python, once per process and cache folder: 10-20 s in every compiling test process on the 2-core
+# Python, once per process and cache folder: seconds in every compiling test process on the 2-core
 # CI box. Trust torch's own CPU detection instead (tests only; the package leaves the probe on).
 os.environ.setdefault("TORCHINDUCTOR_VEC_ISA_OK", "1")
 

@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vaefix_pl.cli.common import add_repair_flag, inputs_parser, make_parser, require_some_input
 from vaefix_pl.cli.errors import debug_enabled, fast_exit, quiet_libraries, report_error
@@ -524,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(exc)
 
 
-def run() -> None:
+def run() -> NoReturn:
     """The ``vaefix`` console script (and ``python -m vaefix_pl.cli``): :func:`main`, then
     :func:`~vaefix_pl.cli.errors.fast_exit` with its code. Call :func:`main` to stay in the process."""
     fast_exit(main())

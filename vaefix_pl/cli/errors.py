@@ -125,8 +125,8 @@ def fast_exit(code: int | None) -> NoReturn:
     Runs what a normal exit runs that has an effect outside the process: the join of non-daemon
     threads (thread pools included, as ``sys.exit`` does), the ``atexit`` handlers (logging's flush,
     coverage, Inductor's worker pools) and a flush of stdout/stderr; then ``os._exit``. What is skipped
-    is the teardown of every module and object, which took 0.3 s of a 1.9 s CPU run (docs/STARTUP.md)
-    and frees nothing the OS would not. ``VAEFIX_FAST_EXIT=0`` falls back to ``sys.exit``.
+    is the teardown of every module and object, which frees nothing the OS would not (its cost:
+    docs/STARTUP.md). ``VAEFIX_FAST_EXIT=0`` falls back to ``sys.exit``.
     """
     code = 0 if code is None else int(code)
     if os.environ.get("VAEFIX_FAST_EXIT", "1") == "0":

@@ -91,7 +91,7 @@ def _bootstrap_cis(xs: np.ndarray, level: float, n_boot: int, seed: int) -> list
 
     Each resample's index draw becomes a count per value (``bincount``), and every column's resampled
     means are one matrix product: the same resamples as ``x[idx].mean(1)`` per column, without
-    gathering ``(n_boot, n)`` values k times (3,072 clips x 14 metrics: 0.55 -> 0.1 s).
+    gathering ``(n_boot, n)`` values k times.
     """
     rng = np.random.default_rng(seed)
     n = xs.shape[0]

@@ -13,7 +13,6 @@ Conventions (all functions):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -162,11 +161,10 @@ def _masked_mean(values: Tensor, mask: Tensor, dim: int | tuple[int, ...]) -> Te
 # ----------------------------------------------------------------------------------------------------------
 # lag
 # ----------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
 def _fast_len(n: int) -> int:
     """The smallest 5-smooth size (``2^a 3^b 5^c``) >= ``n``: what ``scipy.fft.next_fast_len(n, real=True)``
-    returns. Written out because importing ``scipy.fft`` for one integer cost 0.1 s of the first batch
-    on the CPU (docs/STARTUP.md); tests/test_metrics.py checks it against scipy."""
+    returns. Written out so that the first batch does not import ``scipy.fft`` for one integer
+    (docs/STARTUP.md); tests/test_metrics.py checks it against scipy."""
     n = max(int(n), 1)
     best = 1 << (n - 1).bit_length()  # the next power of two always qualifies
     p5 = 1
