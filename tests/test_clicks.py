@@ -251,3 +251,21 @@ def test_added_clicks_on_cuda_matches_cpu():
     for c, g in zip(cpu, gpu):
         assert g.device.type == "cuda"
         assert len(set(c.tolist()) ^ set(g.cpu().tolist())) <= 1
+
+
+@pytest.mark.parametrize("prefix_sums", [False, True])
+def test_any_within_matches_a_numpy_window_scan(prefix_sums: bool) -> None:
+    """Both ways of the event merge's window test (max-pool on the CPU, prefix sums on CUDA) equal a
+    plain NumPy scan of ``flags[max(i - before, 0) : i + after + 1]``, edges and empty rows included."""
+    from vaefix_pl.metrics.clicks import _any_within
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 300):
+        for p in (0.0, 0.02, 0.3, 1.0):
+            flags = rng.random((3, n)) < p
+            for before, after in ((0, 0), (4, 0), (0, 4), (96, 0), (0, 96), (2, 500)):
+                want = np.array(
+                    [[row[max(i - before, 0) : i + after + 1].any() for i in range(n)] for row in flags]
+                )
+                got = _any_within(torch.from_numpy(flags), before, after, prefix_sums=prefix_sums)
+                np.testing.assert_array_equal(got.numpy(), want, err_msg=f"n={n} p={p} {before=} {after=}")

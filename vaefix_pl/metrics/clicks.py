@@ -161,19 +161,28 @@ def lp_residual(
 
 
 # ------------------------------------------------------------------------------------- events from flags
+def _any_within(flags: Tensor, before: int, after: int, prefix_sums: bool | None = None) -> Tensor:
+    """Whether any of ``flags[i - before .. i + after]`` is set, ``(B, N)`` bool (the window clipped to
+    the row). Both ways are exact: integer prefix sums (default on CUDA, where a ``max_pool1d`` of width
+    ``before + after + 1`` costs that many comparisons per sample) or the max-pool (default on the CPU,
+    where it is the faster one; docs/METRICS.md, Cost)."""
+    b, n = flags.shape
+    if not (flags.is_cuda if prefix_sums is None else prefix_sums):
+        f = torch.nn.functional.pad(flags.to(torch.float32)[:, None], (before, after))
+        return torch.nn.functional.max_pool1d(f, before + after + 1, 1)[:, 0] > 0
+    dtype = torch.int32 if n < 2**31 - 1 else torch.int64
+    s = torch.nn.functional.pad(flags.to(dtype).cumsum(1), (1, 0))  # s[j] = flags set before j, (B, N + 1)
+    p = torch.cat([s.new_zeros(b, before), s, s[:, -1:].expand(b, after)], 1)  # p[before + j] = s[j]
+    return (p[:, before + after + 1 : before + after + 1 + n] - p[:, :n]) > 0
+
+
 def click_events(flags: Tensor, merge: int) -> Tensor:
     """Boolean ``(B, N)`` onsets of click events: flagged samples closer than ``merge`` samples join.
 
-    Gaps of at most ``merge`` samples between flagged samples are filled (a max-pool dilation looking
-    back and forward), then each run's first sample is its event onset.
+    Gaps of at most ``merge`` samples between flagged samples are filled (a flag within ``merge``
+    samples before and one within ``merge`` after), then each run's first sample is its event onset.
     """
-    if merge > 0:
-        f = flags.to(torch.float32)[:, None]
-        back = torch.nn.functional.max_pool1d(torch.nn.functional.pad(f, (merge, 0)), merge + 1, 1)
-        ahead = torch.nn.functional.max_pool1d(torch.nn.functional.pad(f, (0, merge)), merge + 1, 1)
-        filled = flags | ((back > 0) & (ahead > 0))[:, 0]
-    else:
-        filled = flags
+    filled = flags | (_any_within(flags, merge, 0) & _any_within(flags, 0, merge)) if merge > 0 else flags
     prev = torch.nn.functional.pad(filled[:, :-1], (1, 0))
     return filled & ~prev
 
