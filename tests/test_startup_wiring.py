@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from vaefix_pl.core import autotune, fastload
@@ -178,6 +180,20 @@ def test_auto_loader_settings_follow_the_device(monkeypatch):
     dm = AudioDataModule(inputs=None, probe_seconds=0.5, batch_size=5)
     dm.setup("predict")
     assert dm.batch_size == 5 and dm.num_workers in (0, 1, 2)
+
+
+def test_loader_keeps_about_eight_batches_in_flight(tmp_path):
+    """With many workers each keeps one batch ready (8 workers: 8 pinned batches, not 32); with few,
+    torch's default 2; none without workers. The loader built is the one configured."""
+    from vaefix_pl.data.inputs import AudioInputs, prefetch_factor
+
+    assert [prefetch_factor(w) for w in (0, 1, 2, 3, 4, 8, 16)] == [None, 2, 2, 2, 1, 1, 1]
+    for i in range(3):
+        sf.write(tmp_path / f"c{i}.wav", np.zeros(1600, dtype=np.float32), 16000)
+    for workers, want in ((2, 2), (4, 1)):
+        dm = AudioInputs(inputs=str(tmp_path), batch_size=1, num_workers=workers, pin_memory=False)
+        dm.setup("predict")
+        assert dm.predict_dataloader().prefetch_factor == want
 
 
 def test_unwritable_compile_cache_does_not_stop_the_run(tiny_model_dir, tmp_path, monkeypatch):

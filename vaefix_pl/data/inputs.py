@@ -392,6 +392,15 @@ AUTO_BATCH_SIZE = {"cuda": 64, "cpu": 8}
 AUTO_MAX_WORKERS = {"cuda": 8, "cpu": 2}
 
 
+def prefetch_factor(workers: int) -> int | None:
+    """Batches each loader worker keeps ready: 1 with 4 or more workers, else 2 (torch's default);
+    ``None`` without workers. Every batch in flight is a pinned host buffer allocated at start-up, and
+    those allocations held the first batch back on CUDA (docs/STARTUP.md, "Batches in flight")."""
+    if workers <= 0:
+        return None
+    return 1 if workers >= 4 else 2
+
+
 def resolve_loader_settings(
     batch_size: int | Literal["auto"], num_workers: int | Literal["auto"], device_type: str
 ) -> tuple[int, int]:
@@ -567,7 +576,7 @@ class AudioInputs:
             collate_fn=collate_audio,
             pin_memory=pin,
             persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=prefetch_factor(workers),
         )
 
     def _rank_sampler(self) -> BalancedDistributedSampler | None:
