@@ -11,7 +11,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,16 +40,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--per-metric", action="store_true", help="also time each default metric alone")
     a = p.parse_args()
-    from vaefix_pl import Reconstructor
-    from vaefix_pl.core.config import SPEED_PRESETS
+    from timing import full_size_reconstructor
+
     from vaefix_pl.core.metric_names import DEFAULT_METRICS
     from vaefix_pl.metrics.registry import compute_metrics
-    from vaefix_pl.testing import full_size_configs, write_audioldm2_folder
 
-    folder = Path(tempfile.mkdtemp()) / "m"
-    write_audioldm2_folder(folder, *full_size_configs(), seed=0)
-    rec = Reconstructor.from_pretrained(str(folder), precision=a.precision, device="cuda")
-    rec = rec.optimize(**SPEED_PRESETS["auto"], batch_size=a.batch)
+    rec = full_size_reconstructor(a.precision, a.batch)
     n = 163840
     x = 0.1 * torch.randn(a.batch, n, device="cuda")
     lengths = torch.full((a.batch,), n, device="cuda")

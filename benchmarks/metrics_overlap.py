@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,16 +34,12 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()
-    from vaefix_pl import Reconstructor
-    from vaefix_pl.core.config import SPEED_PRESETS
+    from timing import full_size_reconstructor
+
     from vaefix_pl.core.metric_names import DEFAULT_METRICS
     from vaefix_pl.metrics.registry import compute_metrics
-    from vaefix_pl.testing import full_size_configs, write_audioldm2_folder
 
-    folder = Path(tempfile.mkdtemp()) / "m"
-    write_audioldm2_folder(folder, *full_size_configs(), seed=0)
-    rec = Reconstructor.from_pretrained(str(folder), precision=a.precision, device="cuda")
-    rec = rec.optimize(**SPEED_PRESETS["auto"], batch_size=a.batch)
+    rec = full_size_reconstructor(a.precision, a.batch)
     n = 163840
     gen = torch.Generator(device="cuda").manual_seed(0)
     xs = [0.1 * torch.randn(a.batch, n, device="cuda", generator=gen) for _ in range(a.batches)]

@@ -31,3 +31,19 @@ def time_device(
             fn()
             times.append(time.perf_counter() - t0)
     return times
+
+
+def full_size_reconstructor(precision: str, batch: int, speed: str = "auto"):
+    """A :class:`~vaefix_pl.Reconstructor` on CUDA over freshly written full-size AudioLDM2
+    architectures with random weights (seed 0), optimized with the ``speed`` preset for ``batch``."""
+    import tempfile
+    from pathlib import Path
+
+    from vaefix_pl import Reconstructor
+    from vaefix_pl.core.config import SPEED_PRESETS
+    from vaefix_pl.testing import full_size_configs, write_audioldm2_folder
+
+    folder = Path(tempfile.mkdtemp()) / "m"
+    write_audioldm2_folder(folder, *full_size_configs(), seed=0)
+    rec = Reconstructor.from_pretrained(str(folder), precision=precision, device="cuda")
+    return rec.optimize(**SPEED_PRESETS[speed], batch_size=batch)
