@@ -434,7 +434,8 @@ class AudioInputs:
         offset: seconds skipped at the start of every file.
         batch_size, num_workers: DataLoader settings (decoding and resampling run in the workers);
             ``"auto"`` (default) is resolved at :meth:`setup` from the Trainer's device
-            (:func:`resolve_loader_settings`: 64 and up to 8 workers on CUDA, 8 and 2 on the CPU).
+            (:func:`resolve_loader_settings`: 64 and up to 8 workers on CUDA, 8 and 2 on the CPU); each
+            worker keeps :func:`prefetch_factor` batches ready.
         sort_by_duration: order by duration (longest first) so batches carry little padding.
         channel: ``"mean"`` (mix-down) or a channel index (upstream AudioLDM2 takes channel 0).
         probe_seconds: length of each probe signal.
