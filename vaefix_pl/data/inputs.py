@@ -396,9 +396,7 @@ def prefetch_factor(workers: int) -> int | None:
     """Batches each loader worker keeps ready: 1 with 4 or more workers, else 2 (torch's default);
     ``None`` without workers. Every batch in flight is a pinned host buffer allocated at start-up, and
     those allocations held the first batch back on CUDA (docs/STARTUP.md, "Batches in flight")."""
-    if workers <= 0:
-        return None
-    return 1 if workers >= 4 else 2
+    return None if workers <= 0 else 1 if workers >= 4 else 2
 
 
 def resolve_loader_settings(
