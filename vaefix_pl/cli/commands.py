@@ -280,7 +280,12 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument("--framing", default=None, choices=FRAMINGS)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--speed", default=None, choices=SPEEDS, help="GPU speed preset")
+    p.add_argument(
+        "--speed", default=None, choices=SPEEDS,
+        help="GPU speed preset: auto (default), none (stock modules), or compile (torch.compile: faster "
+        "once compiled, but a start of tens of seconds even with its cache; for long runs of fixed-length "
+        "clips, docs/STARTUP.md)",
+    )  # fmt: skip
     p.add_argument(
         "--window-seconds",
         default=None,
