@@ -267,5 +267,5 @@ def test_any_within_matches_a_numpy_window_scan(prefix_sums: bool) -> None:
                 want = np.array(
                     [[row[max(i - before, 0) : i + after + 1].any() for i in range(n)] for row in flags]
                 )
-                got = _any_within(torch.from_numpy(flags), before, after, prefix_sums=prefix_sums)
+                (got,) = _any_within(torch.from_numpy(flags), [(before, after)], prefix_sums=prefix_sums)
                 np.testing.assert_array_equal(got.numpy(), want, err_msg=f"n={n} p={p} {before=} {after=}")

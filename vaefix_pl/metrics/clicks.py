@@ -21,6 +21,7 @@ short transients and dropouts in the estimate that the reference does not explai
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -161,19 +162,27 @@ def lp_residual(
 
 
 # ------------------------------------------------------------------------------------- events from flags
-def _any_within(flags: Tensor, before: int, after: int, prefix_sums: bool | None = None) -> Tensor:
-    """Whether any of ``flags[i - before .. i + after]`` is set, ``(B, N)`` bool (the window clipped to
-    the row). Both ways are exact: integer prefix sums (default on CUDA, where a ``max_pool1d`` of width
-    ``before + after + 1`` costs that many comparisons per sample) or the max-pool (default on the CPU,
-    where it is the faster one; docs/METRICS.md, Cost)."""
+def _any_within(
+    flags: Tensor, windows: Sequence[tuple[int, int]], prefix_sums: bool | None = None
+) -> list[Tensor]:
+    """For each ``(before, after)`` of ``windows``: whether any of ``flags[i - before .. i + after]`` is
+    set, ``(B, N)`` bool (the window clipped to the row). Both ways are exact: integer prefix sums, one
+    for every window (default on CUDA, where a ``max_pool1d`` of width ``before + after + 1`` costs that
+    many comparisons per sample), or a max-pool per window (default on the CPU, where it is the faster
+    one; docs/METRICS.md, Cost)."""
     b, n = flags.shape
     if not (flags.is_cuda if prefix_sums is None else prefix_sums):
-        f = torch.nn.functional.pad(flags.to(torch.float32)[:, None], (before, after))
-        return torch.nn.functional.max_pool1d(f, before + after + 1, 1)[:, 0] > 0
+        f = flags.to(torch.float32)[:, None]
+        pool = torch.nn.functional.max_pool1d
+        return [pool(torch.nn.functional.pad(f, (lo, hi)), lo + hi + 1, 1)[:, 0] > 0 for lo, hi in windows]
     dtype = torch.int32 if n < 2**31 - 1 else torch.int64
     s = torch.nn.functional.pad(flags.to(dtype).cumsum(1), (1, 0))  # s[j] = flags set before j, (B, N + 1)
-    p = torch.cat([s.new_zeros(b, before), s, s[:, -1:].expand(b, after)], 1)  # p[before + j] = s[j]
-    return (p[:, before + after + 1 : before + after + 1 + n] - p[:, :n]) > 0
+    front, back = max(lo for lo, _ in windows), max(hi for _, hi in windows)
+    p = torch.cat([s.new_zeros(b, front), s, s[:, -1:].expand(b, back)], 1)  # p[front + j] = s[j]
+    return [
+        (p[:, front + hi + 1 : front + hi + 1 + n] - p[:, front - lo : front - lo + n]) > 0
+        for lo, hi in windows
+    ]
 
 
 def click_events(flags: Tensor, merge: int) -> Tensor:
@@ -182,7 +191,10 @@ def click_events(flags: Tensor, merge: int) -> Tensor:
     Gaps of at most ``merge`` samples between flagged samples are filled (a flag within ``merge``
     samples before and one within ``merge`` after), then each run's first sample is its event onset.
     """
-    filled = flags | (_any_within(flags, merge, 0) & _any_within(flags, 0, merge)) if merge > 0 else flags
+    filled = flags
+    if merge > 0:
+        before, after = _any_within(flags, [(merge, 0), (0, merge)])
+        filled = flags | (before & after)
     prev = torch.nn.functional.pad(filled[:, :-1], (1, 0))
     return filled & ~prev
 
