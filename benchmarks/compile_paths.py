@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,9 @@ def _sync(dev: str) -> None:
 def run(path: str, model: Path, a: argparse.Namespace, dev: str, x, lengths) -> tuple[dict, torch.Tensor]:
     rec = Reconstructor.from_pretrained(str(model), precision=a.precision, device=dev)
     cache = None
-    if path == "aoti":
-        settings = {"speed": "compile", "batch_size": a.batch, "bench": "compile_paths"}
+    if path in ("aoti", "precompile"):  # packages, or torch.compile's precompiled artefacts
+        os.environ[aoti.AOTI_ENV] = "1" if path == "aoti" else "0"
+        settings = {"speed": "compile", "batch_size": a.batch, "bench": "compile_paths", "path": path}
         cache = compile_cache_for(model, dev, rec.precision, settings, root=Path(a.work) / "cache")
         cache.activate(seal_at_exit=False)
     before = aoti.STATS.copy()
@@ -81,7 +83,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--work", required=True, help="folder for the model and the package cache (reused)")
-    p.add_argument("--paths", default="aoti,torch.compile")
+    p.add_argument("--paths", default="aoti,torch.compile", help="of aoti, precompile, torch.compile")
     p.add_argument("--tiny", action="store_true", help="tiny models (a CPU check that it runs)")
     a = p.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,9 +1,11 @@
 """Run in a fresh process by tests/test_compile_cache.py: compile a tiny Conv1d model under the cache.
 
-argv: <cache root> <channels>. Compiles as ``speed: compile`` does on CUDA (``compile_parts`` with the
-preset's settings, ``torch.compile`` rather than AOTInductor packages). Prints one JSON line: the key
-folder, Inductor's FX-graph-cache and AOTAutograd-cache hit and miss counters, why the folder was
-rebuilt (or null) and the max |compiled - eager| difference.
+argv: <cache root> <channels> [<path>]. Compiles as ``speed: compile`` does on CUDA (``compile_parts``
+with the preset's settings, no AOTInductor packages), through ``path``: ``precompile`` (saved
+``aot_compile`` artefacts, CUDA's default) or ``torch.compile`` (the default here: Inductor's own
+caches, the fallback). Prints one JSON line: the key folder, Inductor's FX-graph-cache and
+AOTAutograd-cache hit and miss counters, the part counters of :data:`vaefix_pl.core.aoti.STATS`, why
+the folder was rebuilt (or null) and the max |compiled - eager| difference.
 """
 
 import json
@@ -11,14 +13,16 @@ import os
 import sys
 from pathlib import Path
 
-os.environ["VAEFIX_AOTI"] = "0"  # the torch.compile path, as on CUDA
+os.environ["VAEFIX_AOTI"] = "0"  # no packages, as on CUDA
+PATH = sys.argv[3] if len(sys.argv) > 3 else "torch.compile"
+os.environ["VAEFIX_PRECOMPILE"] = "1" if PATH == "precompile" else "0"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
-from vaefix_pl.core.aoti import compile_parts  # noqa: E402
+from vaefix_pl.core.aoti import STATS, compile_parts  # noqa: E402
 from vaefix_pl.core.compile_cache import compile_cache  # noqa: E402
 from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
 
@@ -55,6 +59,7 @@ print(
             "miss": counters["inductor"]["fxgraph_cache_miss"],
             "aot_hit": counters["aot_autograd"]["autograd_cache_hit"],
             "aot_miss": counters["aot_autograd"]["autograd_cache_miss"],
+            "stats": dict(STATS),
             "rebuilt": cache.rebuilt,
             "diff": (y - eager).abs().max().item(),
         }

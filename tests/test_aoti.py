@@ -88,6 +88,7 @@ def test_channels_last_input_keeps_its_layout():
 
 
 def test_failed_export_falls_back_to_torch_compile_with_one_log_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(aoti.PRECOMPILE_ENV, "0")  # straight to torch.compile, not a precompiled artefact
     net = _RowNet().eval()
     part = aoti.StaticBatchPart(net, "vocoder", 2, folder=tmp_path / "aoti")
     monkeypatch.setattr(
@@ -230,8 +231,9 @@ def test_packages_default_to_the_cpu_only(monkeypatch):
 
 
 def test_a_device_without_packages_compiles_and_builds_nothing(tmp_path, monkeypatch):
-    """With packages off (CUDA's default) a part goes to torch.compile, still padded to the batch."""
+    """With packages and precompiled artefacts off a part goes to torch.compile, still padded to the batch."""
     monkeypatch.setenv(aoti.AOTI_ENV, "0")
+    monkeypatch.setenv(aoti.PRECOMPILE_ENV, "0")
     net = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3, padding=1)).eval()
     calls = []
     part = aoti.StaticBatchPart(net, "net", 4, tmp_path / "aoti")
@@ -281,3 +283,66 @@ def test_cuda_pipeline_through_packages_matches_eager(tmp_path, tiny_model_dir, 
     scale = eager.abs().max()
     for out in outs:
         assert out.device.type == "cuda" and (out - eager).abs().max() <= tol * scale
+
+
+def test_precompile_only_with_a_folder_default_options_and_not_turned_off(tmp_path, monkeypatch):
+    monkeypatch.delenv(aoti.PRECOMPILE_ENV, raising=False)
+    net = _RowNet()
+    assert aoti.StaticBatchPart(net, "n", 2, tmp_path)._can_precompile()
+    assert not aoti.StaticBatchPart(net, "n", 2, None)._can_precompile()
+    assert not aoti.StaticBatchPart(net, "n", 2, tmp_path, mode="max-autotune")._can_precompile()
+    assert not aoti.StaticBatchPart(net, "n", 2, tmp_path, freeze=True)._can_precompile()
+    monkeypatch.setenv(aoti.PRECOMPILE_ENV, "off")
+    assert not aoti.StaticBatchPart(net, "n", 2, tmp_path)._can_precompile()
+
+
+def _precompile_part(tmp_path, monkeypatch, built):
+    """A StaticBatchPart on the precompile path whose 'compiler' is the eager forward (recorded in ``built``)."""
+    monkeypatch.setenv(aoti.AOTI_ENV, "0")
+    monkeypatch.delenv(aoti.PRECOMPILE_ENV, raising=False)
+    net = _RowNet().eval()
+    part = aoti.StaticBatchPart(net, "vocoder", 2, folder=tmp_path / "aoti")
+
+    def fake_precompile(path, traced, x):
+        built.append(path.name)
+        path.write_bytes(b"artefact")
+        return lambda traced, x: traced(x)
+
+    monkeypatch.setattr(part, "_precompile", fake_precompile)
+    part._compile_runner = lambda: pytest.fail("fell back to torch.compile")
+    return net, part
+
+
+def test_unloadable_precompiled_artefact_is_rebuilt_with_one_log_line(tmp_path, monkeypatch, caplog):
+    built = []
+    net, part = _precompile_part(tmp_path, monkeypatch, built)
+    x = torch.randn(1, 4, 8)
+    bad = part.package_path(torch.zeros(2, 4, 8), torch.contiguous_format, None, aoti.PRECOMPILED_SUFFIX)
+    assert bad.name == "vocoder-2x4x8-float32-cpu-c.precompiled"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00not a pickle")
+    before = aoti.STATS.copy()
+    with caplog.at_level(logging.WARNING, logger="vaefix_pl.core.aoti"), torch.no_grad():
+        torch.testing.assert_close(part(x), net(x))
+        part(x)  # the same shape again: built once
+    assert built == [bad.name] and bad.read_bytes() == b"artefact"
+    assert aoti.STATS["rebuilt"] == before["rebuilt"] + 1
+    assert aoti.STATS["precompiled"] == before["precompiled"] + 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and bad.name in lines[0] and "rebuilding" in lines[0]
+
+
+def test_failed_precompile_falls_back_to_torch_compile_with_one_log_line(tmp_path, monkeypatch, caplog):
+    net, part = _precompile_part(tmp_path, monkeypatch, [])
+    monkeypatch.setattr(
+        part, "_precompile", lambda *a: (_ for _ in ()).throw(RuntimeError("graph break\nmore"))
+    )
+    part._compile_runner = lambda: net.forward
+    before = aoti.STATS["fallback"]
+    with caplog.at_level(logging.WARNING, logger="vaefix_pl.core.aoti"), torch.no_grad():
+        x = torch.randn(2, 4, 8)
+        torch.testing.assert_close(part(x), net(x))
+        part(x)  # the same shape again: no second attempt
+    assert aoti.STATS["fallback"] == before + 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "vocoder" in lines[0] and "graph break" in lines[0] and "more" not in lines[0]

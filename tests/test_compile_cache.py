@@ -12,9 +12,12 @@ from vaefix_pl.core import compile_cache as cc
 SCRIPT = Path(__file__).with_name("compile_cache_script.py")
 
 
-def _run(root: Path, channels: int) -> dict:
+def _run(root: Path, channels: int, path: str = "torch.compile") -> dict:
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), str(root), str(channels)], capture_output=True, text=True, timeout=900
+        [sys.executable, str(SCRIPT), str(root), str(channels), path],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,6 +118,24 @@ def test_second_process_reuses_and_corrupt_entry_is_rebuilt(tmp_path):
     third = _run(tmp_path, 4)
     assert third["rebuilt"] == "corrupt" and third["miss"] >= 1 and third["hit"] == 0
     assert third["diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_second_process_loads_the_precompiled_artefact_and_a_corrupt_one_is_rebuilt(tmp_path):
+    """CUDA's default path (no packages): the first process saves ``aot_compile`` artefacts into the
+    key folder, the next loads them without compiling (no Inductor or AOTAutograd cache lookups at
+    all), and a damaged artefact fails the manifest, so the folder is rebuilt."""
+    first = _run(tmp_path, 4, "precompile")
+    assert first["stats"] == {"precompiled": 1} and first["diff"] == 0.0
+    saved = list(Path(first["key_dir"]).rglob("*.precompiled"))
+    assert [p.parent.name for p in saved] == ["aoti"]
+    second = _run(tmp_path, 4, "precompile")
+    assert second["key_dir"] == first["key_dir"] and second["rebuilt"] is None
+    assert second["stats"] == {"precompiled_loaded": 1} and second["diff"] == 0.0
+    assert second["aot_miss"] == second["miss"] == 0  # nothing was compiled
+    saved[0].write_bytes(b"\x00garbage")
+    third = _run(tmp_path, 4, "precompile")
+    assert third["rebuilt"] == "corrupt" and third["stats"] == {"precompiled": 1} and third["diff"] == 0.0
 
 
 @pytest.mark.slow

@@ -14,12 +14,20 @@ already fixes model, torch, GPU, precision and speed settings: :mod:`vaefix_pl.c
 Weights are packaged with the code (constants), so a package belongs to one set of weights: the key
 covers the weight files' size and mtime. A part that fails to export or compile falls back to
 ``torch.compile`` (one log line); a package that fails to load is deleted and rebuilt once.
+
+Where packages are off (CUDA by default: loading one crashed the process there, docs/STARTUP.md), a
+part is compiled with ``torch.compile(...).aot_compile`` and saved beside them as
+``<part>-<shape>-...-<device><index>-....precompiled``: Dynamo's output code and guards with the
+Inductor graph, weights passed in at each call. A later process loads it instead of tracing the part
+again; a file that does not load or whose guards refuse the part is rebuilt, and a part that cannot
+be precompiled falls back to ``torch.compile`` (one log line each).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -35,8 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Folder of the packages inside a compile-cache key folder.
 AOTI_DIR = "aoti"
-#: What happened per part since the process started: ``exported``, ``loaded``, ``rebuilt``, ``fallback``
-#: (tests and diagnostics read it; a warm start shows ``loaded`` only).
+#: What happened per part since the process started: ``exported``/``loaded`` (packages),
+#: ``precompiled``/``precompiled_loaded`` (precompiled artefacts), ``rebuilt``, ``fallback`` (tests and
+#: diagnostics read it; a warm start shows only the ``loaded`` kinds).
 STATS: collections.Counter[str] = collections.Counter()
 
 
@@ -113,6 +122,12 @@ def _plain_tensors(module: nn.Module) -> None:
                 m._buffers[name] = b.clone()
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first message line (at most 300 characters), else its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _load_package(path: Path, device_index: int) -> Callable[[Tensor], Tensor]:
     """``torch._inductor.aoti_load_package`` without its device check: that check builds about ten
     C++ test programs to find the CPU's vector ISA (13 s on a 2-core machine) only to print a warning;
@@ -131,6 +146,18 @@ def _load_package(path: Path, device_index: int) -> Callable[[Tensor], Tensor]:
 AOTI_ENV = "VAEFIX_AOTI"
 
 
+#: ``VAEFIX_PRECOMPILE``: ``0`` turns off the precompiled ``torch.compile`` artefacts of parts that run
+#: without packages (CUDA by default); any other value or unset: on.
+PRECOMPILE_ENV = "VAEFIX_PRECOMPILE"
+#: File suffix of a precompiled artefact (``torch.compile(...).aot_compile``), beside the packages.
+PRECOMPILED_SUFFIX = ".precompiled"
+
+
+def precompile_enabled() -> bool:
+    """Whether parts without packages save and reuse precompiled artefacts (see :data:`PRECOMPILE_ENV`)."""
+    return os.environ.get(PRECOMPILE_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+
 def packages_enabled(device_type: str) -> bool:
     """Whether parts on ``device_type`` use AOTInductor packages (see :data:`AOTI_ENV`)."""
     flag = os.environ.get(AOTI_ENV, "").strip().lower()
@@ -146,8 +173,10 @@ class StaticBatchPart:
 
     Installed as ``part._compiled_call_impl`` (as ``nn.Module.compile`` does), so the module tree,
     its parameters and its ``state_dict`` stay as they are. Per input shape, dtype, layout and
-    autocast state it uses, in order: the package in ``folder`` if present, a new package exported
-    there, else ``torch.compile`` of the part (``folder=None`` goes straight to ``torch.compile``).
+    autocast state it uses, in order: where packages are on (:func:`packages_enabled`), the package
+    in ``folder`` or a new one exported there; else the precompiled artefact in ``folder`` or a new
+    one saved there (:func:`precompile_enabled`); else ``torch.compile`` of the part (``folder=None``
+    goes straight to ``torch.compile``).
 
     Args:
         part: the module (after the speed rewrites).
@@ -198,6 +227,8 @@ class StaticBatchPart:
         if runner is None:
             use = self.folder is not None and packages_enabled(x.device.type)
             runner = self._package_runner(x, layout, autocast) if use else None
+            if runner is None and self._can_precompile():
+                runner = self._precompiled_runner(x, layout, autocast)
             if runner is None:
                 runner = self._compile_runner()
             self._runners[key] = runner
@@ -213,15 +244,101 @@ class StaticBatchPart:
             self._compiled = torch.compile(self.part._call_impl, mode=self.mode, dynamic=False)
         return self._compiled
 
-    def package_path(self, x: Tensor, layout: torch.memory_format, autocast: Any) -> Path:
-        """``<folder>/<name>-<shape>-<dtype>-<layout>[-<autocast dtype>].pt2``."""
+    def _fall_back(self, what: str, exc: Exception) -> None:
+        """Count and log (one line) that ``what`` of this part was not built; the caller uses torch.compile."""
+        STATS["fallback"] += 1
+        log.warning(
+            "%s of the %s not built (%s: %s); using torch.compile for it",
+            what, self.name, type(exc).__name__, _first_line(exc),
+        )  # fmt: skip
+
+    def _can_precompile(self) -> bool:
+        """Precompiled artefacts need a folder and the default Inductor options (a ``mode`` with CUDA
+        graphs or ``freeze`` stay with ``torch.compile``)."""
+        return self.folder is not None and self.mode is None and not self.freeze and precompile_enabled()
+
+    def _precompiled_runner(
+        self, x: Tensor, layout: torch.memory_format, autocast: tuple[str, torch.dtype] | None
+    ) -> Callable[[Tensor], Tensor] | None:
+        """Load this shape's precompiled artefact, tracing and saving it first if missing; ``None``
+        (logged) if that fails. A loaded artefact runs without Dynamo tracing the part again."""
+        path = self.package_path(x, layout, autocast, PRECOMPILED_SUFFIX)
+        traced = _Traced(self.part, autocast)
+        t0 = time.perf_counter()
+        if path.is_file():
+            fn = self._load_precompiled(path, traced, x)
+            if fn is not None:
+                STATS["precompiled_loaded"] += 1
+                log.info("loaded %s (%.1f s)", path.name, time.perf_counter() - t0)
+                return functools.partial(fn, traced)
+            STATS["rebuilt"] += 1
+            path.unlink(missing_ok=True)
+        try:
+            fn = self._precompile(path, traced, x)
+        except Exception as exc:  # noqa: BLE001 - any tracing/saving failure falls back to torch.compile
+            return self._fall_back("precompiled artefact", exc)
+        STATS["precompiled"] += 1
+        log.info("built %s (%.1f s)", path.name, time.perf_counter() - t0)
+        if self.on_build is not None:
+            self.on_build()
+        return functools.partial(fn, traced)
+
+    @staticmethod
+    def _precompile(path: Path, traced: nn.Module, x: Tensor) -> Callable[..., Tensor]:
+        """``torch.compile(...).aot_compile`` of ``traced`` on ``x`` (in the caller's grad/autocast
+        state, which its guards then require), saved atomically to ``path``."""
+        import torch._dynamo
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with torch._dynamo.config.patch(enable_aot_compile=True):
+            compiled = torch.compile(type(traced).forward, fullgraph=True, dynamic=False)
+            fn = compiled.aot_compile(((traced, x), {}))
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fn.save_compiled_function(str(tmp))
+        os.replace(tmp, path)
+        return fn
+
+    @staticmethod
+    def _load_precompiled(path: Path, traced: nn.Module, x: Tensor) -> Callable[..., Tensor] | None:
+        """The artefact at ``path`` if it loads and its guards accept ``(traced, x)``, else ``None`` (logged)."""
+        import torch._dynamo
+        import torch._inductor.config as inductor_config
+
+        # compile_threads=1: the kernels are built already and load in this process; more threads
+        # would start Inductor's pool of compile workers (a torch import per CPU core) for nothing,
+        # beside the data loader's workers (docs/STARTUP.md).
+        try:
+            with (
+                torch._dynamo.config.patch(enable_aot_compile=True),
+                inductor_config.patch(compile_threads=1),
+                path.open("rb") as f,
+            ):
+                fn = torch.compiler.load_compiled_function(f)
+            if not fn.guard_check(traced, x):
+                raise RuntimeError("its guards do not accept this model and input")
+        except Exception as exc:  # noqa: BLE001 - an unloadable artefact is rebuilt
+            log.warning("precompiled %s not loadable (%s); rebuilding it", path.name, _first_line(exc))
+            return None
+        return fn
+
+    def package_path(
+        self, x: Tensor, layout: torch.memory_format, autocast: Any, suffix: str = ".pt2"
+    ) -> Path:
+        """``<folder>/<name>-<shape>-<dtype>-<device>-<layout>[-ac_<autocast dtype>]<suffix>``.
+
+        ``<device>`` is the device type for packages (loaded onto the input's device) and, for
+        precompiled artefacts (whose code names the device it was traced on), type and index (``cuda1``).
+        """
         assert self.folder is not None
         shape = "x".join(map(str, x.shape))
-        parts = [self.name, shape, str(x.dtype).removeprefix("torch."), x.device.type]
+        device = x.device.type
+        if suffix == PRECOMPILED_SUFFIX and x.device.index is not None:
+            device += str(x.device.index)
+        parts = [self.name, shape, str(x.dtype).removeprefix("torch."), device]
         parts.append("cl" if layout == torch.channels_last else "c")
         if autocast is not None:
             parts.append("ac_" + str(autocast[1]).removeprefix("torch."))
-        return self.folder / ("-".join(parts) + ".pt2")
+        return self.folder / ("-".join(parts) + suffix)
 
     def _package_runner(
         self, x: Tensor, layout: torch.memory_format, autocast: tuple[str, torch.dtype] | None
@@ -240,13 +357,7 @@ class StaticBatchPart:
         try:
             self._build(path, x, autocast)
         except Exception as exc:  # noqa: BLE001 - any export/AOTI failure falls back to torch.compile
-            STATS["fallback"] += 1
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            log.warning(
-                "AOTInductor package of the %s not built (%s: %s); using torch.compile for it",
-                self.name, type(exc).__name__, reason,
-            )  # fmt: skip
-            return None
+            return self._fall_back("AOTInductor package", exc)
         STATS["exported"] += 1
         log.info("built %s (%.1f s)", path.name, time.perf_counter() - t0)
         runner = self._load(path, x)

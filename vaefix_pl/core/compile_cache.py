@@ -5,6 +5,7 @@ kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``), pointed at a 
 
     <root>/<key>/inductor/...     Inductor's caches for this key
     <root>/<key>/aoti/*.pt2       AOTInductor packages per compiled part and shape (core/aoti.py)
+    <root>/<key>/aoti/*.precompiled  where packages are off (CUDA): precompiled torch.compile artefacts
     <root>/<key>/meta.json        what the key was made from (readable)
     <root>/<key>/manifest.json    sha256 of every artefact, written once a run has compiled
 
