@@ -42,3 +42,33 @@ def test_cli_wall_smoke(tmp_path):
         assert r["rc"] == 0 and r["recon_files"] == r["n"], r
         assert 0 < r["first_recon_s"] <= r["wall_s"]
     assert "| fp32 | 3 |" in proc.stdout
+
+
+def test_needs_source_compile_follows_what_cpython_accepts(tmp_path, monkeypatch):
+    """A module without .pyc, with one written by py_compile into a bytecode-cache prefix, and with
+    its source changed afterwards (the .pyc then no longer matches, as CPython's own check says)."""
+    import importlib.util
+    import os
+    import py_compile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pyc_cache import needs_source_compile
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    pkg = tmp_path / "site" / "vaefix_probe_mod"
+    pkg.mkdir(parents=True)
+    src = pkg / "__init__.py"
+    src.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    prefix = tmp_path / "pyc"
+    assert needs_source_compile("vaefix_probe_mod", str(prefix))
+    monkeypatch.setattr(sys, "pycache_prefix", str(prefix))
+    py_compile.compile(str(src), cfile=importlib.util.cache_from_source(str(src)), doraise=True)
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    assert not needs_source_compile("vaefix_probe_mod", str(prefix))
+    assert needs_source_compile("vaefix_probe_mod", None)  # nothing in __pycache__ beside the source
+    src.write_text("X = 22\n")  # other size
+    os.utime(src, (1, 1))  # and other mtime
+    assert needs_source_compile("vaefix_probe_mod", str(prefix))
+    assert not needs_source_compile("sys")  # built in: never compiled from source
