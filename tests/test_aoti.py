@@ -317,7 +317,8 @@ def test_unloadable_precompiled_artefact_is_rebuilt_with_one_log_line(tmp_path, 
     built = []
     net, part = _precompile_part(tmp_path, monkeypatch, built)
     x = torch.randn(1, 4, 8)
-    bad = part.package_path(torch.zeros(2, 4, 8), torch.contiguous_format, None, aoti.PRECOMPILED_SUFFIX)
+    with torch.no_grad():  # the mode the part is called in below
+        bad = part.package_path(torch.zeros(2, 4, 8), torch.contiguous_format, None, aoti.PRECOMPILED_SUFFIX)
     assert bad.name == "vocoder-2x4x8-float32-cpu-c.precompiled"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"\x00not a pickle")
@@ -346,3 +347,42 @@ def test_failed_precompile_falls_back_to_torch_compile_with_one_log_line(tmp_pat
     assert aoti.STATS["fallback"] == before + 1
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "vocoder" in lines[0] and "graph break" in lines[0] and "more" not in lines[0]
+
+
+@pytest.mark.slow
+def test_precompiled_artefacts_per_grad_mode_and_an_unsavable_one_still_runs(tmp_path, monkeypatch, caplog):
+    """Its guards require the grad mode it was traced in: a part called with and without autograd
+    keeps one artefact per mode (no guard failure, no rebuild); and when saving fails (full disk)
+    the compiled function still runs, with one log line and nothing half-written left behind."""
+    monkeypatch.setenv(aoti.AOTI_ENV, "0")
+    monkeypatch.delenv(aoti.PRECOMPILE_ENV, raising=False)
+    net = nn.Sequential(nn.Conv1d(4, 4, 3, padding=1)).eval()
+    folder = tmp_path / "aoti"
+    x = torch.randn(2, 4, 16)
+    part = aoti.StaticBatchPart(net, "n", 2, folder)
+    before = aoti.STATS.copy()
+    with torch.inference_mode():
+        got = part(x)
+    with torch.enable_grad():
+        got_grad = part(x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, net(x))
+        torch.testing.assert_close(got_grad.detach(), net(x))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "n-2x4x16-float32-cpu-c-grad.precompiled",
+        "n-2x4x16-float32-cpu-c.precompiled",
+    ]
+    assert (
+        aoti.STATS["precompiled"] == before["precompiled"] + 2 and aoti.STATS["rebuilt"] == before["rebuilt"]
+    )
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(aoti.os, "replace", full_disk)
+    other = aoti.StaticBatchPart(net, "m", 2, folder)
+    with caplog.at_level(logging.WARNING, logger="vaefix_pl.core.aoti"), torch.no_grad():
+        torch.testing.assert_close(other(x), net(x))
+    assert [r.getMessage() for r in caplog.records if "not saved" in r.getMessage()]
+    assert not [p for p in folder.iterdir() if p.name.startswith("m-")]
+    assert aoti.STATS["fallback"] == before["fallback"]

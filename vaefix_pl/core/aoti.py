@@ -222,7 +222,7 @@ class StaticBatchPart:
     # ------------------------------------------------------------------------------ runners
     def _runner(self, x: Tensor, layout: torch.memory_format) -> Callable[[Tensor], Tensor]:
         autocast = _autocast_state(x.device.type)
-        key = (tuple(x.shape), x.dtype, str(x.device), layout, autocast)
+        key = (tuple(x.shape), x.dtype, str(x.device), layout, autocast, torch.is_grad_enabled())
         runner = self._runners.get(key)
         if runner is None:
             use = self.folder is not None and packages_enabled(x.device.type)
@@ -286,7 +286,8 @@ class StaticBatchPart:
     @staticmethod
     def _precompile(path: Path, traced: nn.Module, x: Tensor) -> Callable[..., Tensor]:
         """``torch.compile(...).aot_compile`` of ``traced`` on ``x`` (in the caller's grad/autocast
-        state, which its guards then require), saved atomically to ``path``."""
+        state, which its guards then require), saved atomically to ``path`` (if that fails, logged,
+        the compiled function is still used)."""
         import torch._dynamo
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,8 +295,14 @@ class StaticBatchPart:
             compiled = torch.compile(type(traced).forward, fullgraph=True, dynamic=False)
             fn = compiled.aot_compile(((traced, x), {}))
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fn.save_compiled_function(str(tmp))
-        os.replace(tmp, path)
+        try:
+            fn.save_compiled_function(str(tmp))
+            os.replace(tmp, path)
+        except Exception as exc:  # noqa: BLE001 - a full disk or an unpicklable part costs reuse, not the run
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "precompiled %s not saved (%s); the next run compiles it again", path.name, _first_line(exc)
+            )
         return fn
 
     @staticmethod
@@ -328,6 +335,8 @@ class StaticBatchPart:
 
         ``<device>`` is the device type for packages (loaded onto the input's device) and, for
         precompiled artefacts (whose code names the device it was traced on), type and index (``cuda1``).
+        A precompiled artefact traced with autograd on (its guards require the grad mode it was
+        traced in) ends in ``-grad``.
         """
         assert self.folder is not None
         shape = "x".join(map(str, x.shape))
@@ -338,6 +347,8 @@ class StaticBatchPart:
         parts.append("cl" if layout == torch.channels_last else "c")
         if autocast is not None:
             parts.append("ac_" + str(autocast[1]).removeprefix("torch."))
+        if suffix == PRECOMPILED_SUFFIX and torch.is_grad_enabled():
+            parts.append("grad")
         return self.folder / ("-".join(parts) + suffix)
 
     def _package_runner(
