@@ -112,6 +112,39 @@ def test_compile_cache_keyed_by_model_folder_and_sealed_after_first_batch(
             cache.deactivate()
 
 
+def test_a_cold_compile_says_once_what_it_waits_for_and_where_the_cache_lives(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    """`speed: compile` with nothing compiled yet for its key: one line naming the wait and the
+    cache folder; a run whose key folder is sealed (compiled before) starts silently."""
+    import logging
+
+    monkeypatch.setenv("VAEFIX_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setattr(Reconstructor, "optimize", lambda self, **kw: self)  # no real compile here
+    monkeypatch.setattr(
+        cc, "environment_key", lambda device: {"device": "cuda", "gpu": "test"}
+    )  # no GPU here
+    lines = []
+    for run in range(2):
+        module = ReconstructionModule(model=str(tiny_model_dir), speed="compile", metrics=[])
+        module.configure_model()
+        module._trainer = _Trainer(4)
+        module._device = torch.device("cuda", 0)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vaefix_pl.pipeline.job"):
+            module.on_predict_start()
+        cache = module._compile_cache
+        try:
+            lines.append([r.getMessage() for r in caplog.records])
+            if run == 0:
+                (cache.inductor_dir / "artefact").write_bytes(b"kernel")
+                module.on_predict_batch_end(None, None, 0)  # seals it, as after the first batch
+        finally:
+            cache.deactivate()
+    assert len(lines[0]) == 1 and "compiling the models" in lines[0][0] and str(cache.path) in lines[0][0]
+    assert lines[1] == []
+
+
 def test_in_memory_models_skip_the_compile_cache(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("VAEFIX_CACHE_DIR", str(tmp_path / "c"))
     rec = Reconstructor.from_pretrained(tiny_model_dir)

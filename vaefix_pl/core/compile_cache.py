@@ -182,6 +182,12 @@ class CompileCache:
     def inductor_dir(self) -> Path:
         return self.path / "inductor"
 
+    @property
+    def sealed(self) -> bool:
+        """Whether a run has compiled into this folder and written its manifest (after :meth:`activate`,
+        which wipes a folder that fails its manifest: a warm start)."""
+        return (self.path / MANIFEST).is_file()
+
     def verify(self) -> str | None:
         """``None`` if every artefact matches the manifest (or the folder is new), else the reason."""
         if not self.inductor_dir.exists():

@@ -165,6 +165,13 @@ class ReconstructionJob:
             batch = self._call_batch_size()
             if preset.get("compile"):
                 self._compile_cache = self._activate_compile_cache(preset, batch)
+                cache, trainer = self._compile_cache, self._trainer
+                if cache is not None and not cache.sealed and getattr(trainer, "is_global_zero", True):
+                    log.warning(
+                        "speed 'compile': compiling the models for this GPU and these settings (about a "
+                        "minute, once); later runs load them from %s ('vaefix cache info|clear')",
+                        cache.path,
+                    )
             self.reconstructor.optimize(**preset, batch_size=batch)
         self._optimized = True
 
