@@ -165,3 +165,33 @@ def test_unsealed_folder_of_a_live_process_is_shared_of_a_dead_one_rebuilt(tmp_p
     cache.activate(seal_at_exit=False)
     cache.deactivate()
     assert cache.rebuilt == "unsealed" and not entry.exists()
+
+
+def test_half_written_leftovers_of_a_killed_run_are_swept_when_old(tmp_path):
+    """A run killed while saving a precompiled artefact or building a package leaves ``*.tmp``,
+    ``*.partial.pt2`` or a ``.build.<pid>`` folder in ``aoti/``: an hour later the next activation
+    deletes them; fresh ones (a live run saving now) and the artefacts themselves stay."""
+    import os
+    import time
+
+    cache = cc.CompileCache(tmp_path / "k")
+    aoti_dir = cache.path / "aoti"
+    (aoti_dir / ".build.123" / "x").mkdir(parents=True)
+    old = [
+        aoti_dir / "v-1x2.precompiled.123.tmp",
+        aoti_dir / "v-1x2.123.partial.pt2",
+        aoti_dir / ".build.123",
+    ]
+    for p in old[:2]:
+        p.write_bytes(b"half")
+    fresh = aoti_dir / "v-1x2.precompiled.456.tmp"
+    fresh.write_bytes(b"being written")
+    kept = aoti_dir / "v-1x2.precompiled"
+    kept.write_bytes(b"artefact")
+    hour_ago = time.time() - 2 * cc.TEMP_MAX_AGE_S
+    for p in [*old, kept]:
+        os.utime(p, (hour_ago, hour_ago))
+    cache.activate(seal_at_exit=False)
+    cache.deactivate()
+    assert not any(p.exists() for p in old)
+    assert fresh.exists() and kept.read_bytes() == b"artefact"

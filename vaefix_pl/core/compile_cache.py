@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 ENV_CACHE_DIR = "VAEFIX_CACHE_DIR"
 MANIFEST = "manifest.json"
+#: Half-written files older than this (seconds) are left over from a killed process (:meth:`CompileCache.sweep_temporaries`).
+TEMP_MAX_AGE_S = 3600.0
 META = "meta.json"
 OWNER = "owner"
 #: Files of these model folders enter the key: configs by content, weights by size and mtime.
@@ -223,6 +225,7 @@ class CompileCache:
         if reason is not None:
             self.clear()
         self.rebuilt = reason
+        self.sweep_temporaries()
         self.inductor_dir.mkdir(parents=True, exist_ok=True)
         (self.path / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
         meta = self.path / META
@@ -249,6 +252,21 @@ class CompileCache:
             atexit.register(self._seal_if_active)
             self._atexit = True
         return self
+
+    def sweep_temporaries(self, older_than_s: float = TEMP_MAX_AGE_S) -> int:
+        """Delete what a killed process left half-written in ``aoti/`` (``*.tmp``, ``*.partial.pt2``,
+        ``.build.*`` folders) once older than ``older_than_s``; returns how many. By age, not by pid:
+        the cache folder may be shared by several hosts, and no save takes an hour."""
+        folder = self.path / "aoti"
+        cutoff = time.time() - older_than_s
+        swept = 0
+        for p in list(folder.iterdir()) if folder.is_dir() else []:
+            stale = p.name.endswith((".tmp", ".partial.pt2")) or p.name.startswith(".build.")
+            with contextlib.suppress(OSError):
+                if stale and p.stat().st_mtime < cutoff:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    swept += 1
+        return swept
 
     def _owner_alive(self) -> bool:
         """Whether the process that last activated this folder still runs (same host only)."""
