@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vaefix_pl.core.compile_cache import AOTI_DIR, BUILD_DIR_PREFIX
+
 log = logging.getLogger(__name__)
 
-#: Folder of the packages inside a compile-cache key folder.
-AOTI_DIR = "aoti"
 #: What happened per part since the process started: ``exported``/``loaded`` (packages),
 #: ``precompiled``/``precompiled_loaded`` (precompiled artefacts), ``rebuilt``, ``fallback`` (tests and
 #: diagnostics read it; a warm start shows only the ``loaded`` kinds).
@@ -403,7 +403,7 @@ class StaticBatchPart:
             _plain_tensors(self.part)
             example = x.detach().clone().contiguous(memory_format=_layout(x))
             ep = torch.export.export(_Traced(self.part, autocast).eval(), (example,), strict=False)
-            with _scratch_inductor_dir(path.parent / f".build.{os.getpid()}"):
+            with _scratch_inductor_dir(path.parent / f"{BUILD_DIR_PREFIX}{os.getpid()}"):
                 aoti_compile_and_package(
                     ep, package_path=str(tmp), inductor_configs=_mode_options(self.mode, self.freeze)
                 )

@@ -134,7 +134,12 @@ def cache_key(
 
 
 #: Subfolders of a key folder whose files are artefacts: Inductor's caches and the AOTInductor packages.
-_ARTEFACT_DIRS = ("inductor", "aoti")
+#: Sub-folders of a key folder: Inductor's caches, and the per-part artefacts of core/aoti.py.
+INDUCTOR_DIR, AOTI_DIR = "inductor", "aoti"
+_ARTEFACT_DIRS = (INDUCTOR_DIR, AOTI_DIR)
+#: What a process writes before renaming it into place (core/aoti.py), and its AOTInductor build folders.
+HALF_WRITTEN_SUFFIXES = (".tmp", ".partial.pt2")
+BUILD_DIR_PREFIX = ".build."
 _ACTIVE: CompileCache | None = None
 
 
@@ -145,17 +150,17 @@ def active_cache() -> CompileCache | None:
 
 
 def _artefacts(folder: Path) -> list[tuple[str, os.stat_result]]:
-    """``(path relative to folder, stat)`` of every artefact, sorted (``os.walk``: a warm key folder
-    holds about 4,000 files, which ``Path.rglob`` and ``relative_to`` walked several times slower)."""
+    """``(path relative to folder, stat)`` of every artefact, sorted (``os.walk`` rather than
+    ``Path.rglob``: a warm key folder holds thousands of files; docs/STARTUP.md)."""
     # Inductor keeps lock files and per-process temporaries beside the entries, and a package being
     # built is a ``*.partial.pt2`` beside a ``.build.<pid>`` folder: none of them are artefacts.
     out = []
     for d in _ARTEFACT_DIRS:
         for root, dirs, names in os.walk(folder / d):
-            dirs[:] = [x for x in dirs if not x.startswith(".build.")]
+            dirs[:] = [x for x in dirs if not x.startswith(BUILD_DIR_PREFIX)]
             rel_root = os.path.relpath(root, folder)
             for name in names:
-                if name.endswith((".lock", ".tmp", ".partial.pt2")):
+                if name.endswith((".lock", *HALF_WRITTEN_SUFFIXES)):
                     continue
                 with contextlib.suppress(OSError):  # removed meanwhile, or a dangling link
                     st = os.stat(os.path.join(root, name))
@@ -182,7 +187,7 @@ class CompileCache:
 
     @property
     def inductor_dir(self) -> Path:
-        return self.path / "inductor"
+        return self.path / INDUCTOR_DIR
 
     @property
     def sealed(self) -> bool:
@@ -257,14 +262,18 @@ class CompileCache:
         """Delete what a killed process left half-written in ``aoti/`` (``*.tmp``, ``*.partial.pt2``,
         ``.build.*`` folders) once older than ``older_than_s``; returns how many. By age, not by pid:
         the cache folder may be shared by several hosts, and no save takes an hour."""
-        folder = self.path / "aoti"
+        folder = self.path / AOTI_DIR
         cutoff = time.time() - older_than_s
         swept = 0
         for p in list(folder.iterdir()) if folder.is_dir() else []:
-            stale = p.name.endswith((".tmp", ".partial.pt2")) or p.name.startswith(".build.")
+            if not (p.name.endswith(HALF_WRITTEN_SUFFIXES) or p.name.startswith(BUILD_DIR_PREFIX)):
+                continue
             with contextlib.suppress(OSError):
-                if stale and p.stat().st_mtime < cutoff:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                if p.stat().st_mtime < cutoff:
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
                     swept += 1
         return swept
 
@@ -299,7 +308,7 @@ class CompileCache:
 
     def reseal(self) -> None:
         """:meth:`seal` again if the folder was sealed before (adds artefacts of a new shape)."""
-        if (self.path / MANIFEST).is_file():
+        if self.sealed:
             with contextlib.suppress(OSError):
                 self.seal()
 
