@@ -87,6 +87,50 @@ def test_channels_last_input_keeps_its_layout():
     assert not seen[0].is_contiguous()
 
 
+def _one_channel_variants():
+    """The two ways the pipeline hands a 1-channel ``(B, 1, T, F)`` mel to the encoder: a batch of a
+    slice of a channels-last copy (stride 1 on the size-1 channel dim) and one row padded by
+    concatenation (stride ``T F`` there). Same shape, same memory layout, different strides."""
+    torch.manual_seed(0)
+    mel = torch.randn(3, 8, 16).transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+    full, one = mel[:2], mel[2:]
+    assert full.stride()[1] == 1
+    return full, one
+
+
+def test_one_shape_reaches_the_compiled_code_with_one_set_of_strides():
+    net = nn.Conv2d(1, 4, 3, padding=1).eval()
+    part = aoti.StaticBatchPart(net, "encoder", 2, folder=None)
+    seen = []
+    part._compile_runner = lambda: lambda x: seen.append(x.stride()) or net.forward(x)
+    full, one = _one_channel_variants()
+    with torch.no_grad():
+        torch.testing.assert_close(part(full), net(full))
+        torch.testing.assert_close(part(one), net(one))  # padded to 2 rows by concatenation
+    assert len(seen) == 2 and seen[0] == seen[1] == torch.empty(2, 1, 16, 8).stride()
+
+
+@pytest.mark.slow
+def test_a_batch_assembled_another_way_loads_the_same_precompiled_artefact(tmp_path, monkeypatch, caplog):
+    """Compiled code's guards compare every stride: before the part gave each shape one set of
+    strides, a full batch and a padded one of the 1-channel mel rebuilt each other's artefact in
+    every run (found on the H200)."""
+    monkeypatch.setenv(aoti.AOTI_ENV, "0")
+    monkeypatch.delenv(aoti.PRECOMPILE_ENV, raising=False)
+    net = nn.Conv2d(1, 4, 3, padding=1).eval()
+    full, one = _one_channel_variants()
+    before = aoti.STATS.copy()
+    with torch.no_grad():
+        aoti.StaticBatchPart(net, "encoder", 2, tmp_path / "aoti")(full)
+        later = aoti.StaticBatchPart(net, "encoder", 2, tmp_path / "aoti")  # as in the next process
+        with caplog.at_level(logging.WARNING, logger="vaefix_pl.core.aoti"):
+            torch.testing.assert_close(later(one), net(one))
+    assert aoti.STATS["precompiled"] == before["precompiled"] + 1
+    assert aoti.STATS["precompiled_loaded"] == before["precompiled_loaded"] + 1
+    assert aoti.STATS["rebuilt"] == before["rebuilt"]
+    assert not [r for r in caplog.records if r.name == "vaefix_pl.core.aoti"]
+
+
 def test_failed_export_falls_back_to_torch_compile_with_one_log_line(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(aoti.PRECOMPILE_ENV, "0")  # straight to torch.compile, not a precompiled artefact
     net = _RowNet().eval()

@@ -80,6 +80,24 @@ def _layout(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+@functools.lru_cache(maxsize=64)
+def _layout_strides(shape: tuple[int, ...], layout: torch.memory_format) -> tuple[int, ...]:
+    """The strides a new tensor of ``shape`` gets in ``layout``."""
+    return torch.empty(shape, device="meta", memory_format=layout).stride()
+
+
+def _canonical(x: Tensor, layout: torch.memory_format) -> Tensor:
+    """``x`` (contiguous in ``layout``) viewed with the strides a new tensor of its shape gets there.
+
+    A dimension of size 1 may carry any stride in a contiguous tensor (the 1-channel mel is
+    ``(B, 1, T, F)``: a slice of a channels-last copy has stride 1 there, a concatenation ``T F``),
+    and compiled code's guards compare every stride, so without this one shape would need one
+    compiled artefact per way its batch was assembled. Same memory, no copy.
+    """
+    want = _layout_strides(tuple(x.shape), layout)
+    return x if x.stride() == want else x.as_strided(x.shape, want, x.storage_offset())
+
+
 def _mode_options(mode: str | None, freeze: bool) -> dict[str, Any]:
     """Inductor options of a ``torch.compile`` mode for AOTInductor (CUDA graphs do not apply there)."""
     options: dict[str, Any] = {}
@@ -215,7 +233,7 @@ class StaticBatchPart:
             m = chunk.shape[0]
             if m < n:  # zero rows: independent of the real ones, dropped below
                 chunk = torch.cat([chunk, chunk.new_zeros((n - m, *chunk.shape[1:]))])
-            chunk = chunk.contiguous(memory_format=layout)
+            chunk = _canonical(chunk.contiguous(memory_format=layout), layout)
             outs.append(self._runner(chunk, layout)(chunk)[:m])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
