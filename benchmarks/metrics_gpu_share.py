@@ -3,6 +3,7 @@
 Full-size architectures with random weights (seed 0); medians of CUDA-timed repeats after warm-up.
 
     python benchmarks/metrics_gpu_share.py [--precision bf16] [--batch 64] [--repeats 5]
+    python benchmarks/metrics_gpu_share.py --per-metric --profile 40   # + each metric, top 40 kernels
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--per-metric", action="store_true", help="also time each default metric alone")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="print the K ops of most GPU time in the default metrics",
+    )
     a = p.parse_args()
     from timing import full_size_reconstructor
 
@@ -65,6 +73,14 @@ def main() -> None:
                 name: _time(lambda name=name: compute_metrics(ref, est, lengths, [name]), a.repeats)
                 for name in DEFAULT_METRICS
             }
+        if a.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                compute_metrics(ref, est, lengths, list(DEFAULT_METRICS))
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=a.profile)
+            print(table, file=sys.stderr)
     res["clicks_share"] = res["clicks_added_s"] / res["reconstruct_s"]
     res["metrics_share"] = res["metrics_default_s"] / res["reconstruct_s"]
     print(json.dumps(res, indent=1))

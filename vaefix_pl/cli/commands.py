@@ -283,7 +283,7 @@ def _reconstruct_parser(prog: str = "vaefix reconstruct") -> argparse.ArgumentPa
     p.add_argument(
         "--speed", default=None, choices=SPEEDS,
         help="GPU speed preset: auto (default), none (stock modules), or compile (torch.compile: faster "
-        "once compiled; about a minute to compile on a machine's first run, then a start of 15-20 s that "
+        "once compiled; about a minute to compile on a machine's first run, then a start of 8-10 s that "
         "loads it from the cache; for long runs of fixed-length clips, docs/STARTUP.md)",
     )  # fmt: skip
     p.add_argument(
