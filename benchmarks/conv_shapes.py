@@ -1,7 +1,8 @@
 """Micro-benchmark of the vocoder's convolution shapes: where cuDNN is slow, and whether a rewrite helps.
 
 For every HiFi-GAN resblock shape of the AudioLDM2 vocoder (channels C at length L for a 1024-frame
-clip, kernels 3/7/11, dilations 1/3/5) it times, with cuDNN benchmark on and CUDA events:
+clip, kernels 3/7/11, dilations 1/3/5) it times, with cuDNN benchmark on (``--no-benchmark``: the
+algorithm cuDNN's heuristic picks, what runs by default at batch 64) and CUDA events:
 
 * ``w``: the 1-D conv as a channels-last ``(1, k)`` 2-D conv (what ``vaefix_pl.core.speed`` runs today);
 * ``h``: the same as a ``(k, 1)`` conv on ``(B, C, L, 1)`` (same memory, other kernel choices);
@@ -16,6 +17,7 @@ and prints achieved TFLOP/s per shape and dtype, so a rewrite is kept only where
 
     python benchmarks/conv_shapes.py --batch 16
     python benchmarks/conv_shapes.py --batch 64 --channels 32,64,128,256 --dilations 1 --variants w,fold2,fold4
+    python benchmarks/conv_shapes.py --batch 64 --variants w,poly --no-benchmark   # where the heuristic loses
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ def main() -> None:
     p.add_argument(
         "--benchmark-limit", type=int, default=None, help="torch.backends.cudnn.benchmark_limit (0: try all)"
     )
+    p.add_argument(
+        "--no-benchmark", action="store_true", help="cuDNN's heuristic choice instead of autotuning"
+    )
     p.add_argument("--channels", default="", help="only these stage widths, e.g. 32,64 (default: all)")
     p.add_argument("--kernels", default="3,7,11")
     p.add_argument("--dilations", default="1,3,5")
@@ -163,7 +168,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     ints = lambda s: tuple(int(v) for v in s.split(",") if v)  # noqa: E731
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not args.no_benchmark
     if args.benchmark_limit is not None:
         torch.backends.cudnn.benchmark_limit = args.benchmark_limit
     rows = []
@@ -176,7 +181,8 @@ def main() -> None:
             ints(args.kernels), ints(args.dilations), tuple(args.variants.split(",")),
         )  # fmt: skip
     where = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    print(f"{where}, batch {args.batch}, {args.frames} frames, torch {torch.__version__}")
+    tuning = "heuristic" if args.no_benchmark else "autotuned"
+    print(f"{where}, batch {args.batch}, {args.frames} frames, cuDNN {tuning}, torch {torch.__version__}")
     names = args.variants.split(",")
     print("| dtype | C | L | k | d | w ms | " + " | ".join(f"{n} TFLOP/s (err)" for n in names) + " | best |")
     print("|---" * (7 + len(names)) + "|")
