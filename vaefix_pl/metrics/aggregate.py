@@ -40,6 +40,8 @@ def _is_number(v: Any) -> bool:
 
 def _to_float(v: Any) -> float:
     """A row value as float; strings from a CSV are parsed, anything unparsable or empty is NaN."""
+    if type(v) is float or type(v) is int:  # the common case, before the slower ABC check (not bool)
+        return float(v)
     if v is None:
         return math.nan
     if _is_number(v):

@@ -40,14 +40,14 @@ MODEL_COLUMNS = ("geometry", "scaling_factor")
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Numeric score columns of merged rows (not id/path/health/error bookkeeping)."""
     skip = {"id", "path", "seconds", "error", "error_stage", "rank", *IDENTITY_COLUMNS, *MODEL_COLUMNS}
-    cols: list[str] = []
+    cols: dict[str, None] = {}  # insertion-ordered set: first-seen order, O(1) membership
     for r in rows:
         for k, v in r.items():
-            if k in skip or k.startswith("health_") or k.endswith("_error") or k in cols:
+            if k in skip or k in cols or k.startswith("health_") or k.endswith("_error"):
                 continue
             if isinstance(v, (int, float)) or v is None:
-                cols.append(k)
-    return cols
+                cols[k] = None
+    return list(cols)
 
 
 def merge_parts(parts: Sequence[Path], rows: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -171,14 +171,16 @@ def is_complete(
 
 
 def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "path", "seconds")) -> str:
-    cols = [c for c in first if any(c in r for r in rows)]
+    cols = dict.fromkeys(c for c in first if any(c in r for r in rows))
     for r in rows:
-        cols.extend(k for k in r if k not in cols)
+        cols.update(dict.fromkeys(r))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else neutralise_cell(r.get(k))) for k in cols})
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    w.writerows(
+        ["" if v is None else neutralise_cell(v) if isinstance(v, str) else v for v in map(r.get, cols)]
+        for r in rows
+    )
     return buf.getvalue()
 
 
