@@ -42,6 +42,16 @@ CONFIGS = {
     "bf16-compile": ["--precision", "bf16", "--speed", "compile"],
     "fp32-lightning": [],  # the same run through Lightning (VAEFIX_RUNNER=lightning), for the difference
 }
+
+
+def config_settings(name: str) -> tuple[str, str]:
+    """``(precision, speed)`` of a config of :data:`CONFIGS` (the CLI's defaults where it names none)."""
+    flags = CONFIGS[name]
+    precision = flags[flags.index("--precision") + 1] if "--precision" in flags else "fp32"
+    speed = flags[flags.index("--speed") + 1] if "--speed" in flags else "auto"
+    return precision, speed
+
+
 #: extra environment per config
 CONFIG_ENV = {"fp32-lightning": {"VAEFIX_RUNNER": "lightning"}}
 VAEFIX = [sys.executable, "-m", "vaefix_pl.cli"]  # what the `vaefix` console script runs
@@ -231,9 +241,7 @@ def main() -> None:
     for name in dict.fromkeys(a.configs.split(",")):
         if name in CONFIG_ENV or a.no_bare:
             continue  # same model work as its base config
-        flags = CONFIGS[name]
-        precision = flags[flags.index("--precision") + 1] if "--precision" in flags else "fp32"
-        speed = flags[flags.index("--speed") + 1] if "--speed" in flags else "auto"
+        precision, speed = config_settings(name)
         bare[name] = bare_clips_per_s(model, precision, speed, a.bare_batch, 2 if a.smoke else 10)
     audio_s = {r["n"]: r["n"] * seconds for r in rows}
     for r in rows:

@@ -27,11 +27,9 @@ MODE_B = "TORCH_CUDNN_USE_HEURISTIC_MODE_B"
 
 def one(model: str, config: str, batch: int, repeats: int) -> float:
     """Clips/s of one bare steady state in this process."""
-    from cli_wall import CONFIGS, bare_clips_per_s
+    from cli_wall import bare_clips_per_s, config_settings
 
-    flags = CONFIGS[config]
-    precision = flags[flags.index("--precision") + 1] if "--precision" in flags else "fp32"
-    speed = flags[flags.index("--speed") + 1] if "--speed" in flags else "auto"
+    precision, speed = config_settings(config)
     return bare_clips_per_s(Path(model), precision, speed, batch, repeats)
 
 

@@ -80,12 +80,6 @@ def _layout(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-@functools.lru_cache(maxsize=64)
-def _layout_strides(shape: tuple[int, ...], layout: torch.memory_format) -> tuple[int, ...]:
-    """The strides a new tensor of ``shape`` gets in ``layout``."""
-    return torch.empty(shape, device="meta", memory_format=layout).stride()
-
-
 def _canonical(x: Tensor, layout: torch.memory_format) -> Tensor:
     """``x`` (contiguous in ``layout``) viewed with the strides a new tensor of its shape gets there.
 
@@ -94,7 +88,7 @@ def _canonical(x: Tensor, layout: torch.memory_format) -> Tensor:
     and compiled code's guards compare every stride, so without this one shape would need one
     compiled artefact per way its batch was assembled. Same memory, no copy.
     """
-    want = _layout_strides(tuple(x.shape), layout)
+    want = torch.empty(x.shape, device="meta", memory_format=layout).stride()
     return x if x.stride() == want else x.as_strided(x.shape, want, x.storage_offset())
 
 

@@ -133,7 +133,6 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest()[:20], parts
 
 
-#: Subfolders of a key folder whose files are artefacts: Inductor's caches and the AOTInductor packages.
 #: Sub-folders of a key folder: Inductor's caches, and the per-part artefacts of core/aoti.py.
 INDUCTOR_DIR, AOTI_DIR = "inductor", "aoti"
 _ARTEFACT_DIRS = (INDUCTOR_DIR, AOTI_DIR)

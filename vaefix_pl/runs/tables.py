@@ -177,10 +177,7 @@ def rows_to_csv(rows: Sequence[dict[str, Any]], first: Sequence[str] = ("id", "p
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
-    w.writerows(
-        ["" if v is None else neutralise_cell(v) if isinstance(v, str) else v for v in map(r.get, cols)]
-        for r in rows
-    )
+    w.writerows(["" if v is None else neutralise_cell(v) for v in map(r.get, cols)] for r in rows)
     return buf.getvalue()
 
 
