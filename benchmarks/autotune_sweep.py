@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT))
 def one_process(precision: str, benchmark: bool, batches: list[int], repeats: int) -> list[dict]:
     import torch
 
-    from vaefix_pl.core.config import SPEED_PRESETS
+    from vaefix_pl.core.config import speed_settings
     from vaefix_pl.core.reconstruct import Reconstructor
     from vaefix_pl.testing import build_models, full_size_configs, tiny_configs
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: tiny models, a smoke test of the script
     vae, vocoder = build_models(*(full_size_configs() if dev == "cuda" else tiny_configs()), seed=0)
     rec = Reconstructor(vae, vocoder, precision=precision).to(dev)
-    rec = rec.optimize(**{**SPEED_PRESETS["auto"], "cudnn_benchmark": benchmark})
+    rec = rec.optimize(**{**speed_settings("auto", precision), "cudnn_benchmark": benchmark})
     torch.backends.cudnn.benchmark = benchmark
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     n = 163840

@@ -128,22 +128,15 @@ def timed(cmd: list[str], out: Path, env: dict[str, str]) -> dict:
 
 def bare_clips_per_s(model: Path, precision: str, speed: str, batch: int, repeats: int) -> float:
     """Steady-state clips/s of the bare pipeline on an in-memory batch (after warm-up)."""
-    import importlib
-
     import torch
 
     from vaefix_pl import Reconstructor
+    from vaefix_pl.core.config import speed_settings
 
-    for where in ("vaefix_pl.core.config", "vaefix_pl.core.speed", "vaefix_pl.reconstruct"):
-        try:
-            SPEED_PRESETS = importlib.import_module(where).SPEED_PRESETS
-            break
-        except (ImportError, AttributeError):
-            continue
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     rec = Reconstructor.from_pretrained(str(model), precision=precision, device=dev)
     if dev == "cuda":
-        rec = rec.optimize(**SPEED_PRESETS[speed])
+        rec = rec.optimize(**speed_settings(speed, precision))
     n = int(round(CLIP_S * SR))
     x = 0.1 * torch.randn(batch, n, device=dev)
     lengths = torch.full((batch,), n, device=dev)

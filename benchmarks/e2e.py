@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from throughput import CLIP_N, CLIP_S, count_flops, cuda_time, make_inputs  # noqa: E402
 
-from vaefix_pl.core.config import SPEED_PRESETS  # noqa: E402
+from vaefix_pl.core.config import speed_settings  # noqa: E402
 from vaefix_pl.core.probes import probe_signals  # noqa: E402
 from vaefix_pl.core.reconstruct import Reconstructor  # noqa: E402
 from vaefix_pl.testing import build_models, full_size_configs  # noqa: E402
@@ -54,11 +54,11 @@ def write_clips(folder: Path, n: int) -> Path:
 
 
 def optimize(rec: Reconstructor, speed: str) -> Reconstructor:
-    """What ``ReconstructionModule(speed=speed)`` applies (``SPEED_PRESETS``), plus ``compile_v1``:
+    """What ``ReconstructionModule(speed=speed)`` applies (``speed_settings``), plus ``compile_v1``:
     the first compiled preset (before narrow-conv padding, matmul attention and polyphase convs)."""
     if speed == "compile_v1":
         return rec.optimize(channels_last=True, vocoder_channels_last=True, compile=True, freeze=True)
-    return rec.optimize(**SPEED_PRESETS[speed])
+    return rec.optimize(**speed_settings(speed, rec.precision))
 
 
 def profile_batch(rec: Reconstructor, x: torch.Tensor, lengths: torch.Tensor, top: int = 20) -> dict:

@@ -78,7 +78,7 @@ def main() -> None:
         thread = threading.Thread(target=warm_libraries, args=(dtype, False), daemon=True)
         thread.start()
     from vaefix_pl import Reconstructor
-    from vaefix_pl.core.config import SPEED_PRESETS
+    from vaefix_pl.core.config import speed_settings
     from vaefix_pl.core.metric_names import DEFAULT_METRICS
     from vaefix_pl.metrics.registry import compute_metrics
 
@@ -93,7 +93,7 @@ def main() -> None:
         warm_libraries(dtype, True)
         mark("libraries")
     rec = Reconstructor.from_pretrained(str(folder), precision=a.precision, device="cuda")
-    rec = rec.optimize(**SPEED_PRESETS["auto"], batch_size=a.batch)
+    rec = rec.optimize(**speed_settings("auto", a.precision), batch_size=a.batch)
     mark("models_loaded")
     if thread is not None:
         thread.join()

@@ -40,10 +40,10 @@ def full_size_reconstructor(precision: str, batch: int, speed: str = "auto"):
     from pathlib import Path
 
     from vaefix_pl import Reconstructor
-    from vaefix_pl.core.config import SPEED_PRESETS
+    from vaefix_pl.core.config import speed_settings
     from vaefix_pl.testing import full_size_configs, write_audioldm2_folder
 
     folder = Path(tempfile.mkdtemp()) / "m"
     write_audioldm2_folder(folder, *full_size_configs(), seed=0)
     rec = Reconstructor.from_pretrained(str(folder), precision=precision, device="cuda")
-    return rec.optimize(**SPEED_PRESETS[speed], batch_size=batch)
+    return rec.optimize(**speed_settings(speed, precision), batch_size=batch)

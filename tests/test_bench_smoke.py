@@ -72,3 +72,29 @@ def test_needs_source_compile_follows_what_cpython_accepts(tmp_path, monkeypatch
     os.utime(src, (1, 1))  # and other mtime
     assert needs_source_compile("vaefix_probe_mod", str(prefix))
     assert not needs_source_compile("sys")  # built in: never compiled from source
+
+
+def test_every_eager_rewrites_variant_is_a_valid_optimize_call():
+    """benchmarks/eager_rewrites.py: each variant's settings are optimize() arguments, never compiled,
+    autotuning off; "auto-now" is what `speed: auto` applies and "auto" the preset before it."""
+    import inspect
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from eager_rewrites import VARIANTS, settings_of
+
+    from vaefix_pl.core.config import SPEED_PRESETS, speed_settings
+    from vaefix_pl.core.reconstruct import Reconstructor
+
+    accepted = set(inspect.signature(Reconstructor.optimize).parameters) - {"self"}
+    for precision in ("fp32", "bf16"):
+        for name in VARIANTS:
+            s = settings_of(name, precision)
+            assert set(s) <= accepted, name
+            assert not s.get("compile") and s["cudnn_benchmark"] is False
+        assert settings_of("auto-now", precision) == {
+            **speed_settings("auto", precision),
+            "cudnn_benchmark": False,
+        }
+        assert settings_of("auto", precision) == {**SPEED_PRESETS["auto"], "cudnn_benchmark": False}
+    assert settings_of("all-h100table", "fp32")["narrow_convs"][(64, 3)] == "phase2"

@@ -112,6 +112,40 @@ def test_compile_cache_keyed_by_model_folder_and_sealed_after_first_batch(
             cache.deactivate()
 
 
+def test_a_changed_narrow_conv_table_is_a_new_compile_cache_key(tiny_model_dir, tmp_path, monkeypatch):
+    """The compiled graphs contain the narrow-conv forms: a package whose table differs (another
+    measurement) must not load artefacts built with the old one."""
+    from vaefix_pl.core import speed
+
+    monkeypatch.setenv("VAEFIX_CACHE_DIR", str(tmp_path / "c"))
+    module = ReconstructionModule(model=str(tiny_model_dir), speed="compile", metrics=[])
+    module.configure_model()
+    paths, metas = [], []
+    for table in ({(32, 7): "fold2"}, {(32, 7): "phase4"}, {(32, 7): "phase4"}):
+        monkeypatch.setitem(speed.NARROW_CONV_FORMS, "fp32", table)
+        cache = module._activate_compile_cache(SPEED_PRESETS["compile"], 8)
+        try:
+            paths.append(cache.path)
+            metas.append(json.loads((cache.path / cc.META).read_text())["settings"]["narrow_convs"])
+        finally:
+            cache.deactivate()
+    assert paths[0] != paths[1] and paths[1] == paths[2]
+    assert metas[0] == {"32x7": "fold2"} and metas[1] == {"32x7": "phase4"}
+
+
+def test_speed_auto_adds_the_eager_rewrites_measured_faster_for_its_precision():
+    from vaefix_pl.core.config import AUTO_BY_PRECISION, speed_settings
+
+    fp32 = speed_settings("auto", "fp32")
+    assert fp32 == {**SPEED_PRESETS["auto"], **AUTO_BY_PRECISION["fp32"]}
+    assert fp32["attention_math"] and fp32["polyphase_dilated"] and fp32["narrow_convs"]
+    assert speed_settings("auto", "bf16-mixed") == SPEED_PRESETS["auto"]  # a Lightning alias of bf16
+    assert speed_settings("compile", "fp32") == SPEED_PRESETS["compile"]
+    assert "compile" not in fp32 and fp32["cudnn_benchmark"] is None
+    speed_settings("auto", "fp32")["attention_math"] = False  # a copy: the table is not changed
+    assert speed_settings("auto", "fp32")["attention_math"] is True
+
+
 def test_a_cold_compile_says_once_what_it_waits_for_and_where_the_cache_lives(
     tiny_model_dir, tmp_path, monkeypatch, caplog
 ):

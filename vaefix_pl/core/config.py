@@ -38,6 +38,21 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
 }
 assert tuple(SPEED_PRESETS) == SPEEDS
 
+#: What ``speed: auto`` adds per precision: the exact rewrites that measured faster run eagerly at
+#: batch 64 (``benchmarks/eager_rewrites.py``, docs/PERFORMANCE.md). bf16 gains nothing from them.
+AUTO_BY_PRECISION: dict[str, dict[str, Any]] = {
+    "fp32": {"attention_math": True, "polyphase_dilated": True, "narrow_convs": True},
+}
+
+
+def speed_settings(speed: str, precision: str) -> dict[str, Any]:
+    """The :meth:`~vaefix_pl.core.reconstruct.Reconstructor.optimize` settings of ``speed`` for a
+    model in ``precision`` (:data:`SPEED_PRESETS`, plus :data:`AUTO_BY_PRECISION` for ``auto``)."""
+    settings = dict(SPEED_PRESETS[speed])
+    if speed == "auto":
+        settings.update(AUTO_BY_PRECISION.get(normalize_precision(precision), {}))
+    return settings
+
 
 @dataclass(frozen=True)
 class ReconstructorConfig:

@@ -363,17 +363,17 @@ phase_conv1d = _phase_major_op("phase_conv1d", _phase_conv1d)
 NARROW_FORMS = ("fold2", "fold4", "phase2", "phase4")
 
 #: ``(channels, kernel) -> form`` for :func:`rewrite_narrow_convs`, per compute dtype ("bf16";
-#: "fp32" is fp32 with cuDNN's default TF32 convolutions). From ``benchmarks/conv_shapes.py --batch 64
-#: --channels 32,64,256 --dilations 1 --variants w,fold2,fold4,pout2,pout4`` on an H100, 2026-11-25
-#: (``benchmarks/narrow_rule.py``; raw rows in ``benchmarks/results/2026-11-25_h100_conv_shapes_b64_pout.json``).
-#: Shapes not listed run as plain convs. TF32 (256, 11): cuDNN ran it at 163 TFLOP/s (11.6 ms per 64 clips).
-#: bf16 is empty on purpose: the per-shape wins (5 shapes, 6.4 ms per 64 clips in isolation) did not
-#: survive in the compiled pipeline: 1,840x folded and 1,824x phase form against 1,865x plain.
+#: "fp32" is fp32 with cuDNN's default TF32 convolutions). fp32: the forms that beat the plain conv by
+#: 5 % under cuDNN's heuristic at batch 64 on an H200 with cuDNN 9.19 (``benchmarks/narrow_rule.py``
+#: over ``benchmarks/results/2026-12-01_h200_conv_shapes_b64_narrow_heuristic.json``), plus (256, 11)
+#: as ``phase2``, measured in the pipeline. bf16 is empty on purpose: the same rule's six bf16 forms
+#: made the compiled pipeline slower (docs/PERFORMANCE.md "Narrow convolutions"). Shapes not listed
+#: run as plain convs.
 NARROW_CONV_FORMS: dict[str, dict[tuple[int, int], str]] = {
     "bf16": {},
     "fp32": {
-        (256, 11): "phase2", (64, 3): "phase2", (64, 7): "phase2", (64, 11): "phase2",
-        (32, 3): "fold2", (32, 7): "phase4", (32, 11): "phase4",
+        (256, 11): "phase2", (128, 3): "phase2", (128, 7): "phase2",
+        (64, 7): "phase4", (64, 11): "phase4", (32, 7): "fold2", (32, 11): "fold2",
     },
 }  # fmt: skip
 

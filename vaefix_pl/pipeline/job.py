@@ -19,7 +19,7 @@ from typing import Any, get_type_hints
 import torch
 from torch import Tensor
 
-from vaefix_pl.core.config import SPEED_PRESETS, Hparams, ReconstructorConfig
+from vaefix_pl.core.config import Hparams, ReconstructorConfig, speed_settings
 from vaefix_pl.core.output import ItemOutOfMemoryError
 from vaefix_pl.core.reconstruct import Reconstructor
 
@@ -50,7 +50,7 @@ class ReconstructionJob:
             static shapes and frozen weights, an NHWC VAE, zero-padded 1-channel convs, matmul
             attention and polyphase dilated convs (fastest for fixed-length clips, e.g.
             ``seconds: 10.24``; the first batch compiles for one to two minutes); ``"none"`` runs the
-            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.config.SPEED_PRESETS``;
+            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.config.speed_settings``;
             measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
@@ -161,7 +161,7 @@ class ReconstructionJob:
         if self._optimized or self.reconstructor is None or self._run_device().type != "cuda":
             return
         if self.hparams.speed != "none":
-            preset = SPEED_PRESETS[self.hparams.speed]
+            preset = speed_settings(self.hparams.speed, self.config.precision)
             batch = self._call_batch_size()
             if preset.get("compile"):
                 self._compile_cache = self._activate_compile_cache(preset, batch)
@@ -209,6 +209,11 @@ class ReconstructionJob:
         c = self.config
         settings = {**preset, "speed": c.speed, "batch_size": batch, "pad_frames_to": c.pad_frames_to}
         settings.update(framing=c.framing, window_seconds=c.window_seconds, max_windows=c.max_windows)
+        if settings.get("narrow_convs") is True:  # the forms themselves: a changed table is a new key
+            from vaefix_pl.core.speed import NARROW_CONV_FORMS
+
+            forms = NARROW_CONV_FORMS.get(self.reconstructor.precision, {})
+            settings["narrow_convs"] = {f"{c}x{k}": form for (c, k), form in sorted(forms.items())}
         try:
             cache = compile_cache_for(folder, self._run_device(), self.reconstructor.precision, settings)
             return cache.activate(seal_at_exit=True)
