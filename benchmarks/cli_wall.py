@@ -126,8 +126,11 @@ def timed(cmd: list[str], out: Path, env: dict[str, str]) -> dict:
     return row
 
 
-def bare_clips_per_s(model: Path, precision: str, speed: str, batch: int, repeats: int) -> float:
-    """Steady-state clips/s of the bare pipeline on an in-memory batch (after warm-up)."""
+def bare_clips_per_s(
+    model: Path, precision: str, speed: str, batch: int, repeats: int, overrides: dict | None = None
+) -> float:
+    """Steady-state clips/s of the bare pipeline on an in-memory batch (after warm-up); ``overrides``:
+    optimize() settings changed from the preset's (for A/B runs, ``preset_ab.py``)."""
     import torch
 
     from vaefix_pl import Reconstructor
@@ -136,7 +139,7 @@ def bare_clips_per_s(model: Path, precision: str, speed: str, batch: int, repeat
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     rec = Reconstructor.from_pretrained(str(model), precision=precision, device=dev)
     if dev == "cuda":
-        rec = rec.optimize(**speed_settings(speed, precision))
+        rec = rec.optimize(**{**speed_settings(speed, precision), **(overrides or {})})
     n = int(round(CLIP_S * SR))
     x = 0.1 * torch.randn(batch, n, device=dev)
     lengths = torch.full((batch,), n, device=dev)
