@@ -323,7 +323,11 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
     categories: dict[str, float] = {}
     for e in events:
         k = e.key.lower()
-        if (
+        if k.startswith(
+            "triton"
+        ):  # first: Inductor names fused kernels after their ops ("fused_convolution_...")
+            cat = "triton (fused element-wise/norm)"
+        elif (
             any(w in k for w in ("xmma", "cutlass", "conv", "gemm", "wgrad", "dgrad", "implicit"))
             and "fmha" not in k
         ):
@@ -332,8 +336,6 @@ def profile_variant(cfg: dict, vae, vocoder, batch: int, top: int = 25) -> list[
             cat = "attention"
         elif "nchwtonhwc" in k or "nhwctonchw" in k:
             cat = "layout transposes"
-        elif k.startswith("triton"):
-            cat = "triton (fused element-wise/norm)"
         elif "copy" in k:
             cat = "copies/casts"
         elif "elementwise" in k or "reduce" in k or "moments" in k or "norm" in k:

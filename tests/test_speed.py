@@ -208,3 +208,20 @@ def test_optimize_narrow_convs_keeps_the_pipeline_output(tiny_model_dir):
     x = torch.from_numpy(formant_pulses(30000, seed=4)).float()[None]
     a, b = plain(x), fast(x)
     assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-4
+
+
+def test_the_fp32_auto_settings_keep_the_pipeline_output(tiny_model_dir):
+    """What `speed: auto` applies to an fp32 model (matmul attention, polyphase and narrow-conv forms,
+    by `speed_settings`), through the real pipeline against the stock modules."""
+    from vaefix_pl.core.config import speed_settings
+    from vaefix_pl.core.speed import PolyphaseConv1d
+
+    settings = speed_settings("auto", "fp32")
+    assert settings["attention_math"] and settings["polyphase_dilated"] and settings["narrow_convs"]
+    plain = Reconstructor.from_pretrained(str(tiny_model_dir))
+    fast = Reconstructor.from_pretrained(str(tiny_model_dir)).optimize(**settings)
+    assert any(isinstance(m, PolyphaseConv1d) for m in fast.vocoder.modules())
+    x = torch.from_numpy(formant_pulses(30000, seed=5)).float()[None]
+    a, b = plain(x), fast(x)
+    assert (a.waveform - b.waveform).norm() / a.waveform.norm() < 1e-4
+    assert (a.mel_hat - b.mel_hat).norm() / a.mel_hat.norm() < 1e-4

@@ -45,12 +45,12 @@ class ReconstructionJob:
         metrics: metric names (``vaefix_pl.metrics.available_metrics("all")``; ``None``: the default
             on-device set; ``[]``: none). Perceptual names in this list join ``perceptual``.
         perceptual: CPU metrics scored by the writer's worker pool (``pesq``, ``stoi``, ``estoi``).
-        speed: on CUDA, ``"auto"`` (default) runs the vocoder's convolutions channels-last and lets
-            cuDNN pick algorithms per shape (same math); ``"compile"`` adds ``torch.compile`` with
-            static shapes and frozen weights, an NHWC VAE, zero-padded 1-channel convs, matmul
-            attention and polyphase dilated convs (fastest for fixed-length clips, e.g.
-            ``seconds: 10.24``; the first batch compiles for one to two minutes); ``"none"`` runs the
-            stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.config.speed_settings``;
+        speed: on CUDA, ``"auto"`` (default) runs the vocoder's convolutions channels-last, plus in
+            fp32 the matmul attention, polyphase dilated and narrow-conv forms (same math);
+            ``"compile"`` adds ``torch.compile`` with static shapes, an NHWC VAE and zero-padded
+            1-channel convs, in every precision (fastest for fixed-length clips, e.g.
+            ``seconds: 10.24``; a machine's first run compiles for about a minute, later runs load
+            the result from the cache); ``"none"`` runs the stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.config.speed_settings``;
             measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
