@@ -38,8 +38,10 @@ def _key(x_shape, w_shape) -> str:
     return f"x{list(x_shape)} w{list(w_shape)}"
 
 
-def _profile(fn, cuda: bool) -> dict[str, dict]:
-    """Per input-shape key: calls, device ms (its kernels), host ms, kernel name -> ms, of one call of ``fn``."""
+def _profile(fn, cuda: bool, every_kernel: dict | None = None) -> dict[str, dict]:
+    """Per input-shape key: calls, device ms (its kernels), host ms, kernel name -> ms, of one call of ``fn``.
+    ``every_kernel``: filled with ``name -> [calls, ms]`` of every device kernel of the call."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -47,6 +49,10 @@ def _profile(fn, cuda: bool) -> dict[str, dict]:
         fn()
         if cuda:
             torch.cuda.synchronize()
+    if every_kernel is not None:
+        for e in prof.key_averages():
+            if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0:
+                every_kernel[e.key] = [e.count, e.self_device_time_total / 1e3]
     rows: dict[str, dict] = {}
     for e in prof.events():
         if e.name not in (CONV_OPS if cuda else ("aten::_convolution",)) or len(e.input_shapes) < 2:
@@ -169,7 +175,10 @@ def main() -> None:
         for h in handles:
             h.remove()
         result["batch_ms"] = 1e3 * statistics.median(time_device(step, device, 2, 3))
-        piped = _profile(step, cuda)
+        every: dict[str, list] = {}
+        piped = _profile(step, cuda, every)
+        result["gpu_ms"] = sum(ms for _, ms in every.values())
+        result["kernels"] = dict(sorted(every.items(), key=lambda kv: -kv[1][1]))
         rows = []
         for key, r in piped.items():
             row = {"shape": key, "calls": r["calls"], "pipeline_ms_per_call": r["ms"] / r["calls"]}
@@ -197,8 +206,13 @@ def main() -> None:
     )
     print(
         f"{result['device']} {a.config} compiled={a.compiled} batch {batch}: {result['batch_ms']:.1f} ms/batch, "
-        f"convs {total:.1f} ms in the pipeline, {lost:.1f} ms more than alone on fresh tensors"
+        f"convs {total:.1f} ms in the pipeline, {lost:.1f} ms more than alone on fresh tensors; "
+        f"all kernels {result['gpu_ms']:.1f} ms"
     )
+    print("\n| kernel (all kinds, top by time) | calls | ms per batch |\n|---|---|---|")
+    for name, (calls, ms) in list(result["kernels"].items())[: a.top]:
+        print(f"| {name[:100]} | {calls} | {ms:.2f} |")
+    print()
     print(
         "| shape | calls | pipeline ms | same strides alone ms | fresh ms | x strides | align | kernels (pipeline / fresh) |"
     )

@@ -367,8 +367,8 @@ NARROW_FORMS = ("fold2", "fold4", "phase2", "phase4")
 #: 5 % under cuDNN's heuristic at batch 64 on an H200 with cuDNN 9.19 (``benchmarks/narrow_rule.py``
 #: over ``benchmarks/results/2026-12-01_h200_conv_shapes_b64_narrow_heuristic.json``), plus (256, 11)
 #: as ``phase2``, measured in the pipeline. bf16 is empty on purpose: the same rule's six bf16 forms
-#: made the compiled pipeline slower (docs/PERFORMANCE.md "Narrow convolutions"). Shapes not listed
-#: run as plain convs.
+#: made the compiled pipeline slower (docs/PERFORMANCE.md, "Eighth session"). Shapes not listed run
+#: as plain convs.
 NARROW_CONV_FORMS: dict[str, dict[tuple[int, int], str]] = {
     "bf16": {},
     "fp32": {

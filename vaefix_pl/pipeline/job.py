@@ -50,8 +50,8 @@ class ReconstructionJob:
             ``"compile"`` adds ``torch.compile`` with static shapes, an NHWC VAE and zero-padded
             1-channel convs, in every precision (fastest for fixed-length clips, e.g.
             ``seconds: 10.24``; a machine's first run compiles for about a minute, later runs load
-            the result from the cache); ``"none"`` runs the stock modules. Ignored on the CPU. Settings: ``vaefix_pl.core.config.speed_settings``;
-            measured in ``docs/PERFORMANCE.md``.
+            the result from the cache); ``"none"`` runs the stock modules. Ignored on the CPU.
+            Settings: ``vaefix_pl.core.config.speed_settings``; measured in ``docs/PERFORMANCE.md``.
         return_mels: also return ``mels`` = ``{"mel", "mel_hat": (B, 1, T, 64), "frames", "canonical_frames",
             "gain": (B,)}`` from ``predict_step`` (for mel export and diagnosis). For items longer than
             the window, ``mel`` is the whole item's log-mel and ``mel_hat`` the windows' decoded mels
@@ -213,7 +213,7 @@ class ReconstructionJob:
             from vaefix_pl.core.speed import NARROW_CONV_FORMS
 
             forms = NARROW_CONV_FORMS.get(self.reconstructor.precision, {})
-            settings["narrow_convs"] = {f"{c}x{k}": form for (c, k), form in sorted(forms.items())}
+            settings["narrow_convs"] = {f"{ch}x{k}": form for (ch, k), form in sorted(forms.items())}
         try:
             cache = compile_cache_for(folder, self._run_device(), self.reconstructor.precision, settings)
             return cache.activate(seal_at_exit=True)
