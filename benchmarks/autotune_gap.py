@@ -42,7 +42,7 @@ def _conv_rows(fn, cuda: bool) -> dict[str, dict]:
 
     rows = {}
     for key, r in _profile(fn, cuda).items():
-        x_shape = [int(v) for v in key.split("]")[0][2:].split(",")]
+        x_shape = r["x_shape"]
         rows[key] = {
             "calls": r["calls"],
             "device_ms": r["ms"],

@@ -39,7 +39,8 @@ def _key(x_shape, w_shape) -> str:
 
 
 def _profile(fn, cuda: bool, every_kernel: dict | None = None) -> dict[str, dict]:
-    """Per input-shape key: calls, device ms (its kernels), host ms, kernel name -> ms, of one call of ``fn``.
+    """Per input-shape key: input shape, calls, device ms (its kernels), host ms, kernel name -> ms, of one
+    call of ``fn``.
     ``every_kernel``: filled with ``name -> [calls, ms]`` of every device kernel of the call."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -58,7 +59,8 @@ def _profile(fn, cuda: bool, every_kernel: dict | None = None) -> dict[str, dict
         if e.name not in (CONV_OPS if cuda else ("aten::_convolution",)) or len(e.input_shapes) < 2:
             continue
         r = rows.setdefault(
-            _key(e.input_shapes[0], e.input_shapes[1]), {"calls": 0, "ms": 0.0, "host_ms": 0.0, "kernels": {}}
+            _key(e.input_shapes[0], e.input_shapes[1]),
+            {"x_shape": list(e.input_shapes[0]), "calls": 0, "ms": 0.0, "host_ms": 0.0, "kernels": {}},
         )
         r["calls"] += 1
         r["host_ms"] += e.cpu_time_total / 1e3
