@@ -191,6 +191,25 @@ def test_narrow_conv_form_matches_conv1d_on_signals(form):
         cls(torch.nn.Conv1d(2, 2, 3, padding=1), 1)
 
 
+@pytest.mark.parametrize("form", ["fold", "phase"])
+def test_narrow_conv_bias_is_added_outside_the_custom_op(form):
+    """The op gets no bias; the add follows it in the traced graph, where Inductor can fuse it into the
+    next element-wise kernel (inside the op it was an extra pass over the output)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from vaefix_pl.core.speed import Conv1dAsConv2d, FoldedConv1d, PhaseConv1d
+
+    cls, op = (FoldedConv1d, "folded_conv1d") if form == "fold" else (PhaseConv1d, "phase_conv1d")
+    m = cls(Conv1dAsConv2d(torch.nn.Conv1d(4, 4, 3, padding=1)), 2)
+    x = torch.randn(2, 4, 16).transpose(1, 2).contiguous().transpose(1, 2)
+    with torch.no_grad():
+        gm = make_fx(m)(x)
+    nodes = list(gm.graph.nodes)
+    calls = [i for i, n in enumerate(nodes) if n.target is getattr(torch.ops.vaefix, op).default]
+    assert len(calls) == 1 and nodes[calls[0]].args[2] is None
+    assert any(n.target is torch.ops.aten.add.Tensor for n in nodes[calls[0] :])
+
+
 def test_optimize_narrow_convs_keeps_the_pipeline_output(tiny_model_dir):
     """optimize(narrow_convs=...) through the real pipeline (tiny models, every undilated resblock conv
     rewritten), against the stock modules."""

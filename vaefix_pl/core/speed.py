@@ -241,16 +241,30 @@ class FoldedConv1d(nn.Module):
                 folded[r, :, o % f, :, o // f + left] = w[:, :, j]
         self.conv = nn.Conv2d(
             f * cin, f * cout, (1, left + right + 1), padding=(0, left),
-            bias=inner.bias is not None, device=w.device, dtype=w.dtype,
+            bias=False, device=w.device, dtype=w.dtype,
         )  # fmt: skip
         with torch.no_grad():
             self.conv.weight.copy_(folded.reshape(f * cout, f * cin, 1, -1))
-            if inner.bias is not None:
-                self.conv.bias.copy_(inner.bias.detach().repeat(f))
         self.conv.to(memory_format=torch.channels_last)
+        self.bias = _own_bias(inner)
 
     def forward(self, x: Tensor) -> Tensor:
-        return folded_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.reach)
+        return _add_bias(folded_conv1d(x, self.conv.weight, None, self.factor, self.reach), self.bias)
+
+
+def _own_bias(conv: nn.Conv2d) -> nn.Parameter | None:
+    """A copy of ``conv``'s ``(C',)`` bias, added outside the custom op (:func:`_add_bias`)."""
+    return (
+        None
+        if conv.bias is None
+        else nn.Parameter(conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
+    )
+
+
+def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
+    """``(B, C', L) + (C',)``, outside the custom op: compiled, Inductor fuses it into the next
+    element-wise kernel; inside, cuDNN's output would get its own full read-write pass."""
+    return y if bias is None else y + _like(bias, y)[:, None]
 
 
 def _like(w: Tensor, x: Tensor) -> Tensor:
@@ -328,16 +342,15 @@ class PhaseConv1d(nn.Module):
             phased[r, :, :, r : r + k] = w
         self.conv = nn.Conv2d(
             cin, f * cout, (1, f + k - 1), stride=(1, f), padding=(0, pad),
-            bias=inner.bias is not None, device=w.device, dtype=w.dtype,
+            bias=False, device=w.device, dtype=w.dtype,
         )  # fmt: skip
         with torch.no_grad():
             self.conv.weight.copy_(phased.reshape(f * cout, cin, 1, f + k - 1))
-            if inner.bias is not None:
-                self.conv.bias.copy_(inner.bias.detach().repeat(f))
         self.conv.to(memory_format=torch.channels_last)
+        self.bias = _own_bias(inner)
 
     def forward(self, x: Tensor) -> Tensor:
-        return phase_conv1d(x, self.conv.weight, self.conv.bias, self.factor, self.pad)
+        return _add_bias(phase_conv1d(x, self.conv.weight, None, self.factor, self.pad), self.bias)
 
 
 def _phase_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, factor: int, pad: int) -> Tensor:
