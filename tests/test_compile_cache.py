@@ -53,6 +53,30 @@ def test_key_changes_with_model_config_weights_precision_settings(tmp_path):
     assert cc.model_fingerprint(m) != fp2
 
 
+def test_key_changes_with_the_packages_own_code(tmp_path, monkeypatch):
+    """An edited or upgraded vaefix (its networks or speed rewrites) gets a new key: the old artefacts
+    were traced from other code."""
+    src = tmp_path / "core"
+    src.mkdir()
+    (src / "speed.py").write_text("def f(x):\n    return x\n")
+    (src / "nets.py").write_text("W = 1\n")
+    fp = cc.code_fingerprint(src)
+    assert cc.code_fingerprint(src) == fp and len(fp) == 64
+    (src / "speed.py").write_text("def f(x):\n    return x + 1\n")
+    assert cc.code_fingerprint(src) != fp
+    (src / "speed.py").write_text("def f(x):\n    return x\n")
+    assert cc.code_fingerprint(src) == fp
+    (src / "extra.py").write_text("")
+    assert cc.code_fingerprint(src) != fp
+    # the default covers vaefix_pl/core, and cache_key holds it
+    real = Path(cc.__file__).resolve().parent
+    assert cc.code_fingerprint() == cc.code_fingerprint(real)
+    k0, parts = cc.cache_key("m", "cpu", "fp32", {"speed": "compile"})
+    assert parts["code"] == cc.code_fingerprint()
+    monkeypatch.setattr(cc, "_CODE_FP", "0" * 64)
+    assert cc.cache_key("m", "cpu", "fp32", {"speed": "compile"})[0] != k0
+
+
 def test_verify_detects_corrupt_missing_and_unsealed(tmp_path):
     cache = cc.CompileCache(tmp_path / "k")
     assert cache.verify() is None  # new folder

@@ -11,8 +11,9 @@ kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``), pointed at a 
 
 ``<root>`` is ``$VAEFIX_CACHE_DIR/compile``, else ``$XDG_CACHE_HOME/vaefix/compile``, else
 ``~/.cache/vaefix/compile``. ``<key>`` hashes the model (both ``config.json`` files and the size and
-mtime of both weight files), the torch/CUDA versions, the GPU name and capability, the precision and
-the speed settings/shapes, so a changed model, torch or GPU never finds an old artefact. A folder
+mtime of both weight files), the package's own model and rewrite code, the torch/CUDA versions, the GPU
+name and capability, the precision and the speed settings/shapes, so a changed model, vaefix, torch or
+GPU never finds an old artefact. A folder
 whose files do not match its manifest (or that has no manifest: a run that died while compiling) is
 deleted and rebuilt. Why packages and Inductor's caches and not Mega-Cache: docs/STARTUP.md.
 
@@ -84,6 +85,24 @@ def model_fingerprint(
     return h.hexdigest()
 
 
+def code_fingerprint(folder: str | os.PathLike | None = None) -> str:
+    """sha256 of the source files of ``vaefix_pl/core`` (default), where the networks, their speed
+    rewrites and the compiled calls are defined: an upgraded or edited vaefix never loads artefacts
+    traced from other code. Cached per process for the default folder."""
+    if folder is None:
+        global _CODE_FP
+        if _CODE_FP is None:
+            _CODE_FP = code_fingerprint(Path(__file__).resolve().parent)
+        return _CODE_FP
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+_CODE_FP: str | None = None
+
+
 def environment_key(device: torch.device | str = "cpu") -> dict[str, str]:
     """torch/CUDA/Python versions and, on CUDA, the GPU name and compute capability."""
     import torch
@@ -125,6 +144,7 @@ def cache_key(
     """
     parts = {
         "model": model_fp,
+        "code": code_fingerprint(),
         "precision": str(precision),
         "settings": dict(settings or {}),
         **environment_key(device),
