@@ -2,7 +2,8 @@
 
 One process, one setting: full-size AudioLDM2 architectures with random weights (seed 0), batch 64 x
 10.24 s, the ``--config`` preset (``cli_wall.py`` names) plus ``--overrides`` (``optimize()`` settings,
-e.g. ``'{"compile": "reduce-overhead"}'`` for CUDA graphs). It reports:
+e.g. ``'{"compile": "reduce-overhead"}'`` for CUDA graphs, ``'{"narrow_convs": {"64x3": "phase2"}}'``
+for a narrow-conv table by ``channels x kernel``). It reports:
 
 - clips/s in alternating rounds with the lengths on the device (what ``cli_wall.bare_clips_per_s``
   passed until 2026-12-01: the forward copies them to the host, which waits for the GPU) and on the
@@ -178,6 +179,10 @@ def main() -> None:
     batch, repeats = (2, 2) if not cuda else (a.batch, a.repeats)
     precision, speed = config_settings(a.config)
     overrides = json.loads(a.overrides)
+    if isinstance(overrides.get("narrow_convs"), dict):  # JSON keys "CxK" -> (channels, kernel)
+        overrides["narrow_convs"] = {
+            tuple(int(v) for v in key.split("x")): form for key, form in overrides["narrow_convs"].items()
+        }
     model = write_models(Path(tempfile.mkdtemp(prefix="bare_gap_")) / "m", tiny=not cuda)
     inductor = json.loads(a.inductor)
     if inductor:
@@ -198,7 +203,7 @@ def main() -> None:
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(),
         "config": a.config,
-        "overrides": overrides,
+        "overrides": json.loads(a.overrides),
         "inductor": inductor,
         "batch": batch,
         "clip_s": CLIP_S,

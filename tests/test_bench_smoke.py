@@ -98,3 +98,41 @@ def test_every_eager_rewrites_variant_is_a_valid_optimize_call():
         }
         assert settings_of("auto", precision) == {**SPEED_PRESETS["auto"], "cudnn_benchmark": False}
     assert settings_of("all-h100table", "fp32")["narrow_convs"][(64, 3)] == "phase2"
+
+
+def test_bare_gap_smoke_and_kernel_categories(tmp_path):
+    """benchmarks/bare_gap.py on the CPU (tiny models): both lengths placements are timed and saved; the
+    kernel categoriser puts Inductor's fused-convolution names under Triton, not under convolutions."""
+    import json
+
+    out = tmp_path / "gap.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bare_gap.py"),
+            "--smoke",
+            "--config",
+            "fp32",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert set(got["x_real_time"]) == {"device", "host"} and all(
+        len(v) == 2 for v in got["x_real_time"].values()
+    )
+    assert all(x > 0 for v in got["x_real_time"].values() for x in v)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bare_gap import category
+
+    assert category("triton_poi_fused__to_copy_convolution_div_leaky_relu_1") == "triton"
+    assert category("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc") == "convolution"
+    assert category("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT") == "gemm"
+    assert (
+        category("void at::native::elementwise_kernel<128, 2, ...>")
+        == "other (eager element-wise, reductions)"
+    )
