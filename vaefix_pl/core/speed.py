@@ -376,14 +376,16 @@ phase_conv1d = _phase_major_op("phase_conv1d", _phase_conv1d)
 NARROW_FORMS = ("fold2", "fold4", "phase2", "phase4")
 
 #: ``(channels, kernel) -> form`` for :func:`rewrite_narrow_convs`, per compute dtype ("bf16";
-#: "fp32" is fp32 with cuDNN's default TF32 convolutions). fp32: the forms that beat the plain conv by
-#: 5 % under cuDNN's heuristic at batch 64 on an H200 with cuDNN 9.19 (``benchmarks/narrow_rule.py``
-#: over ``benchmarks/results/2026-12-01_h200_conv_shapes_b64_narrow_heuristic.json``), plus (256, 11)
-#: as ``phase2``, measured in the pipeline. bf16 is empty on purpose: the same rule's six bf16 forms
-#: made the compiled pipeline slower (docs/PERFORMANCE.md, "Eighth session"). Shapes not listed run
-#: as plain convs.
+#: "fp32" is fp32 with cuDNN's default TF32 convolutions): the forms that beat the plain conv by 5 %
+#: under cuDNN's heuristic at batch 64 on an H200 with cuDNN 9.19 (``benchmarks/narrow_rule.py`` over
+#: ``benchmarks/results/2026-12-01_h200_conv_shapes_b64_narrow_heuristic.json``); fp32 also (256, 11)
+#: as ``phase2``, measured in the pipeline. Both tables were also measured in the compiled pipeline
+#: (docs/PERFORMANCE.md, "Ninth session"). Shapes not listed run as plain convs.
 NARROW_CONV_FORMS: dict[str, dict[tuple[int, int], str]] = {
-    "bf16": {},
+    "bf16": {
+        (64, 3): "phase2", (64, 7): "phase2", (64, 11): "phase2",
+        (32, 3): "phase2", (32, 7): "fold4", (32, 11): "fold4",
+    },
     "fp32": {
         (256, 11): "phase2", (128, 3): "phase2", (128, 7): "phase2",
         (64, 7): "phase4", (64, 11): "phase4", (32, 7): "fold2", (32, 11): "fold2",
