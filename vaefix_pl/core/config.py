@@ -39,7 +39,7 @@ SPEED_PRESETS: dict[str, dict[str, Any]] = {
 assert tuple(SPEED_PRESETS) == SPEEDS
 
 #: What ``speed: auto`` adds per precision: the exact rewrites that measured faster run eagerly at
-#: batch 64 (``benchmarks/eager_rewrites.py``, docs/PERFORMANCE.md). bf16 gains nothing from them.
+#: batch 64 (``benchmarks/eager_rewrites.py``, docs/PERFORMANCE.md). None was kept for bf16 (gains under 1.5 %).
 AUTO_BY_PRECISION: dict[str, dict[str, Any]] = {
     "fp32": {"attention_math": True, "polyphase_dilated": True, "narrow_convs": True},
 }
