@@ -142,9 +142,8 @@ def bare_clips_per_s(
         rec = rec.optimize(**{**speed_settings(speed, precision), **(overrides or {})})
     n = int(round(CLIP_S * SR))
     x = 0.1 * torch.randn(batch, n, device=dev)
-    lengths = torch.full(
-        (batch,), n
-    )  # on the host, as ReconstructionModule passes them (no wait for the GPU)
+    # on the host, as ReconstructionModule passes them: the forward never waits for the GPU
+    lengths = torch.full((batch,), n)
     with torch.inference_mode():
         for _ in range(3):
             rec(x, lengths)

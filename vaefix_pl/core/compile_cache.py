@@ -13,9 +13,8 @@ kernels and autotuning results under ``TORCHINDUCTOR_CACHE_DIR``), pointed at a 
 ``~/.cache/vaefix/compile``. ``<key>`` hashes the model (both ``config.json`` files and the size and
 mtime of both weight files), the package's own model and rewrite code, the torch/CUDA versions, the GPU
 name and capability, the precision and the speed settings/shapes, so a changed model, vaefix, torch or
-GPU never finds an old artefact. A folder
-whose files do not match its manifest (or that has no manifest: a run that died while compiling) is
-deleted and rebuilt. Why packages and Inductor's caches and not Mega-Cache: docs/STARTUP.md.
+GPU never finds an old artefact. A folder whose files do not match its manifest (or that has no
+manifest: a run that died while compiling) is deleted and rebuilt. Why packages and Inductor's caches and not Mega-Cache: docs/STARTUP.md.
 
 Imports only the standard library at module level (torch inside the functions that need it), so
 :func:`cache_main` (``vaefix cache info|clear``) starts in a fraction of a second.
